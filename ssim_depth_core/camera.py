@@ -1,0 +1,102 @@
+"""Pinhole camera intrinsics: one type for KITTI calib files, ROS CameraInfo fields and training scales."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels for an image of ``width`` x ``height``.
+
+    Frozen and hashable, so it can key caches (e.g. the ray grid of point-cloud packing).
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f"focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+
+    @classmethod
+    def from_matrix(cls, matrix: Sequence[float] | np.ndarray, width: int, height: int) -> Intrinsics:
+        """Build from a 3x3 K or a 3x4 projection matrix P (row-major, flat or 2-D)."""
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.size == 9:
+            m = m.reshape(3, 3)
+        elif m.size == 12:
+            m = m.reshape(3, 4)
+        else:
+            raise ValueError(f"expected a 3x3 K or 3x4 P matrix (9 or 12 values), got {m.size} values")
+        return cls(float(m[0, 0]), float(m[1, 1]), float(m[0, 2]), float(m[1, 2]), int(width), int(height))
+
+    @classmethod
+    def from_camera_info(
+        cls, k: Sequence[float], width: int, height: int, p: Sequence[float] | None = None
+    ) -> Intrinsics:
+        """Build from sensor_msgs/CameraInfo fields.
+
+        For a rectified image stream the projection matrix ``p`` is authoritative; ``k`` is used when ``p``
+        is absent or all zeros (an uncalibrated driver).
+        """
+        if p is not None and np.any(np.asarray(p, dtype=np.float64) != 0):
+            return cls.from_matrix(p, width, height)
+        if not np.any(np.asarray(k, dtype=np.float64) != 0):
+            raise ValueError("CameraInfo has neither K nor P set (all zeros): the camera is uncalibrated")
+        return cls.from_matrix(k, width, height)
+
+    @classmethod
+    def from_kitti_calib(cls, calib_cam_to_cam: str | Path, camera: str = "02") -> Intrinsics:
+        """Read ``P_rect_<camera>`` and ``S_rect_<camera>`` from a KITTI ``calib_cam_to_cam.txt``."""
+        values = read_kitti_calib(calib_cam_to_cam)
+        p_key, s_key = f"P_rect_{camera}", f"S_rect_{camera}"
+        for key in (p_key, s_key):
+            if key not in values:
+                raise ValueError(f"{calib_cam_to_cam}: missing '{key}'")
+        width, height = values[s_key]
+        return cls.from_matrix(values[p_key], int(round(width)), int(round(height)))
+
+    def scaled(self, width: int, height: int) -> Intrinsics:
+        """The same camera resampled to ``width`` x ``height`` (a plain resize, no crop)."""
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """3x3 K as float64."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def K(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """3x3 K as a tensor."""
+        return torch.as_tensor(self.matrix, dtype=dtype, device=device)
+
+    def inv_K(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """3x3 inverse of K as a tensor (computed in float64, then cast)."""
+        return torch.as_tensor(np.linalg.inv(self.matrix), dtype=dtype, device=device)
+
+
+def read_kitti_calib(path: str | Path) -> dict[str, np.ndarray]:
+    """Parse a KITTI ``key: v1 v2 ...`` calibration file; non-numeric entries (calib_time) are skipped."""
+    values: dict[str, np.ndarray] = {}
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if ":" not in line:
+            continue
+        key, _, rest = line.partition(":")
+        try:
+            values[key.strip()] = np.array([float(v) for v in rest.split()], dtype=np.float64)
+        except ValueError:
+            if key.strip() != "calib_time":
+                raise ValueError(f"{path}:{line_no}: non-numeric value for '{key.strip()}'") from None
+    return values

@@ -1,0 +1,149 @@
+"""Typed training configuration: nested dataclasses loaded from YAML, overridable with ``key=value``.
+
+Every knob has a default and a type here; YAML files and ``--set`` overrides only change values. Unknown
+keys and values of the wrong type are rejected with the offending key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 18  # ResNet depth of the depth encoder: 18, 34 or 50
+    pose_num_layers: int = 18  # ResNet depth of the pose encoder
+    pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
+    scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss
+    padding_mode: str = "reflection"  # decoder conv padding: reflection | zeros (zeros exports to any TensorRT)
+    min_depth: float = 0.1  # metres; disparity 1 maps here
+    max_depth: float = 100.0  # metres; disparity 0 maps here
+
+
+@dataclass
+class LossConfig:
+    ssim_form: str = "additive"  # conventional | exponent | additive
+    ssim_weights: list[float] = field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])  # additive w_l, w_c, w_s
+    ssim_exponents: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # exponent a, b, g
+    ssim_window: int = 3  # odd box-window size of the SSIM local statistics
+    alpha: float = 0.85  # photometric = alpha * SSIM term + (1 - alpha) * L1
+    min_reprojection: bool = True  # per-pixel minimum over sources (else their mean)
+    automask: bool = True  # drop pixels that the un-warped sources explain better (static camera, co-moving objects)
+    # Named loss terms and their weights; a term absent here (or with weight 0) is not computed.
+    weights: dict[str, float] = field(default_factory=lambda: {"photometric": 1.0, "smoothness": 1e-3})
+
+
+@dataclass
+class DataConfig:
+    height: int = 192  # network input height (multiple of 32)
+    width: int = 640  # network input width (multiple of 32)
+    frame_ids: list[int] = field(default_factory=lambda: [0, -1, 1])  # target first, then source offsets
+    train_split: str = ""  # split file of training samples; empty = every usable frame of every sequence
+    val_split: str = ""  # split file of validation samples; empty = no validation pass
+    image_topic: str = ""  # rosbag2 image topic; empty = auto-detect when unambiguous
+    camera_info_topic: str = ""  # rosbag2 CameraInfo topic; empty = auto-detect
+    intrinsics: list[float] = field(default_factory=list)  # fx fy cx cy width height when a source lacks them
+    static_threshold: float = 0.0  # drop triplets whose mean abs frame difference is below this (0 = keep all)
+    brightness: float = 0.2  # colour jitter ranges, applied to network inputs only
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.1
+    jitter_probability: float = 0.5
+    flip_probability: float = 0.5
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 12
+    learning_rate: float = 1e-4
+    epochs: int = 20
+    lr_step_epochs: int = 15  # multiply the learning rate by lr_gamma after this many epochs
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, none on CPU) | none | bf16 | fp16
+    channels_last: bool = True  # on CUDA only
+    log_every: int = 10  # steps between TensorBoard scalar writes
+    preview_every: int = 200  # steps between TensorBoard image previews
+    checkpoint_every: int = 100  # steps between last.pt checkpoints (also written at every epoch end)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        values = loaded
+    for override in overrides or []:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override '{override}' is not of the form key.sub=value")
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return from_dict(TrainConfig, values)
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking names and types."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"config '{key}' must be a mapping, got {value!r}")
+        return from_dict(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"config '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config '{key}' must be a mapping, got {value!r}")
+        key_type, item = typing.get_args(hint)
+        return {_coerce(key_type, k, key): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"config '{key}': union types are not supported")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"config '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (for YAML dumps and checkpoints)."""
+    return dataclasses.asdict(config)
