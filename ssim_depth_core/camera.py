@@ -69,9 +69,20 @@ class Intrinsics:
         return cls.from_matrix(values[p_key], int(round(width)), int(round(height)))
 
     def scaled(self, width: int, height: int) -> Intrinsics:
-        """The same camera resampled to ``width`` x ``height`` (a plain resize, no crop)."""
+        """The same camera resampled to ``width`` x ``height`` (a plain resize, no crop).
+
+        Pixel centres sit at integer coordinates, and a resize (cv2, torch ``align_corners=False``) maps
+        coordinate ``c`` to ``(c + 0.5) * s - 0.5``.
+        """
         sx, sy = width / self.width, height / self.height
-        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
+        return Intrinsics(
+            self.fx * sx,
+            self.fy * sy,
+            (self.cx + 0.5) * sx - 0.5,
+            (self.cy + 0.5) * sy - 0.5,
+            int(width),
+            int(height),
+        )
 
     @property
     def matrix(self) -> np.ndarray:
@@ -82,7 +93,9 @@ class Intrinsics:
         """3x3 K as a tensor."""
         return torch.as_tensor(self.matrix, dtype=dtype, device=device)
 
-    def inv_K(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    def inv_K(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """3x3 inverse of K as a tensor (computed in float64, then cast)."""
         return torch.as_tensor(np.linalg.inv(self.matrix), dtype=dtype, device=device)
 

@@ -22,7 +22,9 @@ class ModelConfig:
     pose_num_layers: int = 18  # ResNet depth of the pose encoder
     pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
     scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss
-    padding_mode: str = "reflection"  # decoder conv padding: reflection | zeros (zeros exports to any TensorRT)
+    padding_mode: str = (
+        "reflection"  # decoder conv padding: reflection | zeros (zeros exports to any TensorRT)
+    )
     min_depth: float = 0.1  # metres; disparity 1 maps here
     max_depth: float = 100.0  # metres; disparity 0 maps here
 
@@ -35,7 +37,9 @@ class LossConfig:
     ssim_window: int = 3  # odd box-window size of the SSIM local statistics
     alpha: float = 0.85  # photometric = alpha * SSIM term + (1 - alpha) * L1
     min_reprojection: bool = True  # per-pixel minimum over sources (else their mean)
-    automask: bool = True  # drop pixels that the un-warped sources explain better (static camera, co-moving objects)
+    automask: bool = (
+        True  # drop pixels that the un-warped sources explain better (static camera, co-moving objects)
+    )
     # Named loss terms and their weights; a term absent here (or with weight 0) is not computed.
     weights: dict[str, float] = field(default_factory=lambda: {"photometric": 1.0, "smoothness": 1e-3})
 
@@ -50,7 +54,9 @@ class DataConfig:
     image_topic: str = ""  # rosbag2 image topic; empty = auto-detect when unambiguous
     camera_info_topic: str = ""  # rosbag2 CameraInfo topic; empty = auto-detect
     intrinsics: list[float] = field(default_factory=list)  # fx fy cx cy width height when a source lacks them
-    static_threshold: float = 0.0  # drop triplets whose mean abs frame difference is below this (0 = keep all)
+    static_threshold: float = (
+        0.0  # drop triplets whose mean abs frame difference is below this (0 = keep all)
+    )
     brightness: float = 0.2  # colour jitter ranges, applied to network inputs only
     contrast: float = 0.2
     saturation: float = 0.2
@@ -75,7 +81,9 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, none on CPU) | none | bf16 | fp16
+    amp: str = (
+        "auto"  # auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, none on CPU) | none | bf16 | fp16
+    )
     channels_last: bool = True  # on CUDA only
     log_every: int = 10  # steps between TensorBoard scalar writes
     preview_every: int = 200  # steps between TensorBoard image previews

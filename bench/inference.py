@@ -1,0 +1,148 @@
+"""Inference latency at 640x192, batch 1: torch eager vs ONNX Runtime vs TensorRT; DepthEstimator overhead.
+
+Peers, measured in one process on the same network and the same frames:
+
+- torch eager: ``TorchBackend`` (``torch.inference_mode``, CUDA when available), the reference row;
+- onnxruntime: ``OnnxRuntimeBackend`` on the exported ONNX (CUDA execution provider when available, else CPU);
+- tensorrt: ``TensorRTBackend`` on an FP16 engine built from that ONNX (only with TensorRT + pycuda + GPU).
+
+For each backend, ``DepthEstimator`` end to end (uint8 1242x375 KITTI-size RGB frame -> resize -> backend ->
+disparity resize -> metric depth) is timed against the bare backend call on the already pre-processed batch of
+the same frame, the two calls alternating so that both see the same machine load; their ratio is the
+estimator's overhead (goal <= 1.15). Outputs are cross-checked first (ONNX Runtime vs torch within 1e-4,
+TensorRT FP16 within 1e-2): a mismatch voids the comparison.
+
+    .venv/bin/python bench/inference.py                       # random-init ResNet-18 network
+    .venv/bin/python bench/inference.py --checkpoint runs/x/last.pt --repeats 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import torch
+from skimage import data
+
+from ssim_depth_core.checkpoint import save_atomic
+from ssim_depth_core.config import TrainConfig, to_dict
+from ssim_depth_core.export import build_engine, export_onnx, tensorrt_available
+from ssim_depth_core.models import MonodepthModel
+from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+
+FRAME_SIZE = (375, 1242)  # (H, W) of a KITTI camera frame
+TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "tensorrt": 1e-2}
+
+
+def paired_median_ms(
+    first: Callable[[], object], second: Callable[[], object], repeats: int, warmup: int
+) -> tuple[float, float]:
+    """Median wall times (ms) of two functions timed alternately, so both see the same machine load."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
+def random_checkpoint(folder: Path, height: int, width: int) -> Path:
+    """A randomly initialised ResNet-18 checkpoint (timing does not depend on the weights)."""
+    config = TrainConfig()
+    config.data.height, config.data.width = height, width
+    torch.manual_seed(0)
+    model = MonodepthModel(config.model, config.data.frame_ids)
+    path = folder / "random.pt"
+    save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: random init)")
+    parser.add_argument("--height", type=int, default=192)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--repeats", type=int, default=30, help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        checkpoint = args.checkpoint or random_checkpoint(folder, args.height, args.width)
+        onnx_path = export_onnx(checkpoint, folder / "model.onnx", args.height, args.width)
+        backends = {
+            "torch eager": TorchBackend(checkpoint, height=args.height, width=args.width),
+            "onnxruntime": OnnxRuntimeBackend(onnx_path, threads=args.threads),
+        }
+        if tensorrt_available():
+            engine = build_engine(onnx_path, precision="fp16", cache_dir=folder)
+            backends["tensorrt fp16"] = TensorRTBackend(engine)
+
+        frame = cv2.resize(data.astronaut(), FRAME_SIZE[::-1], interpolation=cv2.INTER_AREA)
+        batch = cv2.resize(frame, (args.width, args.height), interpolation=cv2.INTER_AREA)
+        batch = np.ascontiguousarray(batch.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
+        reference = backends["torch eager"](batch)
+        for name, backend in backends.items():
+            error = float(np.abs(backend(batch) - reference).max())
+            if error > TOLERANCE[backend.name]:
+                raise RuntimeError(f"{name} differs from torch by {error:.2e}; the comparison would be void")
+
+        devices = {
+            "torch eager": str(backends["torch eager"].device),
+            "onnxruntime": backends["onnxruntime"].providers[0].replace("ExecutionProvider", ""),
+            "tensorrt fp16": "cuda",
+        }
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+        print(
+            f"# Depth inference {args.width}x{args.height}, batch 1, ResNet-18 DepthNet, "
+            f"{'checkpoint ' + args.checkpoint.name if args.checkpoint else 'random init'}; "
+            f"torch {torch.__version__}, onnxruntime {ort.__version__}, "
+            f"{torch.get_num_threads()} CPU threads, "
+            f"{platform.processor() or platform.machine()}, {gpu}, {datetime.date.today().isoformat()}, "
+            f"load average {os.getloadavg()[0]:.2f}, median of {args.repeats} after {args.warmup} warm-up"
+        )
+        print("| backend | device | backend ms/frame | vs torch eager | estimator ms/frame | overhead |")
+        print("|---|---|---:|---:|---:|---:|")
+        torch_ms, worst_overhead = None, 0.0
+        for name, backend in backends.items():
+            estimator = DepthEstimator(backend)
+            bare_ms, full_ms = paired_median_ms(
+                lambda backend=backend: backend(batch),
+                lambda estimator=estimator: estimator(frame),
+                args.repeats,
+                args.warmup,
+            )
+            torch_ms = torch_ms or bare_ms
+            overhead = full_ms / bare_ms
+            worst_overhead = max(worst_overhead, overhead)
+            print(
+                f"| {name} | {devices[name]} | {bare_ms:.2f} | {torch_ms / bare_ms:.2f}x "
+                f"| {full_ms:.2f} | {overhead:.3f} |"
+            )
+            backend.close()
+        print()
+        print(f"worst DepthEstimator / bare backend time: {worst_overhead:.3f} (goal <= 1.15)")
+        if "tensorrt fp16" not in backends:
+            print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
+
+
+if __name__ == "__main__":
+    main()

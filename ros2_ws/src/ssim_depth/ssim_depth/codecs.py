@@ -1,0 +1,139 @@
+"""sensor_msgs <-> NumPy conversions for the depth node.
+
+Colour images are decoded by the library's message decoder (:func:`ssim_depth_core.data.rosbag.
+image_from_message`), the one training uses on recorded bags, so a frame decodes identically when served
+and when trained on. ``cv_bridge`` is not needed; where it is installed, ``tests/test_ros_codecs.py`` checks
+that it decodes to the same arrays. Every malformed message raises :class:`ImageDecodeError` naming the
+field and what was expected.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.data.rosbag import image_from_message
+
+
+class ImageDecodeError(ValueError):
+    """A sensor_msgs image that cannot be decoded; the message says which field is wrong and why."""
+
+
+def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """Decode an Image (rgb8, bgr8, rgba8, bgra8, mono8; row padding honoured) or a CompressedImage
+    (JPEG/PNG) to (H, W, 3) uint8 RGB. Alpha is dropped, mono replicated to three channels.
+    """
+    if isinstance(msg, CompressedImage):
+        what = f"CompressedImage ({msg.format or 'no format'})"
+    else:
+        what = f"Image {msg.width}x{msg.height} {msg.encoding or '(no encoding)'}"
+        if msg.height == 0 or msg.width == 0:
+            raise ImageDecodeError(f"{what}: empty image (zero width or height)")
+    try:
+        return image_from_message(msg)
+    except ValueError as err:
+        raise ImageDecodeError(f"{what}: {err}") from None
+
+
+def _check_layout(msg: Image, bytes_per_pixel: int) -> None:
+    """Validate size, step and data length of a raw (depth) image message."""
+    if msg.height == 0 or msg.width == 0:
+        raise ImageDecodeError(f"empty image: {msg.width}x{msg.height} ({msg.encoding})")
+    row_bytes = msg.width * bytes_per_pixel
+    if msg.step < row_bytes:
+        raise ImageDecodeError(
+            f"step {msg.step} is smaller than width * bytes per pixel = {msg.width} * {bytes_per_pixel}"
+        )
+    if len(msg.data) != msg.height * msg.step:
+        raise ImageDecodeError(
+            f"data length {len(msg.data)} != height*step = {msg.height}*{msg.step} = {msg.height * msg.step}"
+        )
+
+
+def _image_msg(array: np.ndarray, header: Header, encoding: str) -> Image:
+    """Wrap a C-contiguous (H, W[, C]) array as an unpadded Image in native byte order."""
+    array = np.ascontiguousarray(array)
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == "big" and array.dtype.itemsize > 1)
+    msg.step = int(array.strides[0])
+    msg.data = array.tobytes()
+    return msg
+
+
+def depth_to_image_msg(depth: np.ndarray, header: Header) -> Image:
+    """(H, W) depth in metres (NaN = invalid, REP 117) -> 32FC1 Image with ``header``."""
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
+    return _image_msg(depth.astype(np.float32, copy=False), header, "32FC1")
+
+
+def image_msg_to_depth(msg: Image) -> np.ndarray:
+    """32FC1 Image -> (H, W) float32 in native byte order; honours ``step`` and ``is_bigendian``."""
+    if msg.encoding != "32FC1":
+        raise ImageDecodeError(f"unsupported depth encoding '{msg.encoding}'; expected 32FC1")
+    _check_layout(msg, 4)
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 4]
+    return np.ascontiguousarray(rows).view(">f4" if msg.is_bigendian else "<f4").astype(np.float32)
+
+
+def colorize_depth(depth: np.ndarray, colormap: int = cv2.COLORMAP_MAGMA) -> np.ndarray:
+    """(H, W) depth -> (H, W, 3) uint8 BGR of normalised inverse depth (near = bright); invalid -> black."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = 1.0 / depth
+    valid = np.isfinite(inverse) & (depth > 0)
+    if not valid.any():
+        return np.zeros((*depth.shape, 3), dtype=np.uint8)
+    lo, hi = float(inverse[valid].min()), float(inverse[valid].max())
+    scaled = np.where(valid, (inverse - lo) / max(hi - lo, 1e-12), 0.0)
+    bgr = cv2.applyColorMap((scaled * 255.0).astype(np.uint8), colormap)
+    bgr[~valid] = 0
+    return bgr
+
+
+def preview_image_msg(depth: np.ndarray, header: Header, colormap: int = cv2.COLORMAP_MAGMA) -> Image:
+    """(H, W) depth -> bgr8 preview Image (see :func:`colorize_depth`)."""
+    return _image_msg(colorize_depth(depth, colormap), header, "bgr8")
+
+
+def scaled_camera_info(info: CameraInfo, width: int, height: int, header: Header) -> CameraInfo:
+    """``info`` resampled to ``width`` x ``height`` (a plain resize, :meth:`Intrinsics.scaled`'s convention).
+
+    K and P are rescaled (P's Tx, Ty with the focal lengths; an all-zero matrix stays zero); D and R are kept.
+    """
+    if info.width == 0 or info.height == 0:
+        raise ValueError(f"CameraInfo has no image size ({info.width}x{info.height}); cannot scale it")
+    out = CameraInfo()
+    out.header = header
+    out.width, out.height = int(width), int(height)
+    out.distortion_model = info.distortion_model
+    out.d = list(info.d)
+    out.r = info.r
+    k, p = np.asarray(info.k, dtype=np.float64), np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if k.any():
+        out.k = Intrinsics.from_matrix(k, info.width, info.height).scaled(width, height).matrix.ravel()
+    if p.any():
+        scaled = Intrinsics.from_matrix(p, info.width, info.height).scaled(width, height)
+        translation = p[:, 3] * [width / info.width, height / info.height, 1.0]
+        out.p = np.hstack([scaled.matrix, translation[:, None]]).ravel()
+    return out
+
+
+def camera_info_from_intrinsics(intrinsics: Intrinsics, header: Header) -> CameraInfo:
+    """A distortion-free CameraInfo for pinhole ``intrinsics`` (K and P filled, R identity)."""
+    info = CameraInfo()
+    info.header = header
+    info.width, info.height = intrinsics.width, intrinsics.height
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = intrinsics.matrix.ravel()
+    info.r = np.eye(3).ravel()
+    info.p = np.hstack([intrinsics.matrix, np.zeros((3, 1))]).ravel()
+    return info

@@ -1,0 +1,61 @@
+"""Checkpoint files: atomic writes, and loading a trained depth network for serving."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssim_depth_core.config import TrainConfig, from_dict
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by the trainer, with a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # torch raises several unrelated types for a corrupt or non-torch file
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+    missing = {"config", "model"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise ValueError(f"{path}: not an ssim_depth checkpoint (missing {', '.join(sorted(missing))})")
+    return state
+
+
+def load_depth_net(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the trained :class:`DepthNet` (eval mode) and its training config from a checkpoint."""
+    from ssim_depth_core.models.depth import DepthNet
+
+    state = load_checkpoint(path, map_location)
+    config: TrainConfig = from_dict(TrainConfig, state["config"])
+    net = DepthNet(
+        num_layers=config.model.num_layers,
+        pretrained=False,
+        padding_mode=config.model.padding_mode,
+        scales=tuple(config.model.scales),
+    )
+    prefix = "depth_net."
+    weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    net.load_state_dict(weights)
+    return net.eval(), config

@@ -1,0 +1,180 @@
+"""The ``ssim-depth`` console script: synth, train, evaluate, export, infer, play.
+
+Each verb parses its arguments and calls the library; the scripts in ``training/`` call the same verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ssim_depth")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse ``WIDTHxHEIGHT``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 416x128, got '{text}'") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got '{text}'")
+    return width, height
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from ssim_depth_core.data.synthetic import generate_dataset
+
+    width, height = args.size
+    root = generate_dataset(
+        args.out,
+        seed=args.seed,
+        drives=args.drives,
+        frames=args.frames,
+        width=width,
+        height=height,
+        bag=args.bag,
+    )
+    print(f"synthetic drives written to {root}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ssim_depth_core.config import load_config
+    from ssim_depth_core.trainer import Trainer
+
+    overrides = list(args.set)
+    if args.image_topic:
+        overrides.append(f"data.image_topic={args.image_topic}")
+    if args.camera_info_topic:
+        overrides.append(f"data.camera_info_topic={args.camera_info_topic}")
+    config = load_config(args.config, overrides)
+    trainer = Trainer(config, args.data, args.out, resume=args.resume)
+    metrics = trainer.fit()
+    if trainer.context.is_main:
+        print(
+            f"checkpoints in {trainer.checkpoint_dir}, TensorBoard logs in {Path(args.out) / 'tensorboard'}"
+        )
+        if metrics:
+            print("final validation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ssim_depth_core.evaluation import evaluate_model, format_table
+
+    metrics = evaluate_model(
+        args.checkpoint,
+        args.data,
+        args.split,
+        median_scaling=not args.no_median_scaling,
+        backend=args.backend,
+    )
+    print(format_table(metrics))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        print(f"metrics written to {args.json}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from ssim_depth_core.export.onnx import export_onnx
+
+    onnx_path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width)
+    print(f"ONNX model written to {onnx_path}")
+    if args.tensorrt:
+        from ssim_depth_core.export.tensorrt import build_engine
+
+        engine = build_engine(onnx_path, args.tensorrt, precision=args.precision)
+        print(f"TensorRT engine written to {engine}")
+
+
+def _play(args: argparse.Namespace) -> None:
+    try:
+        from ssim_depth.play import play
+    except ImportError as error:
+        raise RuntimeError(
+            f"'ssim-depth play' needs rclpy (pip extra 'ros') and the ssim_depth ROS package "
+            f"(make install, or colcon build + source ros2_ws/install/setup.bash): {error}"
+        ) from error
+    count = play(args.bag, args.rate, args.loop, args.image_topic, args.camera_info_topic)
+    print(f"published {count} messages from {args.bag}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssim-depth", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    synth = verbs.add_parser("synth", help="render synthetic drives in the KITTI raw layout (+ rosbag2)")
+    synth.add_argument("--out", required=True, type=Path, help="output root")
+    synth.add_argument("--seed", type=int, default=0, help="scene seed; every drive differs")
+    synth.add_argument("--drives", type=int, default=2, help="number of drives")
+    synth.add_argument("--frames", type=int, default=60, help="frames per drive")
+    synth.add_argument("--size", type=_size, default=(416, 128), help="WIDTHxHEIGHT of the images")
+    synth.add_argument("--bag", choices=["mcap", "sqlite3", "none"], default="mcap", help="rosbag2 storage")
+    synth.set_defaults(run=_synth)
+
+    train = verbs.add_parser("train", help="self-supervised training")
+    train.add_argument("--config", type=Path, required=True, help="YAML config (training/configs/*.yaml)")
+    train.add_argument("--data", type=Path, required=True, help="KITTI-layout root or rosbag2 (dir or file)")
+    train.add_argument("--out", type=Path, required=True, help="run folder: config, checkpoints, TensorBoard")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    train.add_argument("--image-topic", help="rosbag2 image topic (when the bag has several)")
+    train.add_argument("--camera-info-topic", help="rosbag2 CameraInfo topic (when ambiguous)")
+    train.set_defaults(run=_train)
+
+    evaluate = verbs.add_parser("evaluate", help="Eigen-protocol depth metrics against ground truth")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="model: .pt, .onnx or .engine")
+    evaluate.add_argument("--data", type=Path, required=True, help="KITTI-layout root with ground truth")
+    evaluate.add_argument(
+        "--split", default="test", help="split file, or a name resolved under DATA/splits/*/"
+    )
+    evaluate.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+    evaluate.add_argument(
+        "--no-median-scaling", action="store_true", help="metric model: no per-image scaling"
+    )
+    evaluate.add_argument(
+        "--backend", default="torch", help="runtime backend: auto|torch|onnxruntime|tensorrt"
+    )
+    evaluate.set_defaults(run=_evaluate)
+
+    export = verbs.add_parser("export", help="export a checkpoint to ONNX (and a TensorRT engine)")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--onnx", type=Path, required=True, help="output .onnx path")
+    export.add_argument("--height", type=int, help="input height (default: the training height)")
+    export.add_argument("--width", type=int, help="input width (default: the training width)")
+    export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
+    export.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
+    export.set_defaults(run=_export)
+
+    play = verbs.add_parser("play", help="publish a rosbag2's camera topics with rclpy at recorded timing")
+    play.add_argument("bag", type=Path, help="bag directory or .mcap/.db3 file")
+    play.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    play.add_argument("--loop", action="store_true", help="start over at the end until interrupted")
+    play.add_argument("--image-topic", help="image topic (default: auto-detect)")
+    play.add_argument("--camera-info-topic", help="CameraInfo topic (default: auto-detect)")
+    play.set_defaults(run=_play)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        log.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""KITTI raw drives (``<root>/<date>/<drive>/image_<cam>/data/%010d.png``) as frame sequences.
+
+Works unchanged on the real KITTI raw release (drive folders ``<date>_drive_<NNNN>_sync``) and on the
+synthetic drives written in the same layout. Optional extras inside a drive folder: ground-truth depth in
+``proj_depth/groundtruth/image_<cam>/%010d.png`` (uint16, metres * 256, 0 = invalid, as the KITTI depth
+benchmark ships it) and camera-to-world poses in ``poses_cam_<cam>.txt`` (12 values of a 3x4 matrix per line).
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import re
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.data.sequence import FrameError, FrameSequence
+
+logger = logging.getLogger(__name__)
+
+SIDE_TO_CAMERA = {"l": "02", "r": "03"}  # split-file side -> KITTI colour camera
+DEFAULT_SPACING_S = 0.1  # KITTI cameras run at 10 Hz
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
+
+
+def decode_image(data: bytes | np.ndarray, source: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes to an H x W x 3 uint8 RGB array.
+
+    Raises :class:`FrameError` naming ``source`` when the bytes are empty, truncated or not an image.
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise FrameError(f"{source}: empty image data")
+    # Some OpenCV builds decode a truncated JPEG into a grey-filled image with only a warning; a JPEG
+    # without its end-of-image marker (0xFFD9, which never occurs inside entropy-coded data) is truncated.
+    if buffer[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buffer[-32:].tobytes():
+        raise FrameError(f"{source}: truncated JPEG ({buffer.size} bytes, no end-of-image marker)")
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if image is None:
+        raise FrameError(f"{source}: cannot decode image ({buffer.size} bytes; truncated or not PNG/JPEG)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise FrameError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def parse_kitti_timestamp(text: str) -> float:
+    """``"2011-09-26 13:02:25.964389445"`` (UTC, up to nanoseconds) -> float seconds since the epoch."""
+    match = _TIMESTAMP.match(text.strip())
+    if match is None:
+        raise ValueError(f"expected 'YYYY-MM-DD HH:MM:SS.fffffffff', got {text.strip()!r}")
+    whole = calendar.timegm(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timetuple())
+    fraction = match.group(2) or "0"
+    return whole + int(fraction) / 10 ** len(fraction)
+
+
+def read_kitti_timestamps(path: str | Path) -> np.ndarray:
+    """A KITTI ``timestamps.txt`` -> (N,) float64 seconds; ValueError naming file:line if malformed."""
+    values = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            values.append(parse_kitti_timestamp(line))
+        except ValueError as err:
+            raise ValueError(f"{path}:{line_no}: {err}") from None
+    return np.asarray(values, dtype=np.float64)
+
+
+def read_poses(path: str | Path) -> np.ndarray:
+    """A file of 3x4 row-major camera-to-world matrices, one per line -> (N, 4, 4) float64."""
+    poses = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError:
+            raise ValueError(f"{path}:{line_no}: non-numeric pose value in {line.strip()!r}") from None
+        if len(values) != 12:
+            raise ValueError(f"{path}:{line_no}: expected 12 values (3x4 pose), got {len(values)}")
+        pose = np.eye(4)
+        pose[:3] = np.reshape(values, (3, 4))
+        poses.append(pose)
+    return np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+
+
+def kitti_sequence_name(date_drive: str, camera: str) -> str:
+    """Sequence name of one camera of a drive, e.g. ``2011_09_26/2011_09_26_drive_0001_sync/image_02``."""
+    return f"{date_drive}/image_{camera}"
+
+
+class KittiRawSequence(FrameSequence):
+    """One camera of one KITTI raw drive; frame ``i`` is the file numbered ``i``."""
+
+    def __init__(self, root: str | Path, date: str, drive: str, camera: str = "02") -> None:
+        self.root, self.date, self.drive, self.camera = Path(root), date, drive, camera
+        self.drive_dir = self.root / date / drive
+        self.name = kitti_sequence_name(f"{date}/{drive}", camera)
+        self.image_dir = self.drive_dir / f"image_{camera}" / "data"
+        if not self.image_dir.is_dir():
+            raise ValueError(
+                f"{self.image_dir}: no such image folder (expected <date>/<drive>/image_<cam>/data)"
+            )
+        calib = self.root / date / "calib_cam_to_cam.txt"
+        if not calib.is_file():
+            raise ValueError(f"{calib}: missing KITTI calibration file for drive {drive}")
+        self.intrinsics = Intrinsics.from_kitti_calib(calib, camera)
+
+        numbers: set[int] = set()
+        for suffix in (".png", ".jpg"):
+            numbers = {int(p.stem) for p in self.image_dir.glob(f"*{suffix}") if p.stem.isdigit()}
+            if numbers:
+                self.suffix = suffix
+                break
+        if not numbers:
+            raise ValueError(f"{self.image_dir}: no %010d.png or %010d.jpg frames")
+
+        stamps = self.image_dir.parent / "timestamps.txt"
+        if stamps.is_file():
+            self.timestamps = read_kitti_timestamps(stamps)
+            if max(numbers) >= len(self.timestamps):
+                raise ValueError(
+                    f"{stamps}: {len(self.timestamps)} timestamps but {self.image_dir} "
+                    f"has frame {max(numbers)}"
+                )
+        else:
+            logger.warning("%s missing: assuming %.1f s between frames", stamps, DEFAULT_SPACING_S)
+            self.timestamps = np.arange(max(numbers) + 1, dtype=np.float64) * DEFAULT_SPACING_S
+        if len(numbers) < len(self.timestamps):
+            logger.warning(
+                "%s: %d of %d frames missing",
+                self.image_dir,
+                len(self.timestamps) - len(numbers),
+                len(self.timestamps),
+            )
+
+        self.depth_dir = self.drive_dir / "proj_depth" / "groundtruth" / f"image_{camera}"
+        pose_file = self.drive_dir / f"poses_cam_{camera}.txt"
+        self._poses = read_poses(pose_file) if pose_file.is_file() else None
+        if self._poses is not None and len(self._poses) != len(self):
+            raise ValueError(f"{pose_file}: {len(self._poses)} poses for {len(self)} frames")
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: frame {index} out of range [0, {len(self)})")
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / f"{index:010d}{self.suffix}"
+
+    def image(self, index: int) -> np.ndarray:
+        self._check(index)
+        path = self.image_path(index)
+        return decode_image(_read_bytes(path), str(path))
+
+    def depth(self, index: int) -> np.ndarray | None:
+        self._check(index)
+        path = self.depth_dir / f"{index:010d}.png"
+        if not path.is_file():
+            return None
+        depth = cv2.imdecode(np.frombuffer(_read_bytes(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise FrameError(f"{path}: cannot decode depth PNG (truncated or not a PNG)")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise FrameError(
+                f"{path}: expected a single-channel uint16 depth PNG, got {depth.dtype} {depth.shape}"
+            )
+        return depth.astype(np.float32) / 256.0
+
+    def pose(self, index: int) -> np.ndarray | None:
+        self._check(index)
+        return None if self._poses is None else self._poses[index].copy()
+
+
+def read_split(path: str | Path) -> list[tuple[str, int, str]]:
+    """Eigen/Zhou split file lines ``<date>/<drive> <frame_index> l|r`` -> [(date/drive, frame, side)]."""
+    entries = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if (
+            len(fields) != 3
+            or "/" not in fields[0]
+            or not fields[1].isdigit()
+            or fields[2] not in SIDE_TO_CAMERA
+        ):
+            raise ValueError(
+                f"{path}:{line_no}: expected '<date>/<drive> <frame_index> l|r', got {line.strip()!r}"
+            )
+        entries.append((fields[0], int(fields[1]), fields[2]))
+    return entries
+
+
+def is_kitti_root(path: str | Path) -> bool:
+    """Whether ``path`` holds date folders with a ``calib_cam_to_cam.txt``."""
+    path = Path(path)
+    return path.is_dir() and any((d / "calib_cam_to_cam.txt").is_file() for d in path.iterdir() if d.is_dir())
+
+
+def discover_kitti(root: str | Path, cameras: tuple[str, ...] = ("02", "03")) -> list[KittiRawSequence]:
+    """Every drive x camera under ``root`` that has ``image_<cam>/data``, sorted by date, drive, camera."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory (expected a KITTI raw root of <date>/<drive> folders)")
+    sequences = []
+    for date_dir in sorted(d for d in root.iterdir() if (d / "calib_cam_to_cam.txt").is_file()):
+        for drive_dir in sorted(d for d in date_dir.iterdir() if d.is_dir()):
+            for camera in cameras:
+                if (drive_dir / f"image_{camera}" / "data").is_dir():
+                    sequences.append(KittiRawSequence(root, date_dir.name, drive_dir.name, camera))
+    return sequences

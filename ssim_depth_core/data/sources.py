@@ -1,0 +1,64 @@
+"""Open whatever recording a path points at as frame sequences: a KITTI raw root or rosbag2 bag(s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.config import DataConfig
+from ssim_depth_core.data.kitti_raw import discover_kitti, is_kitti_root
+from ssim_depth_core.data.rosbag import STORAGE_SUFFIXES, RosbagSequence, is_rosbag
+from ssim_depth_core.data.sequence import FrameSequence
+
+
+def intrinsics_from_config(values: list[float]) -> Intrinsics | None:
+    """``data.intrinsics`` ([fx, fy, cx, cy, width, height], or empty) -> Intrinsics | None."""
+    if not values:
+        return None
+    if len(values) != 6:
+        raise ValueError(f"data.intrinsics must be [fx, fy, cx, cy, width, height], got {values!r}")
+    fx, fy, cx, cy, width, height = values
+    if width != int(width) or height != int(height):
+        raise ValueError(f"data.intrinsics width/height must be whole pixels, got {width} x {height}")
+    return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+
+
+def bag_paths(path: Path) -> list[Path]:
+    """The rosbag2 recordings at ``path``: itself, each storage file of a metadata-less folder of several,
+    or each bag directly inside it."""
+    if is_rosbag(path):
+        if path.is_dir() and not (path / "metadata.yaml").is_file():
+            return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in STORAGE_SUFFIXES)
+        return [path]
+    if path.is_dir():
+        return [child for child in sorted(path.iterdir()) if is_rosbag(child)]
+    return []
+
+
+def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSequence]:
+    """Frame sequences of a KITTI raw root (every drive and colour camera) or of one or more rosbag2 bags.
+
+    Bags use ``data_config.image_topic`` / ``camera_info_topic`` (empty = auto-detect) and
+    ``data_config.intrinsics`` (overrides CameraInfo when set).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or directory")
+    if is_kitti_root(path):
+        return discover_kitti(path)
+    bags = bag_paths(path)
+    if not bags:
+        raise ValueError(
+            f"{path}: neither a KITTI raw root (<date>/calib_cam_to_cam.txt, <date>/<drive>/image_02/data) "
+            "nor a rosbag2 (a .mcap/.db3 file, a bag directory with metadata.yaml, or a directory of bags)"
+        )
+    intrinsics = intrinsics_from_config(data_config.intrinsics)
+    return [
+        RosbagSequence(
+            bag,
+            image_topic=data_config.image_topic or None,
+            camera_info_topic=data_config.camera_info_topic or None,
+            intrinsics=intrinsics,
+        )
+        for bag in bags
+    ]

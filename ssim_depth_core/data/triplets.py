@@ -1,0 +1,256 @@
+"""Training samples: a target frame and its temporal neighbours, resized, augmented, with multi-scale K.
+
+One sample (no batch dimension) is a dict following the training data contract:
+``images`` / ``images_aug`` (F, 3, H, W) float32 in [0, 1] (frame f is ``frame_ids[f]``), ``K`` / ``inv_K``
+(NUM_SCALES, 3, 3) for an image of W / 2**s x H / 2**s, ``depth_gt`` (1, H, W) metres when the source has
+ground truth, and ``index``. Augmentation is a pure function of (seed, epoch, index), so runs reproduce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import Dataset, default_collate
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.config import DataConfig
+from ssim_depth_core.data.kitti_raw import SIDE_TO_CAMERA, kitti_sequence_name, read_split
+from ssim_depth_core.data.sequence import FrameError, FrameSequence
+
+logger = logging.getLogger(__name__)
+
+NUM_SCALES = 4  # K / inv_K for scales 0..3, as the depth decoder's outputs
+
+
+def build_samples(
+    sequences: Sequence[FrameSequence], frame_ids: Sequence[int], split: str | Path | None = None
+) -> list[tuple[int, int]]:
+    """(sequence index, target frame) pairs whose neighbours ``frame_ids`` all exist.
+
+    Without ``split`` every such frame of every sequence; with a split file (``<date>/<drive> <frame> l|r``)
+    its entries, matched to KITTI sequences by drive and camera. Entries too close to a sequence end for
+    ``frame_ids`` are dropped with a warning; a drive that is not loaded is an error.
+    """
+    low, high = min(frame_ids), max(frame_ids)
+    if split is None:
+        return [(s, f) for s, seq in enumerate(sequences) for f in range(-low, len(seq) - high)]
+    by_name = {seq.name: s for s, seq in enumerate(sequences)}
+    samples, dropped = [], 0
+    for drive, frame, side in read_split(split):
+        name = kitti_sequence_name(drive, SIDE_TO_CAMERA[side])
+        if name not in by_name:
+            raise ValueError(
+                f"{split}: drive {drive} camera {SIDE_TO_CAMERA[side]} ({name}) is not among the "
+                f"{len(sequences)} loaded sequences"
+            )
+        s = by_name[name]
+        if frame + low < 0 or frame + high >= len(sequences[s]):
+            dropped += 1
+            continue
+        samples.append((s, frame))
+    if dropped:
+        logger.warning("%s: dropped %d entries without neighbours %s", split, dropped, list(frame_ids))
+    return samples
+
+
+def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """H x W x 3 uint8 -> height x width x 3 uint8 (area interpolation)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def filter_static(
+    sequences: Sequence[FrameSequence],
+    samples: Sequence[tuple[int, int]],
+    frame_ids: Sequence[int],
+    threshold: float,
+    size: tuple[int, int],
+) -> list[tuple[int, int]]:
+    """Drop samples whose mean |target - source| (RGB in [0, 1] at ``size`` = (width, height), averaged over
+    the sources) is below ``threshold``: a parked camera teaches nothing about depth. Unreadable samples are
+    dropped too. The order of ``samples`` is kept."""
+    sources = [offset for offset in frame_ids if offset != 0]
+
+    @lru_cache(maxsize=4 * len(frame_ids))
+    def thumbnail(s: int, f: int) -> np.ndarray:
+        return resize_image(sequences[s].image(f), *size).astype(np.float32) / 255.0
+
+    keep, static, unreadable = {}, 0, 0
+    for s, f in sorted(set(samples)):  # frame order, so the cache decodes each frame once
+        try:
+            target = thumbnail(s, f)
+            motion = np.mean([np.abs(thumbnail(s, f + o) - target).mean() for o in sources])
+        except FrameError as err:
+            logger.warning("static filter: dropping %s frame %d: %s", sequences[s].name, f, err)
+            unreadable += 1
+            keep[s, f] = False
+            continue
+        keep[s, f] = motion >= threshold
+        static += not keep[s, f]
+    kept = [sample for sample in samples if keep[sample]]
+    logger.info(
+        "static filter (threshold %g): kept %d of %d samples, dropped %d static and %d unreadable",
+        threshold,
+        len(kept),
+        len(samples),
+        static,
+        unreadable,
+    )
+    return kept
+
+
+def flip_intrinsics(intrinsics: Intrinsics) -> Intrinsics:
+    """Intrinsics of the horizontally mirrored image: pixel u maps to width - 1 - u."""
+    return dataclasses.replace(intrinsics, cx=intrinsics.width - 1 - intrinsics.cx)
+
+
+def sample_jitter(config: DataConfig, generator: torch.Generator) -> dict[str, Any]:
+    """Colour-jitter factors (brightness/contrast/saturation in [1 - r, 1 + r], hue in [-h, h]), op order."""
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    return {
+        "brightness": uniform(max(0.0, 1 - config.brightness), 1 + config.brightness),
+        "contrast": uniform(max(0.0, 1 - config.contrast), 1 + config.contrast),
+        "saturation": uniform(max(0.0, 1 - config.saturation), 1 + config.saturation),
+        "hue": uniform(-config.hue, config.hue),
+        "order": torch.randperm(4, generator=generator).tolist(),
+    }
+
+
+def apply_jitter(images: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """(..., 3, H, W) float in [0, 1] -> jittered copy; the same factors for every image of the batch."""
+    ops = [
+        lambda x: TF.adjust_brightness(x, params["brightness"]),
+        lambda x: TF.adjust_contrast(x, params["contrast"]),
+        lambda x: TF.adjust_saturation(x, params["saturation"]),
+        lambda x: TF.adjust_hue(x, params["hue"]),
+    ]
+    for op in params["order"]:
+        images = ops[op](images)
+    return images
+
+
+class TripletDataset(Dataset):
+    """``samples[i] = (sequence index, target frame)`` -> one training sample dict, or None if unreadable.
+
+    Train mode flips (all frames, depth and cx) with ``flip_probability`` and colour-jitters the network
+    inputs ``images_aug`` with ``jitter_probability``; eval mode does neither. Use with
+    :func:`collate_skipping`.
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[FrameSequence],
+        samples: Sequence[tuple[int, int]],
+        data_config: DataConfig,
+        train: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.sequences = list(sequences)
+        self.config = data_config
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.frame_ids = list(data_config.frame_ids)
+        if not self.frame_ids or self.frame_ids[0] != 0:
+            raise ValueError(f"data.frame_ids must start with the target frame 0, got {self.frame_ids}")
+        divisor = 2 ** (NUM_SCALES - 1)
+        if data_config.height % divisor or data_config.width % divisor:
+            raise ValueError(
+                f"data.height and data.width must be multiples of {divisor}, "
+                f"got {data_config.height}x{data_config.width}"
+            )
+        self.samples = list(samples)
+        if data_config.static_threshold > 0:
+            size = (data_config.width // 4, data_config.height // 4)
+            self.samples = filter_static(
+                self.sequences, self.samples, self.frame_ids, data_config.static_threshold, size
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw of ``epoch`` (call before each epoch, as with DistributedSampler)."""
+        self.epoch = epoch
+
+    def _generator(self, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        s, frame = self.samples[index]
+        sequence = self.sequences[s]
+        width, height = self.config.width, self.config.height
+        native = sequence.intrinsics
+        try:
+            frames = []
+            for offset in self.frame_ids:
+                image = sequence.image(frame + offset)
+                if image.shape[:2] != (native.height, native.width):
+                    raise FrameError(
+                        f"{sequence.name} frame {frame + offset}: image is {image.shape[1]}x{image.shape[0]} "
+                        f"but the intrinsics are for {native.width}x{native.height}"
+                    )
+                frames.append(resize_image(image, width, height))
+            depth = sequence.depth(frame)
+        except FrameError as err:
+            logger.warning("skipping sample %d (%s frame %d): %s", index, sequence.name, frame, err)
+            return None
+
+        generator = self._generator(index)
+        flip = self.train and float(torch.rand((), generator=generator)) < self.config.flip_probability
+        jitter = self.train and float(torch.rand((), generator=generator)) < self.config.jitter_probability
+
+        images = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+        if flip:
+            images = images.flip(-1)
+        images_aug = apply_jitter(images, sample_jitter(self.config, generator)) if jitter else images
+
+        scaled = [native.scaled(width // 2**k, height // 2**k) for k in range(NUM_SCALES)]
+        if flip:
+            scaled = [flip_intrinsics(k) for k in scaled]
+        sample = {
+            "images": images,
+            "images_aug": images_aug,
+            "K": torch.stack([k.K() for k in scaled]),
+            "inv_K": torch.stack([k.inv_K() for k in scaled]),
+            "index": index,
+        }
+        if depth is not None:
+            depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
+            depth_gt = torch.from_numpy(depth)[None]
+            sample["depth_gt"] = depth_gt.flip(-1) if flip else depth_gt
+        return sample
+
+
+def collate_skipping(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Collate the readable samples, adding ``"skipped"`` = how many were None; None when all were.
+
+    Samples without ``depth_gt`` get an all-zero (invalid) map when others in the batch have one (KITTI has
+    no ground truth for the first and last frames of a drive).
+    """
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        return None
+    with_depth = [sample["depth_gt"] for sample in kept if "depth_gt" in sample]
+    if with_depth and len(with_depth) < len(kept):
+        kept = [
+            sample if "depth_gt" in sample else {**sample, "depth_gt": torch.zeros_like(with_depth[0])}
+            for sample in kept
+        ]
+    collated = default_collate(kept)
+    collated["skipped"] = len(batch) - len(kept)
+    return collated

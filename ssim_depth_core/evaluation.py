@@ -1,0 +1,220 @@
+"""Depth evaluation against ground truth: Eigen et al. (2014) error metrics, the Garg crop, median scaling.
+
+The KITTI protocol computes the metrics per image on its valid ground-truth pixels and averages them over
+images (:class:`MetricsAccumulator`). A monocular model is only defined up to scale, so each prediction is
+multiplied by median(gt) / median(pred) over the valid pixels before comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+
+# Garg et al. (2016) crop of the KITTI Eigen split, as fractions of (height, height, width, width).
+_GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
+_DELTA = 1.25
+
+
+def compute_depth_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Eigen et al. error and accuracy metrics between matched depths.
+
+    Args:
+        gt: (N,) or any shape of positive ground-truth depths (only valid pixels).
+        pred: predicted depths, same shape, positive.
+
+    Returns:
+        dict with abs_rel = mean(|gt - pred| / gt), sq_rel = mean((gt - pred)^2 / gt),
+        rmse = sqrt(mean((gt - pred)^2)), rmse_log = sqrt(mean((ln gt - ln pred)^2)) and
+        a1/a2/a3 = fraction of pixels with max(gt / pred, pred / gt) < 1.25, 1.25^2, 1.25^3.
+    """
+    gt = np.asarray(gt, dtype=np.float64).ravel()
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt and pred must have the same number of values, got {gt.size} and {pred.size}")
+    if gt.size == 0:
+        raise ValueError("no pixels to evaluate (gt is empty)")
+    if np.any(~(gt > 0)) or np.any(~(pred > 0)):
+        raise ValueError("gt and pred depths must all be > 0 (found a value <= 0 or NaN)")
+
+    diff = gt - pred
+    ratio = np.maximum(gt / pred, pred / gt)
+    return {
+        "abs_rel": float(np.mean(np.abs(diff) / gt)),
+        "sq_rel": float(np.mean(diff**2 / gt)),
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "rmse_log": float(np.sqrt(np.mean((np.log(gt) - np.log(pred)) ** 2))),
+        "a1": float(np.mean(ratio < _DELTA)),
+        "a2": float(np.mean(ratio < _DELTA**2)),
+        "a3": float(np.mean(ratio < _DELTA**3)),
+    }
+
+
+def garg_crop_mask(height: int, width: int) -> np.ndarray:
+    """(H, W) bool mask, True inside the Garg crop: rows [0.408 H, 0.992 H), cols [0.036 W, 0.964 W)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    top, bottom = int(_GARG_CROP[0] * height), int(_GARG_CROP[1] * height)
+    left, right = int(_GARG_CROP[2] * width), int(_GARG_CROP[3] * width)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def evaluate_depth(
+    gt_depth: np.ndarray,
+    pred_depth: np.ndarray,
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    crop: str | None = "garg",
+    median_scaling: bool = True,
+) -> tuple[dict[str, float], float]:
+    """Metrics of one predicted depth map against its ground truth.
+
+    Args:
+        gt_depth: (H, W) ground-truth depth in metres; pixels outside (min_depth, max_depth) are ignored
+            (0 or NaN = no measurement).
+        pred_depth: (H, W) predicted depth, already resized to the ground-truth resolution by the caller.
+        crop: "garg" to evaluate only inside :func:`garg_crop_mask`, None for the whole image.
+        median_scaling: multiply the prediction by median(gt) / median(pred) over the valid pixels.
+
+    Returns:
+        (metrics dict as :func:`compute_depth_metrics`, scale ratio applied; 1.0 without median scaling).
+        The prediction is clamped to [min_depth, max_depth] after scaling.
+    """
+    gt_depth = np.asarray(gt_depth, dtype=np.float64)
+    pred_depth = np.asarray(pred_depth, dtype=np.float64)
+    if gt_depth.ndim != 2:
+        raise ValueError(f"gt_depth must be a (H, W) map, got shape {gt_depth.shape}")
+    if pred_depth.shape != gt_depth.shape:
+        raise ValueError(
+            f"pred_depth shape {pred_depth.shape} != gt_depth shape {gt_depth.shape}: "
+            "resize the prediction to the ground-truth resolution first"
+        )
+    if not 0 <= min_depth < max_depth:
+        raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+
+    valid = (gt_depth > min_depth) & (gt_depth < max_depth)
+    if crop == "garg":
+        valid &= garg_crop_mask(*gt_depth.shape)
+    elif crop is not None:
+        raise ValueError(f"unknown crop {crop!r}, expected 'garg' or None")
+    if not valid.any():
+        raise ValueError(
+            f"no valid ground-truth pixels (gt in ({min_depth}, {max_depth}) m"
+            + (" inside the Garg crop)" if crop else ")")
+        )
+
+    gt, pred = gt_depth[valid], pred_depth[valid]
+    bad = np.count_nonzero(~np.isfinite(pred))
+    if bad:
+        raise ValueError(f"pred_depth has {bad} non-finite values on valid ground-truth pixels")
+    ratio = 1.0
+    if median_scaling:
+        pred_median = float(np.median(pred))
+        if pred_median <= 0:
+            raise ValueError(f"median predicted depth on valid pixels is {pred_median}, cannot median-scale")
+        ratio = float(np.median(gt)) / pred_median
+        pred = pred * ratio
+    pred = np.clip(pred, min_depth, max_depth)
+    return compute_depth_metrics(gt, pred), ratio
+
+
+class MetricsAccumulator:
+    """Per-image metrics averaged over images (the KITTI protocol), plus median-scaling ratio statistics."""
+
+    def __init__(self) -> None:
+        self._metrics: list[dict[str, float]] = []
+        self._ratios: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._metrics)
+
+    def add(self, metrics: dict[str, float], scale_ratio: float | None = None) -> None:
+        """Record one image's metrics (as returned by :func:`evaluate_depth`) and its scale ratio."""
+        missing = [name for name in METRIC_NAMES if name not in metrics]
+        if missing:
+            raise ValueError(f"metrics dict is missing {missing}, expected keys {list(METRIC_NAMES)}")
+        self._metrics.append({name: float(metrics[name]) for name in METRIC_NAMES})
+        if scale_ratio is not None:
+            self._ratios.append(float(scale_ratio))
+
+    def mean(self) -> dict[str, float]:
+        """Mean of each metric over the images added so far."""
+        if not self._metrics:
+            raise ValueError("no images were added to the accumulator")
+        return {name: float(np.mean([m[name] for m in self._metrics])) for name in METRIC_NAMES}
+
+    def scale_stats(self) -> dict[str, float]:
+        """Mean, standard deviation and median of the per-image median-scaling ratios."""
+        if not self._ratios:
+            raise ValueError("no scale ratios were added to the accumulator")
+        ratios = np.asarray(self._ratios)
+        return {"mean": float(ratios.mean()), "std": float(ratios.std()), "median": float(np.median(ratios))}
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two-line table (names, values with 3 decimals) in the order abs_rel .. a3."""
+    missing = [name for name in METRIC_NAMES if name not in metrics]
+    if missing:
+        raise ValueError(f"metrics dict is missing {missing}, expected keys {list(METRIC_NAMES)}")
+    header = " | ".join(f"{name:>8}" for name in METRIC_NAMES)
+    values = " | ".join(f"{metrics[name]:8.3f}" for name in METRIC_NAMES)
+    return f"{header}\n{values}"
+
+
+def resolve_split(data_path: str | Path, split: str | Path) -> Path:
+    """A split file path as given, or the name ``split`` resolved as ``DATA/splits/*/<split>_files.txt``."""
+    if Path(split).is_file():
+        return Path(split)
+    matches = sorted(Path(data_path).glob(f"splits/*/{split}_files.txt"))
+    if len(matches) != 1:
+        found = ", ".join(str(m) for m in matches) or "none"
+        raise ValueError(
+            f"split '{split}' is not a file, and {data_path}/splits/*/{split}_files.txt matched {found}: "
+            "pass a split file path"
+        )
+    return matches[0]
+
+
+def evaluate_model(
+    model_path: str | Path,
+    data_path: str | Path,
+    split: str | Path = "test",
+    median_scaling: bool = True,
+    backend: str = "torch",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Eigen-protocol metrics of a model (.pt, .onnx or .engine) over a split with ground-truth depth.
+
+    Each image goes through :class:`DepthEstimator`, exactly as in serving, at the image's own resolution.
+    Returns the per-image mean of every metric plus ``images`` and, with median scaling, ``scale_mean`` and
+    ``scale_std`` (the spread of per-image ratios shows how consistent the model's scale is).
+    """
+    from ssim_depth_core.config import DataConfig
+    from ssim_depth_core.data.sources import open_sequences
+    from ssim_depth_core.data.triplets import build_samples
+    from ssim_depth_core.runtime.estimator import DepthEstimator
+
+    sequences = open_sequences(data_path, DataConfig())
+    samples = build_samples(sequences, [0], resolve_split(data_path, split))
+    estimator = DepthEstimator(model_path, backend=backend)
+    accumulator = MetricsAccumulator()
+    for sequence_index, frame in tqdm(samples, desc="evaluate", disable=not progress, dynamic_ncols=True):
+        sequence = sequences[sequence_index]
+        gt = sequence.depth(frame)
+        if gt is None:
+            raise ValueError(f"{sequence.name} frame {frame}: no ground-truth depth to evaluate against")
+        metrics, ratio = evaluate_depth(gt, estimator(sequence.image(frame)), median_scaling=median_scaling)
+        accumulator.add(metrics, ratio if median_scaling else None)
+    if not len(accumulator):
+        raise ValueError(f"split '{split}' selected no frames of {data_path}")
+    result = accumulator.mean()
+    result["images"] = len(accumulator)
+    if median_scaling:
+        stats = accumulator.scale_stats()
+        result["scale_mean"], result["scale_std"] = stats["mean"], stats["std"]
+    return result

@@ -1,0 +1,282 @@
+"""Checkpoint -> ONNX export, validated against PyTorch, with a TensorRT 10 op-set check.
+
+The exported graph takes ``image`` (1, 3, H, W) float32 RGB in [0, 1] (ImageNet normalisation is inside the
+graph) and returns ``disparity`` (1, 1, H, W), the sigmoid disparity that ``geometry.disparity_to_depth`` maps
+to metres. The depth range, the training and export resolutions and the full training config travel with the
+model as ONNX metadata props (:class:`ExportMetadata`), so a runtime needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import yaml
+
+from ssim_depth_core.checkpoint import load_depth_net
+from ssim_depth_core.config import to_dict
+from ssim_depth_core.models.depth import SIZE_MULTIPLE
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "disparity"
+# The torch.export-based exporter emits opset 18 natively (Pad-18); it cannot down-convert Pad to 17.
+MIN_OPSET = 18
+VALIDATION_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch, on a random input
+
+# ONNX op types the TensorRT 10 ONNX parser imports natively (onnx-tensorrt docs/operators.md), limited to
+# what a convolutional depth network can plausibly contain. Anything else is reported before a build.
+TENSORRT_OPS = frozenset(
+    {
+        "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
+        "ConstantOfShape", "Conv", "ConvTranspose", "Div", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten",
+        "Floor", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "HardSigmoid",
+        "HardSwish", "Identity", "InstanceNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max",
+        "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Range", "Reciprocal", "ReduceMax",
+        "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Selu", "Shape", "Sigmoid",
+        "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
+        "Unsqueeze", "Where",
+    }
+)  # fmt: skip
+# Opsets every TensorRT 10 release parses (TensorRT 9.2 already covered 9..19; later 10.x go further).
+TENSORRT_OPSETS = range(9, 20)
+# Pad: all four ONNX modes map to ISliceLayer sample modes (reflect -> kREFLECT) since TensorRT 8.5.
+_PAD_MODES = {"constant", "reflect", "edge", "wrap"}
+_RESIZE_MODES = {"nearest", "linear", "cubic"}
+_RESIZE_COORDINATES = {
+    "half_pixel",
+    "pytorch_half_pixel",
+    "tf_half_pixel_for_nn",
+    "asymmetric",
+    "align_corners",
+}
+_RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
+
+
+class ExportValidationError(RuntimeError):
+    """The exported graph is malformed or does not reproduce the PyTorch network."""
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What a runtime needs to know about an exported depth network (stored as ONNX metadata props)."""
+
+    min_depth: float
+    max_depth: float
+    train_height: int
+    train_width: int
+    height: int  # export (network input) height
+    width: int
+    config_yaml: str  # the resolved training config
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            "min_depth": repr(self.min_depth),
+            "max_depth": repr(self.max_depth),
+            "train_height": str(self.train_height),
+            "train_width": str(self.train_width),
+            "height": str(self.height),
+            "width": str(self.width),
+            "config": self.config_yaml,
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str | Path) -> ExportMetadata:
+        """Parse metadata props; ``source`` names the file in errors."""
+        keys = ("min_depth", "max_depth", "train_height", "train_width", "height", "width", "config")
+        missing = [k for k in keys if k not in props]
+        if missing:
+            raise ValueError(
+                f"{source}: missing metadata {', '.join(missing)}; export it with ssim_depth_core.export"
+            )
+        try:
+            return cls(
+                min_depth=float(props["min_depth"]),
+                max_depth=float(props["max_depth"]),
+                train_height=int(props["train_height"]),
+                train_width=int(props["train_width"]),
+                height=int(props["height"]),
+                width=int(props["width"]),
+                config_yaml=props["config"],
+            )
+        except ValueError as error:
+            raise ValueError(f"{source}: malformed metadata ({error})") from error
+
+
+def read_metadata(model: onnx.ModelProto, source: str | Path) -> ExportMetadata:
+    """The :class:`ExportMetadata` of a loaded ONNX model."""
+    return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:
+    """List what in ``model`` the TensorRT 10 ONNX parser would reject; empty when the graph is fine.
+
+    Checks the default-domain opset against :data:`TENSORRT_OPSETS`, every node's op type against
+    :data:`TENSORRT_OPS` (custom domains are rejected) and the attributes TensorRT restricts: Pad ``mode``,
+    Resize ``mode`` / ``coordinate_transformation_mode`` / ``nearest_mode`` / ``antialias`` /
+    ``keep_aspect_ratio_policy``, pooling ``dilations``.
+    """
+    problems = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset not in TENSORRT_OPSETS:
+        problems.append(
+            f"opset {opset}: TensorRT 10 parses opsets {TENSORRT_OPSETS.start}..{TENSORRT_OPSETS.stop - 1}"
+        )
+    for index, node in enumerate(model.graph.node):
+        where = f"node {index} {node.name or '(unnamed)'} ({node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{where}: custom domain {node.domain!r} needs a TensorRT plugin")
+            continue
+        if node.op_type not in TENSORRT_OPS:
+            problems.append(f"{where}: op type {node.op_type} is not in the TensorRT allow-list")
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        if node.op_type == "Pad" and text.get("mode", "constant") not in _PAD_MODES:
+            problems.append(f"{where}: Pad mode {text['mode']!r} (supported: {sorted(_PAD_MODES)})")
+        elif node.op_type == "Resize":
+            for name, allowed, default in (
+                ("mode", _RESIZE_MODES, "nearest"),
+                ("coordinate_transformation_mode", _RESIZE_COORDINATES, "half_pixel"),
+                ("nearest_mode", _RESIZE_NEAREST, "round_prefer_floor"),
+                ("keep_aspect_ratio_policy", {"stretch"}, "stretch"),
+            ):
+                if text.get(name, default) not in allowed:
+                    problems.append(f"{where}: Resize {name} {text[name]!r} (supported: {sorted(allowed)})")
+            if text.get("antialias", 0):
+                problems.append(f"{where}: Resize antialias is not supported")
+        elif node.op_type in ("MaxPool", "AveragePool") and any(d != 1 for d in text.get("dilations", [])):
+            problems.append(f"{where}: pooling dilations {list(text['dilations'])} (only 1 is supported)")
+    return problems
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    onnx_path: str | Path,
+    height: int | None = None,
+    width: int | None = None,
+    opset: int = MIN_OPSET,
+) -> Path:
+    """Export the depth network of a training checkpoint to ONNX and validate it.
+
+    Args:
+        checkpoint: trainer checkpoint (``.pt``).
+        onnx_path: output file; written atomically, only after validation passed.
+        height, width: network input size; default the training resolution. Multiples of 32.
+        opset: ONNX opset, >= 18.
+
+    Returns:
+        ``onnx_path`` as a Path.
+
+    Raises:
+        ValueError: bad size or opset.
+        ExportValidationError: ``onnx.checker`` fails or ONNX Runtime differs from PyTorch by more than
+            :data:`VALIDATION_TOLERANCE`.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET} (the exporter's native opset), got {opset}")
+    net, config = load_depth_net(checkpoint)
+    height = config.data.height if height is None else height
+    width = config.data.width if width is None else width
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+            raise ValueError(f"export {name} must be a positive multiple of {SIZE_MULTIPLE}, got {value!r}")
+
+    example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    try:
+        with _quiet_loggers("onnxscript", "onnx_ir"):  # their optimiser logs every rewrite at INFO
+            program = torch.onnx.export(
+                net,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs onnxscript (pip install onnxscript): {error}") from error
+    model = program.model_proto
+    metadata = ExportMetadata(
+        min_depth=config.model.min_depth,
+        max_depth=config.model.max_depth,
+        train_height=config.data.height,
+        train_width=config.data.width,
+        height=height,
+        width=width,
+        config_yaml=yaml.safe_dump(to_dict(config), sort_keys=False),
+    )
+    for node in model.graph.node:  # the exporter's per-node stack traces carry local paths
+        del node.metadata_props[:]
+    onnx.helper.set_model_props(model, metadata.to_props())
+    model.doc_string = f"ssim_depth DepthNet exported from {Path(checkpoint).name}"
+
+    data = model.SerializeToString()
+    _validate(data, net, height, width)
+    for problem in check_tensorrt_ops(model):
+        logger.warning("%s: TensorRT compatibility: %s", onnx_path, problem)
+    write_atomic(onnx_path, data)
+    logger.info("exported %s (%dx%d, opset %d, %.1f MB)", onnx_path, height, width, opset, len(data) / 2**20)
+    return Path(onnx_path)
+
+
+def _validate(data: bytes, net: torch.nn.Module, height: int, width: int) -> None:
+    """onnx.checker, then ONNX Runtime vs PyTorch on a random input not used for tracing."""
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(data)
+    except onnx.checker.ValidationError as error:
+        raise ExportValidationError(f"exported graph fails onnx.checker: {error}") from error
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = net(image).numpy()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: image.numpy()})
+    if actual.shape != expected.shape:
+        raise ExportValidationError(f"ONNX output shape {actual.shape} != PyTorch {expected.shape}")
+    error = float(np.max(np.abs(actual - expected)))
+    if not error <= VALIDATION_TOLERANCE:
+        raise ExportValidationError(
+            f"ONNX Runtime output differs from PyTorch by {error:.3g} (max abs) > {VALIDATION_TOLERANCE}"
+        )
+    logger.info("ONNX Runtime matches PyTorch (max abs difference %.2e)", error)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Raise the given loggers to WARNING for the duration of the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -1,0 +1,220 @@
+"""ONNX -> TensorRT 10 engine builder with an engine cache keyed by model, GPU and TensorRT version.
+
+A serialized engine only runs on the GPU model and TensorRT version that built it. The cache key therefore
+hashes the ONNX bytes together with the GPU name, its compute capability, the TensorRT version and the
+precision: a moved disk, a new GPU or an upgraded TensorRT gets a new key, so the engine is rebuilt instead of
+a stale one being loaded. Beside each engine a ``<engine>.json`` sidecar keeps the ONNX metadata props (depth
+range, input size, config) that a runtime needs, since an engine file cannot carry them.
+
+``tensorrt`` and ``pycuda`` are optional (extra ``tensorrt``) and imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import onnx
+
+from ssim_depth_core.export.onnx import check_tensorrt_ops, write_atomic
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp16", "fp32")
+DEFAULT_CACHE_DIR = Path("~/.cache/ssim_depth/engines")
+
+
+class TensorRTUnavailableError(RuntimeError):
+    """TensorRT, pycuda or a CUDA GPU is missing."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse the ONNX model or build an engine from it."""
+
+
+def engine_cache_key(
+    onnx_bytes: bytes, gpu_name: str, compute_capability: tuple[int, int], trt_version: str, precision: str
+) -> str:
+    """Hex sha256 identifying the engine built from these inputs.
+
+    It is the sha256 of the UTF-8 text ``"onnx_sha256=<hex sha256 of onnx_bytes>\\ngpu=<gpu_name>\\n
+    compute_capability=<major>.<minor>\\ntensorrt=<trt_version>\\nprecision=<precision>\\n"``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    major, minor = compute_capability
+    text = (
+        f"onnx_sha256={hashlib.sha256(onnx_bytes).hexdigest()}\n"
+        f"gpu={gpu_name}\n"
+        f"compute_capability={int(major)}.{int(minor)}\n"
+        f"tensorrt={trt_version}\n"
+        f"precision={precision}\n"
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError as error:
+        raise TensorRTUnavailableError(
+            "TensorRT is not installed: install the 'tensorrt' extra (pip install 'ssim-depth[tensorrt]') "
+            "or use the NVIDIA container / JetPack, or pick the onnxruntime or torch backend"
+        ) from error
+    return tensorrt
+
+
+def cuda_device():
+    """``(pycuda.driver, Device)`` for the current CUDA GPU (0; choose with CUDA_VISIBLE_DEVICES)."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError as error:
+        raise TensorRTUnavailableError(
+            f"pycuda cannot be imported ({error}): install the 'tensorrt' extra "
+            "(pip install 'ssim-depth[tensorrt]') and check the NVIDIA driver"
+        ) from error
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except cuda.Error as error:
+        raise TensorRTUnavailableError(f"the CUDA driver is unavailable: {error}") from error
+    if count == 0:
+        raise TensorRTUnavailableError("no CUDA GPU is visible (CUDA_VISIBLE_DEVICES?)")
+    return cuda, cuda.Device(0)
+
+
+def tensorrt_available() -> bool:
+    """Whether TensorRT, pycuda and a CUDA GPU are all present."""
+    try:
+        import_tensorrt()
+        cuda_device()
+    except TensorRTUnavailableError as error:
+        logger.debug("TensorRT unavailable: %s", error)
+        return False
+    return True
+
+
+def engine_sidecar_path(engine_path: str | Path) -> Path:
+    """The JSON file beside an engine that holds its model metadata."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path | None = None,
+    precision: str = "fp16",
+    workspace_gb: float = 2.0,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Build (or fetch from the cache) a serialized TensorRT engine for an exported ONNX model.
+
+    Args:
+        onnx_path: model from :func:`ssim_depth_core.export.onnx.export_onnx` (weights inside the file).
+        engine_path: where to write the engine; always built. ``None`` uses the cache: a file named by
+            :func:`engine_cache_key` in ``cache_dir``, reused when present, built otherwise.
+        precision: "fp16" (FP16 kernels allowed; inputs/outputs stay float32) or "fp32" (TF32 off too).
+        workspace_gb: builder workspace memory limit in GiB.
+        cache_dir: engine cache folder, default ``~/.cache/ssim_depth/engines``.
+
+    Returns:
+        The engine path; its metadata sidecar is :func:`engine_sidecar_path`.
+
+    Raises:
+        ValueError: bad precision/workspace, or an op or attribute TensorRT 10 does not support.
+        TensorRTUnavailableError: tensorrt, pycuda or a GPU is missing.
+        EngineBuildError: the parser or builder failed (its messages are included).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not workspace_gb > 0:
+        raise ValueError(f"workspace_gb must be > 0, got {workspace_gb!r}")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    onnx_bytes = onnx_path.read_bytes()
+    model = onnx.load_model_from_string(onnx_bytes)
+    problems = check_tensorrt_ops(model)
+    if problems:
+        raise ValueError(f"{onnx_path} is not TensorRT 10 compatible:\n  " + "\n  ".join(problems))
+
+    trt = import_tensorrt()
+    _, device = cuda_device()
+    gpu_name, capability = device.name(), device.compute_capability()
+    key = engine_cache_key(onnx_bytes, gpu_name, capability, trt.__version__, precision)
+    if engine_path is None:
+        folder = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+        engine_path = folder / f"{onnx_path.stem}-{precision}-{key[:16]}.engine"
+        if engine_path.is_file() and engine_sidecar_path(engine_path).is_file():
+            logger.info("TensorRT engine cache hit: %s", engine_path)
+            return engine_path
+    engine_path = Path(engine_path)
+
+    logger.info(
+        "building a TensorRT %s %s engine for %s on %s (compute capability %d.%d)",
+        trt.__version__,
+        precision,
+        onnx_path,
+        gpu_name,
+        *capability,
+    )
+    start = time.perf_counter()
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)  # TensorRT 10 networks are always explicit-batch
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT could not parse {onnx_path}:\n  {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2**30))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default; "fp32" means full FP32 math
+    monitor = _progress_monitor(trt)  # must outlive the build
+    config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+
+    write_atomic(engine_path, bytes(serialized))
+    sidecar = {
+        "metadata": {p.key: p.value for p in model.metadata_props},
+        "onnx": str(onnx_path),
+        "precision": precision,
+        "cache_key": key,
+        "gpu": gpu_name,
+        "compute_capability": list(capability),
+        "tensorrt": trt.__version__,
+    }
+    write_atomic(engine_sidecar_path(engine_path), json.dumps(sidecar, indent=2).encode("utf-8"))
+    logger.info("built %s in %.1f s", engine_path, time.perf_counter() - start)
+    return engine_path
+
+
+def _progress_monitor(trt):
+    """A ``trt.IProgressMonitor`` that logs the builder's phases (top-level ones at INFO)."""
+
+    class LogProgress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._started: dict[str, float] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self._started[phase_name] = time.perf_counter()
+            level = logging.INFO if parent_phase is None else logging.DEBUG
+            logger.log(level, "TensorRT build: %s (%d steps)", phase_name, num_steps)
+
+        def step_complete(self, phase_name, step):
+            return True  # never cancel
+
+        def phase_finish(self, phase_name):
+            elapsed = time.perf_counter() - self._started.pop(phase_name, time.perf_counter())
+            logger.debug("TensorRT build: %s done in %.1f s", phase_name, elapsed)
+
+    return LogProgress()

@@ -1,0 +1,163 @@
+"""The training objective: named loss terms, weighted by ``LossConfig.weights``.
+
+A term is a function ``term(batch, outputs, objective) -> (scalar, images)`` registered in :data:`TERMS`
+with :func:`register_term`; the objective computes every term whose configured weight is non-zero and sums
+``weight * term``. New terms plug in by registering a function, without touching the training loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssim_depth_core.config import LossConfig
+from ssim_depth_core.losses.photometric import min_reprojection_loss, reprojection_error
+from ssim_depth_core.losses.smoothness import edge_aware_smoothness
+from ssim_depth_core.losses.ssim import SSIMLoss
+
+Batch = dict[str, Any]
+Outputs = dict[str, Any]
+Term = Callable[[Batch, Outputs, "Objective"], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+TERMS: dict[str, Term] = {}
+
+
+def register_term(name: str) -> Callable[[Term], Term]:
+    """Decorator registering a loss term under ``name`` (the key used in ``LossConfig.weights``)."""
+
+    def add(term: Term) -> Term:
+        if name in TERMS:
+            raise ValueError(f"loss term '{name}' is already registered")
+        TERMS[name] = term
+        return term
+
+    return add
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor  # scalar to back-propagate
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, unweighted, for logging
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "automask": (B, 1, H, W) float
+
+
+class Objective(nn.Module):
+    """Weighted sum of the named loss terms of ``loss_config.weights``.
+
+    Args:
+        loss_config: weights and options of the terms (SSIM form, alpha, min-reprojection, auto-masking).
+        frame_ids: frame offsets of the batch, the target (0) first.
+        scales: model output scales; scale index i has resolution ``input / 2**scales[i]``.
+        seed: seed of the auto-mask tie-breaking noise (a generator per device, advanced every call).
+    """
+
+    def __init__(
+        self, loss_config: LossConfig, frame_ids: Sequence[int], scales: Sequence[int], seed: int = 0
+    ):
+        super().__init__()
+        unknown = sorted(set(loss_config.weights) - set(TERMS))
+        if unknown:
+            raise ValueError(
+                f"loss.weights names unknown term(s) {', '.join(unknown)}; "
+                f"known terms: {', '.join(sorted(TERMS))}"
+            )
+        self.weights = {name: float(w) for name, w in loss_config.weights.items() if w != 0}
+        if not self.weights:
+            raise ValueError(f"loss.weights gives no term a non-zero weight: {loss_config.weights}")
+        frame_ids = list(frame_ids)
+        if len(frame_ids) < 2 or frame_ids[0] != 0:
+            raise ValueError(f"frame_ids must start with the target 0 and name a source, got {frame_ids}")
+        if not scales:
+            raise ValueError("scales must name at least one output scale")
+        self.config = loss_config
+        self.frame_ids = frame_ids
+        self.scales = list(scales)
+        self.seed = seed
+        self.ssim = SSIMLoss(
+            form=loss_config.ssim_form,
+            weights=loss_config.ssim_weights,
+            exponents=loss_config.ssim_exponents,
+            window=loss_config.ssim_window,
+        )
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def forward(self, batch: Batch, outputs: Outputs) -> LossOutput:
+        total = None
+        terms: dict[str, torch.Tensor] = {}
+        images: dict[str, torch.Tensor] = {}
+        for name, weight in self.weights.items():
+            value, term_images = TERMS[name](batch, outputs, self)
+            terms[name] = value.detach()
+            images.update(term_images)
+            total = weight * value if total is None else total + weight * value
+        return LossOutput(total=total, terms=terms, images=images)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The seeded noise generator of ``device`` (created on first use)."""
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+
+@register_term("photometric")
+def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
+    """Min-reprojection photometric error of the warped sources, auto-masked, averaged over scales."""
+    config = objective.config
+    images = batch["images"]
+    target = images[:, 0]
+    sources = range(1, len(objective.frame_ids))
+    identity = None
+    if config.automask:
+        with torch.no_grad():
+            identity = torch.cat(
+                [reprojection_error(images[:, f], target, objective.ssim, config.alpha) for f in sources],
+                dim=1,
+            )
+    generator = objective.generator(target.device)
+    total = 0.0
+    automask = None
+    for i in range(len(objective.scales)):
+        warped = torch.cat(
+            [
+                reprojection_error(
+                    _warped(outputs, objective.frame_ids[f], i), target, objective.ssim, config.alpha
+                )
+                for f in sources
+            ],
+            dim=1,
+        )
+        loss, mask = min_reprojection_loss(warped, identity, config.min_reprojection, generator)
+        total = total + loss
+        if i == 0:
+            automask = mask
+    term_images = {"automask": automask} if config.automask else {}
+    return total / len(objective.scales), term_images
+
+
+@register_term("smoothness")
+def smoothness_term(batch: Batch, outputs: Outputs, objective: Objective):
+    """Edge-aware smoothness of each scale's disparity against the target at that size, divided by 2^scale."""
+    target = batch["images"][:, 0]
+    total = 0.0
+    for i, scale in enumerate(objective.scales):
+        disparity = outputs["disparities"][i]
+        image = target
+        if image.shape[-2:] != disparity.shape[-2:]:
+            image = F.interpolate(target, size=disparity.shape[-2:], mode="area")
+        total = total + edge_aware_smoothness(disparity, image) / 2**scale
+    return total / len(objective.scales), {}
+
+
+def _warped(outputs: Outputs, frame_id: int, scale_index: int) -> torch.Tensor:
+    warped = outputs["warped"]
+    if (frame_id, scale_index) not in warped:
+        raise KeyError(
+            f"outputs['warped'] has no entry ({frame_id}, {scale_index}) (source frame, scale index); "
+            f"present: {sorted(warped)}"
+        )
+    return warped[(frame_id, scale_index)]

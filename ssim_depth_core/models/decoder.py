@@ -1,0 +1,95 @@
+"""Multi-scale disparity decoder: a U-Net style upsampling path over the ResNet encoder features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Feature width of each decoder level; level l produces maps at 1/2**l of the input size.
+DECODER_CHANNELS = (16, 32, 64, 128, 256)
+OUTPUT_SCALES = (0, 1, 2, 3)
+_PADDING_MODES = {"reflection": "reflect", "zeros": "zeros"}
+
+
+def conv3x3(in_channels: int, out_channels: int, padding_mode: str) -> nn.Conv2d:
+    """3x3 "same" convolution with ``padding_mode`` "reflection" or "zeros"."""
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {sorted(_PADDING_MODES)}, got {padding_mode!r}")
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=_PADDING_MODES[padding_mode])
+
+
+def conv_elu(in_channels: int, out_channels: int, padding_mode: str) -> nn.Sequential:
+    return nn.Sequential(conv3x3(in_channels, out_channels, padding_mode), nn.ELU(inplace=True))
+
+
+class DepthDecoder(nn.Module):
+    """Decode five encoder maps (1/2 .. 1/32) into sigmoid disparities at the requested scales.
+
+    Each level, from the coarsest (4) to the finest (0): a 3x3 conv + ELU, nearest 2x upsampling,
+    concatenation with the encoder map of the new resolution (none at full resolution), another 3x3 conv +
+    ELU; a level whose scale is an output scale then has a 3x3 conv + sigmoid head giving one disparity.
+
+    Args:
+        num_ch_enc: channels of the five encoder maps.
+        scales: output scales, a subset of 0..3; scale s is at 1/2**s of the input size.
+        padding_mode: "reflection" (fewer border artefacts) or "zeros" (exports to any TensorRT version).
+    """
+
+    def __init__(
+        self,
+        num_ch_enc: Sequence[int],
+        scales: Sequence[int] = OUTPUT_SCALES,
+        padding_mode: str = "reflection",
+    ) -> None:
+        super().__init__()
+        if len(num_ch_enc) != len(DECODER_CHANNELS):
+            raise ValueError(
+                f"expected {len(DECODER_CHANNELS)} encoder channel counts, got {list(num_ch_enc)}"
+            )
+        if not scales or any(s not in OUTPUT_SCALES for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"scales must be distinct values from {list(OUTPUT_SCALES)}, got {list(scales)}")
+        self.scales = tuple(scales)
+        self.pre_upsample = nn.ModuleList()
+        self.post_skip = nn.ModuleList()
+        in_channels = num_ch_enc[-1]
+        for level in reversed(range(len(DECODER_CHANNELS))):
+            width = DECODER_CHANNELS[level]
+            skip = num_ch_enc[level - 1] if level > 0 else 0
+            self.pre_upsample.append(conv_elu(in_channels, width, padding_mode))
+            self.post_skip.append(conv_elu(width + skip, width, padding_mode))
+            in_channels = width
+        self.heads = nn.ModuleDict(
+            {str(s): conv3x3(DECODER_CHANNELS[s], 1, padding_mode) for s in self.scales}
+        )
+
+    def forward(
+        self, features: Sequence[torch.Tensor], scales: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Decode.
+
+        Args:
+            features: the five encoder maps, finest first.
+            scales: the output scales to compute (default: all configured ones); each must be configured.
+
+        Returns:
+            One (B, 1, H / 2**s, W / 2**s) disparity in [0, 1] per scale, in the order of ``scales``.
+        """
+        scales = self.scales if scales is None else tuple(scales)
+        missing = [s for s in scales if s not in self.scales]
+        if missing:
+            raise ValueError(
+                f"scales {missing} have no output head; configured scales are {list(self.scales)}"
+            )
+        disparities: dict[int, torch.Tensor] = {}
+        x = features[-1]
+        for index, level in enumerate(reversed(range(len(DECODER_CHANNELS)))):
+            x = F.interpolate(self.pre_upsample[index](x), scale_factor=2, mode="nearest")
+            if level > 0:
+                x = torch.cat([x, features[level - 1]], dim=1)
+            x = self.post_skip[index](x)
+            if level in scales:
+                disparities[level] = torch.sigmoid(self.heads[str(level)](x))
+        return [disparities[s] for s in scales]

@@ -1,0 +1,356 @@
+"""The training loop: data, model and objective come in; checkpoints, TensorBoard logs and metrics go out.
+
+The loop knows no loss internals: it calls ``objective(batch, model(batch))`` and logs whatever named terms
+and images come back. Single process, or one process per device under ``torchrun`` (DDP, rank-0 logging).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ssim_depth_core.checkpoint import load_checkpoint, save_atomic
+from ssim_depth_core.config import TrainConfig, to_dict
+from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
+from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
+from ssim_depth_core.losses.objective import Objective
+from ssim_depth_core.models.monodepth import MonodepthModel
+
+log = logging.getLogger(__name__)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (seeded, per-epoch shuffle, rank-sharded) that can skip the samples already seen."""
+
+    skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistributedContext:
+        """Read torchrun's environment; a plain ``python`` run is rank 0 of 1."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, context: DistributedContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"config device '{name}' asks for CUDA but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for config ``amp`` on this device (None = full precision)."""
+    if name not in ("auto", "none", "bf16", "fp16"):
+        raise ValueError(f"config 'amp' must be auto, none, bf16 or fp16, got '{name}'")
+    if device.type != "cuda" or name == "none":
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+class Trainer:
+    """Trains a :class:`MonodepthModel` with an :class:`Objective` on the sequences found at ``data_path``."""
+
+    def __init__(self, config: TrainConfig, data_path: str | Path, out_dir: str | Path, resume: bool = False):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.context = DistributedContext.from_env()
+        if self.context.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.device = resolve_device(config.device, self.context)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+        self.channels_last = config.channels_last and self.device.type == "cuda"
+        torch.manual_seed(config.seed)
+
+        sequences = open_sequences(data_path, config.data)
+        if not sequences:
+            raise ValueError(f"no sequences found under {data_path}")
+        frame_ids = config.data.frame_ids
+        train_samples = build_samples(sequences, frame_ids, config.data.train_split or None)
+        if not train_samples:
+            raise ValueError(f"{data_path}: no training samples (every frame needs neighbours {frame_ids})")
+        self.train_set = TripletDataset(sequences, train_samples, config.data, train=True, seed=config.seed)
+        self.val_set = None
+        if config.data.val_split:
+            val_samples = build_samples(sequences, frame_ids, config.data.val_split)
+            self.val_set = TripletDataset(sequences, val_samples, config.data, train=False, seed=config.seed)
+        self.sampler = ResumableSampler(
+            self.train_set,
+            num_replicas=self.context.world_size,
+            rank=self.context.rank,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=True,
+        )
+        self.loader = self._loader(self.train_set, self.sampler)
+
+        self.model = MonodepthModel(config.model, frame_ids).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.objective = Objective(config.loss, frame_ids, config.model.scales, seed=config.seed).to(
+            self.device
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.optim.learning_rate, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.optim.lr_step_epochs, gamma=config.optim.lr_gamma
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.network = self.model
+        if self.context.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+
+        self.step = 0
+        self.epoch = 0
+        self.best_metric = math.inf
+        self.skipped_samples = 0
+        if resume:
+            self._resume()
+        self.writer = None
+        if self.context.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def _loader(self, dataset: TripletDataset, sampler=None) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.config.optim.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            collate_fn=collate_skipping,
+            drop_last=sampler is not None,
+        )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": to_dict(self.config),
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "skipped_samples": self.skipped_samples,
+        }
+
+    def _save(self, name: str) -> None:
+        if self.context.is_main:
+            save_atomic(self._state(), self.checkpoint_dir / name)
+
+    def _resume(self) -> None:
+        path = self.checkpoint_dir / "last.pt"
+        if not path.is_file():
+            log.warning("--resume: no checkpoint at %s, starting from scratch", path)
+            return
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_metric = state["best_metric"]
+        self.skipped_samples = state["skipped_samples"]
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return (len(self.train_set) // self.context.world_size) // self.config.optim.batch_size
+
+    def _done(self) -> bool:
+        max_steps = self.config.optim.max_steps
+        return self.epoch >= self.config.optim.epochs or (max_steps > 0 and self.step >= max_steps)
+
+    def fit(self) -> dict[str, float]:
+        """Train until the configured epochs or ``optim.max_steps``; returns the last validation metrics."""
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.train_set)} training samples are fewer than one batch of "
+                f"{self.config.optim.batch_size} per process"
+            )
+        metrics: dict[str, float] = {}
+        while not self._done():
+            self._train_epoch()
+            if self.step % self.steps_per_epoch == 0:  # a whole epoch, not one cut short by max_steps
+                self.epoch += 1
+                self.scheduler.step()
+            metrics = self.validate()
+            self._save("last.pt")
+        if self.writer is not None:
+            self.writer.close()
+        if self.context.world_size > 1:
+            dist.barrier()
+        return metrics
+
+    def _train_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        self.sampler.skip = (self.step % self.steps_per_epoch) * self.config.optim.batch_size
+        self.network.train()
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
+            disable=not self.context.is_main,
+            dynamic_ncols=True,
+        )
+        tic = time.perf_counter()
+        for batch in bar:
+            if batch is not None:
+                self.skipped_samples += batch.pop("skipped")
+            if batch is None or not batch:
+                continue
+            loss, outputs = self._train_step(batch)
+            self.step += 1
+            rate = 1.0 / max(time.perf_counter() - tic, 1e-9)
+            tic = time.perf_counter()
+            bar.set_postfix(loss=f"{loss.total.item():.4f}", it_s=f"{rate:.2f}", skipped=self.skipped_samples)
+            if self.writer is not None:
+                self._log(loss, outputs, batch, rate)
+            if self.step % self.config.checkpoint_every == 0:
+                self._save("last.pt")
+            if self._done():
+                break
+        self.sampler.skip = 0
+
+    def _train_step(self, batch: dict[str, Any]):
+        batch = _to_device(batch, self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.network(batch)
+        loss = self.objective(batch, _float32(outputs))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, outputs
+
+    def _log(self, loss, outputs: dict[str, Any], batch: dict[str, Any], rate: float) -> None:
+        if self.step % self.config.log_every == 0:
+            self.writer.add_scalar("loss/total", loss.total.item(), self.step)
+            for name, value in loss.terms.items():
+                self.writer.add_scalar(f"loss/{name}", float(value), self.step)
+            self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)
+            self.writer.add_scalar("it_per_s", rate, self.step)
+            self.writer.add_scalar("data/skipped_samples", self.skipped_samples, self.step)
+        if self.step % self.config.preview_every == 0:
+            count = min(4, batch["images"].shape[0])
+            self.writer.add_images("input", batch["images"][:count, 0], self.step)
+            disparity = outputs["disparities"][0][:count].detach().float()
+            peak = disparity.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+            self.writer.add_images("disparity", disparity / peak, self.step)
+            for name, image in loss.images.items():
+                self.writer.add_images(name, image[:count].detach().float(), self.step)
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Median-scaled depth metrics on the validation split when it has ground truth, else its loss."""
+        if self.val_set is None or not self.context.is_main:
+            return {}
+        self.model.eval()
+        accumulator = MetricsAccumulator()
+        losses = []
+        for batch in tqdm(self._loader(self.val_set), desc="validate", leave=False, dynamic_ncols=True):
+            if batch is None:
+                continue
+            batch.pop("skipped")
+            batch = _to_device(batch, self.device)
+            outputs = self.model(batch)
+            losses.append(self.objective(batch, outputs).total.item())
+            if "depth_gt" in batch:
+                for gt, pred in zip(batch["depth_gt"][:, 0], outputs["depths"][0][:, 0], strict=True):
+                    try:
+                        metrics, ratio = evaluate_depth(gt.cpu().numpy(), pred.cpu().numpy())
+                    except ValueError:  # a frame without valid ground truth inside the crop
+                        continue
+                    accumulator.add(metrics, ratio)
+        self.model.train()
+        result = {"loss": float(np.mean(losses))} if losses else {}
+        if len(accumulator):
+            result.update(accumulator.mean())
+        for name, value in result.items():
+            self.writer.add_scalar(f"val/{name}", value, self.step)
+        key = "abs_rel" if "abs_rel" in result else "loss"
+        if key in result and result[key] < self.best_metric:
+            self.best_metric = result[key]
+            self._save("best.pt")
+        if result:
+            log.info(
+                "validation at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items())
+            )
+        return result
+
+
+def _float32(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Cast autocast outputs back to float32 so the objective always computes in full precision."""
+
+    def cast(value):
+        if isinstance(value, torch.Tensor):
+            return value.float()
+        if isinstance(value, list):
+            return [cast(v) for v in value]
+        if isinstance(value, dict):
+            return {k: cast(v) for k, v in value.items()}
+        return value
+
+    return cast(outputs)

@@ -1,0 +1,136 @@
+import math
+
+import numpy as np
+import pytest
+
+from ssim_depth_core.evaluation import (
+    METRIC_NAMES,
+    MetricsAccumulator,
+    compute_depth_metrics,
+    evaluate_depth,
+    format_table,
+    garg_crop_mask,
+)
+
+
+def test_metrics_hand_computed():
+    # gt = [1, 2, 4], pred = [2, 2, 2]  ->  gt - pred = [-1, 0, 2]
+    #   abs_rel  = mean(1/1, 0/2, 2/4)                 = 1.5 / 3 = 0.5
+    #   sq_rel   = mean(1/1, 0/2, 4/4)                 = 2 / 3
+    #   rmse     = sqrt(mean(1, 0, 4))                 = sqrt(5/3)
+    #   rmse_log = sqrt(mean(ln(1/2)^2, 0, ln(4/2)^2)) = ln 2 * sqrt(2/3)
+    #   max(gt/pred, pred/gt) = [2, 1, 2]: only the middle pixel is under 1.25, 1.5625 and 1.953125
+    m = compute_depth_metrics(np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.0, 2.0]))
+    assert set(m) == set(METRIC_NAMES)
+    assert m["abs_rel"] == pytest.approx(0.5)
+    assert m["sq_rel"] == pytest.approx(2 / 3)
+    assert m["rmse"] == pytest.approx(math.sqrt(5 / 3))
+    assert m["rmse_log"] == pytest.approx(math.log(2) * math.sqrt(2 / 3))
+    assert (m["a1"], m["a2"], m["a3"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+
+
+def test_delta_thresholds_are_distinct():
+    # ratios 1.2 < 1.25;  1.5 < 1.25^2 = 1.5625;  1.9 < 1.25^3 = 1.953125;  2.5 above all three.
+    m = compute_depth_metrics(np.ones(4), np.array([1.2, 1.5, 1.9, 2.5]))
+    assert (m["a1"], m["a2"], m["a3"]) == pytest.approx((0.25, 0.5, 0.75))
+    # the ratio is symmetric: under-prediction by the same factor counts the same
+    m_inv = compute_depth_metrics(np.array([1.2, 1.5, 1.9, 2.5]), np.ones(4))
+    assert (m_inv["a1"], m_inv["a2"], m_inv["a3"]) == pytest.approx((0.25, 0.5, 0.75))
+
+
+def test_median_scaling_makes_scaled_prediction_perfect():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(2.0, 60.0, size=(24, 40))
+    metrics, ratio = evaluate_depth(gt, gt / 3.7, crop=None)
+    assert ratio == pytest.approx(3.7)
+    assert metrics["abs_rel"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["rmse"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["a1"] == 1.0
+
+    unscaled, ratio = evaluate_depth(gt, gt / 3.7, crop=None, median_scaling=False)
+    assert ratio == 1.0
+    assert unscaled["abs_rel"] == pytest.approx(1 - 1 / 3.7)
+
+
+def test_invalid_gt_pixels_ignored():
+    # Only the gt values 1, 2, 4 are inside (1e-3, 80): the rest (0, NaN, 100) must not count, whatever
+    # the prediction there, so the metrics equal the hand-computed [1, 2, 4] vs [2, 2, 2] case.
+    gt = np.array([[1.0, 0.0], [2.0, np.nan], [4.0, 100.0]])
+    pred = np.array([[2.0, 50.0], [2.0, np.nan], [2.0, 0.5]])
+    metrics, _ = evaluate_depth(gt, pred, crop=None, median_scaling=False)
+    assert metrics["abs_rel"] == pytest.approx(0.5)
+    assert metrics["rmse"] == pytest.approx(math.sqrt(5 / 3))
+
+
+def test_prediction_clamped_to_depth_range():
+    # pred 200 is clamped to max_depth 80 before comparison with gt 50: abs_rel = 30 / 50.
+    metrics, _ = evaluate_depth(np.array([[50.0]]), np.array([[200.0]]), crop=None, median_scaling=False)
+    assert metrics["abs_rel"] == pytest.approx(0.6)
+
+
+def test_garg_crop_kitti_bounds():
+    # 0.40810811 * 375 = 153.04, 0.99189189 * 375 = 371.96,
+    # 0.03594771 * 1242 = 44.6, 0.96405229 * 1242 = 1197.3
+    mask = garg_crop_mask(375, 1242)
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max() + 1) == (153, 371)
+    assert (cols.min(), cols.max() + 1) == (44, 1197)
+    assert mask.sum() == (371 - 153) * (1197 - 44)
+
+
+def test_garg_crop_applied_in_evaluation():
+    # A wrong prediction in the rows above the crop must not change the metrics.
+    gt = np.full((375, 1242), 10.0)
+    pred = gt.copy()
+    pred[:153] = 1000.0
+    metrics, _ = evaluate_depth(gt, pred, median_scaling=False)
+    assert metrics["abs_rel"] == 0.0
+    uncropped, _ = evaluate_depth(gt, pred, crop=None, median_scaling=False)
+    assert uncropped["abs_rel"] > 0.0
+
+
+def test_no_valid_pixels_raises():
+    with pytest.raises(ValueError, match="no valid ground-truth pixels"):
+        evaluate_depth(np.zeros((4, 5)), np.ones((4, 5)), crop=None)
+    with pytest.raises(ValueError, match="no valid"):
+        # valid only outside the crop
+        gt = np.zeros((375, 1242))
+        gt[0, 0] = 5.0
+        evaluate_depth(gt, np.ones_like(gt))
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match=r"pred_depth shape \(4, 5\) != gt_depth shape \(5, 4\)"):
+        evaluate_depth(np.ones((5, 4)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match="unknown crop 'eigen'"):
+        evaluate_depth(np.ones((5, 4)), np.ones((5, 4)), crop="eigen")
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluate_depth(np.ones((2, 2)), np.full((2, 2), np.inf), crop=None)
+
+
+def test_accumulator_averages_per_image():
+    acc = MetricsAccumulator()
+    # image A: one pixel, abs_rel 0.5 (gt 2, pred 1); image B: three perfect pixels.
+    m_a, _ = evaluate_depth(np.array([[2.0]]), np.array([[1.0]]), crop=None, median_scaling=False)
+    m_b, _ = evaluate_depth(np.full((1, 3), 5.0), np.full((1, 3), 5.0), crop=None, median_scaling=False)
+    acc.add(m_a, scale_ratio=2.0)
+    acc.add(m_b, scale_ratio=4.0)
+    assert len(acc) == 2
+    # per-image mean (0.5 + 0) / 2, not the pooled-pixel mean 0.5 / 4
+    assert acc.mean()["abs_rel"] == pytest.approx(0.25)
+    assert acc.mean()["a1"] == pytest.approx(0.5)
+    assert acc.scale_stats() == pytest.approx({"mean": 3.0, "std": 1.0, "median": 3.0})
+
+
+def test_accumulator_empty_raises():
+    with pytest.raises(ValueError, match="no images"):
+        MetricsAccumulator().mean()
+    with pytest.raises(ValueError, match="missing"):
+        MetricsAccumulator().add({"abs_rel": 0.1})
+
+
+def test_format_table():
+    metrics = dict(zip(METRIC_NAMES, [0.1156, 0.9, 4.87, 0.1934, 0.871, 0.959, 0.98149], strict=True))
+    header, values = format_table(metrics).splitlines()
+    assert header.split(" | ") == [f"{n:>8}" for n in METRIC_NAMES]
+    assert [float(v) for v in values.split("|")] == [0.116, 0.9, 4.87, 0.193, 0.871, 0.959, 0.981]

@@ -1,0 +1,170 @@
+"""ONNX export: graph contract, metadata, numerical parity with PyTorch, TensorRT op-set check."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from onnx import TensorProto, helper
+
+from ssim_depth_core.checkpoint import load_depth_net, save_atomic
+from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.export.onnx import (
+    ExportValidationError,
+    _validate,
+    check_tensorrt_ops,
+    export_onnx,
+    read_metadata,
+)
+from ssim_depth_core.models import MonodepthModel
+
+HEIGHT, WIDTH = 64, 96
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A randomly initialised checkpoint at 64x96 with a non-default depth range."""
+    config = TrainConfig(
+        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=HEIGHT, width=WIDTH)
+    )
+    torch.manual_seed(0)
+    model = MonodepthModel(config.model, config.data.frame_ids)
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
+    return path, config
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    return export_onnx(checkpoint[0], tmp_path_factory.mktemp("onnx") / "depth.onnx")
+
+
+def _dims(value_info):
+    return [d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_export_graph_contract(exported):
+    model = onnx.load(exported)
+    onnx.checker.check_model(model, full_check=True)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 17
+    (image,) = model.graph.input
+    (disparity,) = model.graph.output
+    assert image.name == "image" and _dims(image) == [1, 3, HEIGHT, WIDTH]
+    assert image.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert disparity.name == "disparity" and _dims(disparity) == [1, 1, HEIGHT, WIDTH]
+
+
+def test_export_metadata(exported, checkpoint):
+    metadata = read_metadata(onnx.load(exported), exported)
+    assert (metadata.min_depth, metadata.max_depth) == (0.5, 80.0)
+    assert (metadata.train_height, metadata.train_width) == (HEIGHT, WIDTH)
+    assert (metadata.height, metadata.width) == (HEIGHT, WIDTH)
+    assert yaml.safe_load(metadata.config_yaml) == to_dict(checkpoint[1])
+
+
+def test_onnxruntime_matches_torch(exported, checkpoint):
+    net, _ = load_depth_net(checkpoint[0])
+    image = torch.rand(1, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(123))
+    with torch.inference_mode():
+        expected = net(image).numpy()
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(["disparity"], {"image": image.numpy()})
+    assert actual.shape == (1, 1, HEIGHT, WIDTH)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+    assert expected.std() > 0  # a constant output would make the comparison meaningless
+
+
+def test_export_at_explicit_size(checkpoint, tmp_path):
+    path = export_onnx(checkpoint[0], tmp_path / "wide.onnx", height=96, width=128)
+    model = onnx.load(path)
+    assert _dims(model.graph.input[0]) == [1, 3, 96, 128]
+    assert _dims(model.graph.output[0]) == [1, 1, 96, 128]
+    metadata = read_metadata(model, path)
+    assert (metadata.height, metadata.width) == (96, 128)
+    assert (metadata.train_height, metadata.train_width) == (HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"height": 100}, "height.*100"), ({"width": 0}, "width.*0"), ({"opset": 17}, "opset")],
+)
+def test_export_rejects_bad_arguments(checkpoint, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        export_onnx(checkpoint[0], tmp_path / "bad.onnx", **kwargs)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_validation_catches_a_graph_that_differs_from_torch(exported):
+    torch.manual_seed(1)
+    other = MonodepthModel(ModelConfig(), [0, -1, 1]).depth_net.eval()
+    with pytest.raises(ExportValidationError, match="differs from PyTorch"):
+        _validate(exported.read_bytes(), other, HEIGHT, WIDTH)
+
+
+def test_our_export_passes_the_tensorrt_check(exported):
+    model = onnx.load(exported)
+    assert check_tensorrt_ops(model) == []
+    pads = [n for n in model.graph.node if n.op_type == "Pad"]
+    assert pads and {helper.get_attribute_value(a) for n in pads for a in n.attribute} == {b"reflect"}
+
+
+def _model(nodes, opset=18, inputs=("x",), extra_initializers=()):
+    graph = helper.make_graph(
+        nodes,
+        "hand_made",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, 4, 4]) for name in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 12, 12])],
+        initializer=[
+            helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1]),
+            helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2]),
+            *extra_initializers,
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_tensorrt_check_accepts_a_supported_hand_made_graph():
+    model = _model(
+        [
+            helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"),
+            helper.make_node(
+                "Resize",
+                ["p", "", "scales"],
+                ["r"],
+                mode="nearest",
+                coordinate_transformation_mode="asymmetric",
+            ),
+            helper.make_node("Sigmoid", ["r"], ["y"]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    assert check_tensorrt_ops(model) == []
+
+
+@pytest.mark.parametrize(
+    ("node", "opset", "expected"),
+    [
+        (helper.make_node("Unique", ["x"], ["y"]), 18, "op type Unique"),
+        (helper.make_node("Pad", ["x", "pads"], ["y"], mode="symmetric"), 18, "Pad mode 'symmetric'"),
+        (
+            helper.make_node(
+                "Resize", ["x", "", "scales"], ["y"], coordinate_transformation_mode="tf_crop_and_resize"
+            ),
+            18,
+            "Resize coordinate_transformation_mode 'tf_crop_and_resize'",
+        ),
+        (helper.make_node("Resize", ["x", "", "scales"], ["y"], antialias=1), 18, "antialias"),
+        (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]), 18, "dilations"),
+        (helper.make_node("Plugin", ["x"], ["y"], domain="com.example"), 18, "custom domain 'com.example'"),
+        (helper.make_node("Relu", ["x"], ["y"]), 8, "opset 8"),
+        (helper.make_node("Relu", ["x"], ["y"]), 21, "opset 21"),
+    ],
+)
+def test_tensorrt_check_reports_unsupported(node, opset, expected):
+    problems = check_tensorrt_ops(_model([node], opset=opset))
+    assert len(problems) == 1
+    assert expected in problems[0]

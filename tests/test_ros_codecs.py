@@ -1,0 +1,168 @@
+"""sensor_msgs codecs of the ROS package (real rclpy message classes, no ROS graph needed)."""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
+
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from skimage import data
+from ssim_depth.codecs import (
+    ImageDecodeError,
+    camera_info_from_intrinsics,
+    colorize_depth,
+    depth_to_image_msg,
+    image_msg_to_depth,
+    image_msg_to_rgb,
+    preview_image_msg,
+    scaled_camera_info,
+)
+from std_msgs.msg import Header
+
+from ssim_depth_core.camera import Intrinsics
+
+PAD = 5  # bytes of row padding in the padded variants
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    """A real photograph, 60x90 RGB uint8 (odd width, so rows of 3-byte pixels are not 4-aligned)."""
+    return np.ascontiguousarray(data.astronaut()[100:400:5, 100:550:5])
+
+
+def _raw_msg(pixels: np.ndarray, encoding: str, pad: int = 0) -> Image:
+    """Image message of (H, W[, C]) uint8 ``pixels`` with ``pad`` garbage bytes after every row."""
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
+    padded = np.concatenate([rows, np.full((height, pad), 0xAB, np.uint8)], axis=1)
+    return Image(height=height, width=width, encoding=encoding, step=padded.shape[1], data=padded.tobytes())
+
+
+# Each encoding built from the RGB photograph by OpenCV, and the RGB the decoder must return for it.
+ENCODERS = {
+    "rgb8": (lambda rgb: rgb, lambda rgb: rgb),
+    "bgr8": (lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), lambda rgb: rgb),
+    "rgba8": (lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA), lambda rgb: rgb),
+    "bgra8": (lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA), lambda rgb: rgb),
+    "mono8": (
+        lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+        lambda rgb: cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB),
+    ),
+}
+
+
+@pytest.mark.parametrize("pad", [0, PAD], ids=["packed", "padded"])
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_decodes_every_encoding(rgb, encoding, pad):
+    encode, expected = ENCODERS[encoding]
+    decoded = image_msg_to_rgb(_raw_msg(encode(rgb), encoding, pad))
+    assert decoded.dtype == np.uint8 and decoded.shape == rgb.shape
+    np.testing.assert_array_equal(decoded, expected(rgb))
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_matches_cv_bridge(rgb, encoding):
+    cv_bridge = pytest.importorskip("cv_bridge", reason="cv_bridge is not installed")
+    msg = _raw_msg(ENCODERS[encoding][0](rgb), encoding, PAD)
+    reference = cv_bridge.CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), reference)
+
+
+def test_decodes_compressed_png(rgb):
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    msg = CompressedImage(format="png", data=png.tobytes())
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), rgb)
+
+
+@pytest.mark.parametrize(
+    "msg, message",
+    [
+        (Image(height=4, width=6, encoding="rgb8", step=18, data=bytes(18 * 4 - 1)), r"data has 71 bytes"),
+        (
+            Image(height=4, width=6, encoding="yuv422", step=12, data=bytes(48)),
+            "unsupported encoding 'yuv422'",
+        ),
+        (Image(height=0, width=0, encoding="rgb8", step=0, data=b""), r"empty image"),
+        (Image(height=4, width=6, encoding="rgb8", step=12, data=bytes(48)), r"step 12 is shorter"),
+        (CompressedImage(format="jpeg", data=b""), r"empty image data"),
+        (CompressedImage(format="jpeg", data=b"\x00" * 64), r"cannot decode"),
+    ],
+    ids=["length", "encoding", "empty", "step", "compressed-empty", "compressed-garbage"],
+)
+def test_malformed_messages_raise_a_specific_error(msg, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        image_msg_to_rgb(msg)
+
+
+@pytest.fixture()
+def depth():
+    values = np.linspace(0.5, 80.0, 7 * 9, dtype=np.float32).reshape(7, 9)
+    values[2, 3] = values[6, 0] = np.nan
+    return values
+
+
+def test_depth_round_trip_keeps_nan(depth):
+    header = Header(frame_id="camera_color_left")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    msg = depth_to_image_msg(depth, header)
+    assert (msg.encoding, msg.height, msg.width, msg.step) == ("32FC1", 7, 9, 36)
+    assert msg.is_bigendian == (sys.byteorder == "big")
+    assert msg.header == header
+    np.testing.assert_array_equal(image_msg_to_depth(msg), depth)  # NaN compares equal here
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_depth_decoder_honours_padding_and_byte_order(depth, big_endian):
+    raw = depth.astype(">f4" if big_endian else "<f4").view(np.uint8)
+    msg = _raw_msg(raw, "32FC1", pad=8)
+    msg.width, msg.is_bigendian = 9, big_endian
+    assert msg.step == 9 * 4 + 8
+    np.testing.assert_array_equal(image_msg_to_depth(msg), depth)
+
+
+def test_preview_is_colormapped_inverse_depth(depth):
+    msg = preview_image_msg(depth, Header(frame_id="cam"))
+    assert (msg.encoding, msg.height, msg.width, msg.step) == ("bgr8", 7, 9, 27)
+    preview = np.frombuffer(msg.data, np.uint8).reshape(7, 9, 3)
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_MAGMA)[:, 0]
+    # 1/depth normalised over the valid pixels: the nearest maps to 255 (bright), the farthest to 0.
+    inverse = 1.0 / depth.astype(np.float64)
+    lo, hi = np.nanmin(inverse), np.nanmax(inverse)
+    levels = np.nan_to_num((inverse - lo) / (hi - lo) * 255.0).astype(np.int64)
+    expected = lut[levels]
+    valid = np.isfinite(depth)
+    np.testing.assert_array_equal(preview[valid], expected[valid])
+    np.testing.assert_array_equal(preview[~valid], 0)
+    assert preview[0, 0].sum() > preview[-1, -1].sum()  # near is brighter than far
+
+
+def test_preview_of_all_invalid_depth_is_black():
+    assert not colorize_depth(np.full((3, 4), np.nan, np.float32)).any()
+
+
+def test_camera_info_scaling_and_construction():
+    info = CameraInfo(width=120, height=80, distortion_model="plumb_bob", d=[0.1, -0.2, 0.0, 0.0, 0.01])
+    info.k = [100.0, 0.0, 60.0, 0.0, 110.0, 40.0, 0.0, 0.0, 1.0]
+    info.p = [100.0, 0.0, 60.0, -12.0, 0.0, 110.0, 40.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    header = Header(frame_id="cam")
+    scaled = scaled_camera_info(info, 96, 64, header)
+    assert (scaled.width, scaled.height, scaled.header) == (96, 64, header)
+    # Pixel centres at integer coordinates: a resize by s maps c to (c + 0.5) * s - 0.5.
+    cx, cy = 60.5 * 0.8 - 0.5, 40.5 * 0.8 - 0.5
+    np.testing.assert_allclose(scaled.k, [80.0, 0, cx, 0, 88.0, cy, 0, 0, 1])
+    np.testing.assert_allclose(scaled.p, [80.0, 0, cx, -9.6, 0, 88.0, cy, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(scaled.d, info.d)
+
+    built = camera_info_from_intrinsics(Intrinsics(80.0, 88.0, 48.0, 32.0, 96, 64), header)
+    assert (built.width, built.height) == (96, 64)
+    np.testing.assert_array_equal(built.k, [80.0, 0, 48.0, 0, 88.0, 32.0, 0, 0, 1])
+    np.testing.assert_array_equal(built.p, [80.0, 0, 48.0, 0, 0, 88.0, 32.0, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(built.r, np.eye(3).ravel())
+    with pytest.raises(ValueError, match="no image size"):
+        scaled_camera_info(CameraInfo(), 96, 64, header)

@@ -1,0 +1,421 @@
+"""The depth node and the bag player on a real ROS 2 graph (rclpy from the pip wheels, DDS on localhost).
+
+A randomly initialised 64x96 network is exported to ONNX and served with onnxruntime; the published depth
+is compared with the bare DepthEstimator on the same frame, the cloud with the pinhole back-projection
+formula written out here. Every node runs in one rclpy context with its own namespace, so tests cannot
+hear each other; the domain id is random and discovery is limited to localhost, so parallel runs cannot
+either. Waiting is bounded (TIMEOUT) and fails with what was awaited.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
+
+import rclpy
+from rclpy.context import Context
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from skimage import data
+from ssim_depth.codecs import image_msg_to_depth
+from ssim_depth.node import DepthNode
+from ssim_depth.play import play
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.checkpoint import save_atomic
+from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.data.bagio import CameraBagWriter
+from ssim_depth_core.export.onnx import export_onnx
+from ssim_depth_core.models import MonodepthModel
+from ssim_depth_core.runtime import DepthEstimator
+
+NET_HEIGHT, NET_WIDTH = 64, 96
+HEIGHT, WIDTH = 80, 120  # camera resolution, deliberately not the network's
+K = (100.0, 110.0, 61.5, 38.0)  # fx, fy, cx, cy at HEIGHT x WIDTH
+TIMEOUT = 20.0
+OUTPUTS = {"depth": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "depth/preview": Image}
+_stamps = itertools.count(1)
+_namespaces = itertools.count(1)
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def ros():
+    """An initialised rclpy context on a random domain, localhost only, with an executor spinning."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+        env.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        context = Context()
+        rclpy.init(context=context)
+        executor = SingleThreadedExecutor(context=context)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        yield context, executor
+        executor.shutdown()
+        rclpy.shutdown(context=context)
+        thread.join(TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A randomly initialised network exported to ONNX at 64x96."""
+    config = TrainConfig(
+        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=NET_HEIGHT, width=NET_WIDTH)
+    )
+    torch.manual_seed(0)
+    net = MonodepthModel(config.model, config.data.frame_ids)
+    folder = tmp_path_factory.mktemp("ros_node")
+    save_atomic({"config": to_dict(config), "model": net.state_dict()}, folder / "model.pt")
+    return export_onnx(folder / "model.pt", folder / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def estimator(model):
+    return DepthEstimator(model, backend="onnxruntime", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A real photograph at the camera resolution (HEIGHT x WIDTH RGB uint8)."""
+    return np.ascontiguousarray(data.astronaut()[0:320:4, 16:496:4])
+
+
+class Graph:
+    """One DepthNode plus a client node publishing its inputs and recording its outputs by stamp."""
+
+    def __init__(self, ros, model: Path, **params) -> None:
+        self.context, self.executor = ros
+        namespace = f"/t{next(_namespaces)}"
+        overrides = {"model_path": str(model), "backend": "onnxruntime", "stats_period": 0.0, **params}
+        self.node = DepthNode(
+            context=self.context,
+            namespace=namespace,
+            parameter_overrides=[Parameter(name, value=value) for name, value in overrides.items()],
+        )
+        self.client = rclpy.create_node("client", namespace=namespace, context=self.context)
+        self.received: dict[str, dict[tuple[int, int], object]] = {topic: {} for topic in OUTPUTS}
+        for topic, kind in OUTPUTS.items():
+            self.client.create_subscription(kind, topic, lambda msg, t=topic: self._store(t, msg), 10)
+        self.image_pub = self.client.create_publisher(Image, "image", 10)
+        self.compressed_pub = self.client.create_publisher(CompressedImage, "image/compressed", 10)
+        self.info_pub = self.client.create_publisher(CameraInfo, "camera_info", 10)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.client)
+
+    def _store(self, topic: str, msg) -> None:
+        self.received[topic][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+
+    def request(self, msg, info: CameraInfo | None = None, outputs=("depth",)) -> dict[str, object]:
+        """Publish ``msg`` (and ``info``) until every topic in ``outputs`` has answered with its stamp.
+
+        Re-publishing covers discovery still in progress; the node only ever works on the newest frame.
+        """
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        publisher = self.compressed_pub if isinstance(msg, CompressedImage) else self.image_pub
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            if info is not None:
+                self.info_pub.publish(info)
+            publisher.publish(msg)
+            retry = time.monotonic() + 0.5
+            while time.monotonic() < retry:
+                if all(key in self.received[topic] for topic in outputs):
+                    return {
+                        topic: self.received[topic][key] for topic in OUTPUTS if key in self.received[topic]
+                    }
+                time.sleep(0.005)
+            if time.monotonic() > deadline:
+                missing = [topic for topic in outputs if key not in self.received[topic]]
+                pytest.fail(f"no {missing} for stamp {key} within {TIMEOUT} s; stats {vars(self.node.stats)}")
+
+    def close(self) -> None:
+        for node in (self.node, self.client):
+            self.executor.remove_node(node)
+            node.destroy_node()
+
+
+@pytest.fixture()
+def graph(ros, model):
+    graphs = []
+
+    def make(**params) -> Graph:
+        graphs.append(Graph(ros, model, **params))
+        return graphs[-1]
+
+    yield make
+    for g in graphs:
+        g.close()
+
+
+def wait_until(condition, what: str):
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {TIMEOUT} s waiting for {what}")
+        time.sleep(0.005)
+
+
+# ------------------------------------------------------------------------------------------------ messages
+def image_msg(pixels: np.ndarray, encoding: str = "rgb8", frame_id: str = "camera_color_left") -> Image:
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding)
+    msg.step = pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1)
+    msg.data = np.ascontiguousarray(pixels).tobytes()
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = next(_stamps), 123_456_789
+    return msg
+
+
+def camera_info(width: int = WIDTH, height: int = HEIGHT) -> CameraInfo:
+    fx, fy, cx, cy = K
+    info = CameraInfo(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5)
+    info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def cloud_arrays(msg: PointCloud2) -> dict[str, np.ndarray]:
+    """Fields of a PointCloud2 as (height, width) arrays, parsed from the message's own field table."""
+    assert not msg.is_bigendian and msg.row_step == msg.point_step * msg.width
+    dtype = np.dtype(
+        {
+            "names": [f.name for f in msg.fields],
+            "formats": ["<f4"] * len(msg.fields),
+            "offsets": [f.offset for f in msg.fields],
+            "itemsize": msg.point_step,
+        }
+    )
+    assert all(f.datatype == 7 and f.count == 1 for f in msg.fields)  # FLOAT32 scalars
+    points = np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, msg.width)
+    return {name: points[name] for name in dtype.names}
+
+
+def check_cloud(
+    cloud: PointCloud2, depth: np.ndarray, k: np.ndarray, colour: np.ndarray, stride: int
+) -> None:
+    """The cloud is depth back-projected through k: z = depth, x = (u - cx) z / fx, y = (v - cy) z / fy."""
+    fields = cloud_arrays(cloud)
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb"]
+    z = depth[::stride, ::stride]
+    v, u = np.mgrid[0 : depth.shape[0] : stride, 0 : depth.shape[1] : stride].astype(np.float64)
+    fx, cx, fy, cy = k[0, 0], k[0, 2], k[1, 1], k[1, 2]
+    assert (cloud.height, cloud.width) == z.shape
+    np.testing.assert_allclose(fields["z"], z, rtol=1e-6)
+    np.testing.assert_allclose(fields["x"], (u - cx) * z / fx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fields["y"], (v - cy) * z / fy, rtol=1e-5, atol=1e-5)
+    bits = fields["rgb"].view("<u4")
+    rgb = np.stack([(bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF], axis=-1)
+    np.testing.assert_array_equal(rgb, colour[::stride, ::stride])
+    assert cloud.is_dense == bool(np.isfinite(z).all())
+
+
+# --------------------------------------------------------------------------------------------------- tests
+def test_outputs_at_input_resolution(graph, estimator, photo):
+    g = graph(point_stride=3)
+    msg = image_msg(photo)
+    out = g.request(msg, camera_info(), outputs=tuple(OUTPUTS))
+
+    depth_msg = out["depth"]
+    assert (depth_msg.encoding, depth_msg.height, depth_msg.width) == ("32FC1", HEIGHT, WIDTH)
+    for topic in OUTPUTS:
+        assert out[topic].header == msg.header, topic
+    depth = image_msg_to_depth(depth_msg)
+    expected = estimator(photo)
+    np.testing.assert_allclose(depth, expected, rtol=1e-5)
+    assert np.isfinite(depth).all()
+
+    info = out["depth/camera_info"]
+    assert (info.width, info.height) == (WIDTH, HEIGHT)
+    np.testing.assert_allclose(info.k, camera_info().k)
+    check_cloud(out["points"], depth, np.asarray(info.k).reshape(3, 3), photo, stride=3)
+
+    preview = out["depth/preview"]
+    assert (preview.encoding, preview.height, preview.width) == ("bgr8", HEIGHT, WIDTH)
+
+
+def test_network_resolution_scales_camera_info_and_cloud(graph, estimator, photo):
+    g = graph(output_resolution="network", point_stride=2)
+    out = g.request(image_msg(photo), camera_info(), outputs=("depth", "depth/camera_info", "points"))
+    depth = image_msg_to_depth(out["depth"])
+    assert depth.shape == (NET_HEIGHT, NET_WIDTH)
+    reference = DepthEstimator(estimator.backend, output_size=(NET_HEIGHT, NET_WIDTH))
+    np.testing.assert_allclose(depth, reference(photo), rtol=1e-5)
+
+    info = out["depth/camera_info"]
+    sx, sy = NET_WIDTH / WIDTH, NET_HEIGHT / HEIGHT
+    fx, fy, cx, cy = K
+    assert (info.width, info.height) == (NET_WIDTH, NET_HEIGHT)
+    cx, cy = (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5  # pixel centres at integer coordinates
+    np.testing.assert_allclose(info.k, [fx * sx, 0, cx, 0, fy * sy, cy, 0, 0, 1])
+    np.testing.assert_allclose(info.p, [fx * sx, 0, cx, 0, 0, fy * sy, cy, 0, 0, 0, 1, 0])
+    colour = cv2.resize(photo, (NET_WIDTH, NET_HEIGHT), interpolation=cv2.INTER_AREA)
+    check_cloud(out["points"], depth, np.asarray(info.k).reshape(3, 3), colour, stride=2)
+
+
+def test_range_limit_publishes_nan_for_invalid_pixels(graph, estimator, photo):
+    expected = estimator(photo)
+    limit = float(np.median(expected))
+    g = graph(range_max=limit, point_stride=1)
+    out = g.request(image_msg(photo), camera_info(), outputs=("depth", "points"))
+    depth = image_msg_to_depth(out["depth"])
+    invalid = expected >= limit
+    assert 0 < invalid.sum() < invalid.size
+    np.testing.assert_array_equal(np.isnan(depth), invalid)
+    np.testing.assert_allclose(depth[~invalid], expected[~invalid], rtol=1e-5)
+    fields = cloud_arrays(out["points"])
+    for axis in "xyz":
+        np.testing.assert_array_equal(np.isnan(fields[axis]), invalid)
+    assert not out["points"].is_dense
+
+
+def test_fallback_intrinsics_from_parameters(graph, photo):
+    fx, fy, cx, cy = K
+    g = graph(fx=fx, fy=fy, cx=cx, cy=cy, point_stride=4)
+    out = g.request(image_msg(photo), info=None, outputs=("depth", "depth/camera_info", "points"))
+    info = out["depth/camera_info"]
+    np.testing.assert_allclose(info.k, camera_info().k)
+    check_cloud(out["points"], image_msg_to_depth(out["depth"]), np.asarray(info.k).reshape(3, 3), photo, 4)
+
+
+def test_encodings_padding_and_compressed_input(graph, estimator, photo):
+    expected = estimator(photo)
+    g = graph(publish_points=False, publish_preview=False)
+    padded = np.concatenate([cv2.cvtColor(photo, cv2.COLOR_RGB2BGRA), np.zeros((HEIGHT, 3, 4), np.uint8)], 1)
+    msg = image_msg(padded, "bgra8")
+    msg.width = WIDTH  # the extra 3 pixels (12 bytes) per row are padding
+    out = g.request(msg, camera_info())
+    np.testing.assert_allclose(image_msg_to_depth(out["depth"]), expected, rtol=1e-5)
+
+    compressed = graph(compressed=True, publish_points=False, publish_preview=False)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    assert ok
+    msg = CompressedImage(format="png", data=png.tobytes())
+    msg.header.stamp.sec = next(_stamps)
+    out = compressed.request(msg, camera_info())
+    np.testing.assert_allclose(image_msg_to_depth(out["depth"]), expected, rtol=1e-5)
+
+
+def test_malformed_frames_are_dropped_and_the_node_keeps_serving(graph, estimator, photo):
+    g = graph(publish_points=False)
+    good = image_msg(photo)
+    malformed = [
+        Image(height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH * 3, data=bytes(10)),  # length
+        Image(height=HEIGHT, width=WIDTH, encoding="yuv422", step=WIDTH * 2, data=bytes(WIDTH * 2 * HEIGHT)),
+        Image(height=0, width=0, encoding="rgb8", step=0, data=b""),  # empty
+        Image(height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH, data=bytes(WIDTH * HEIGHT)),  # step
+    ]
+    g.request(good, camera_info())  # discovery complete
+    for msg in malformed:
+        rejected = g.node.stats.rejected
+        g.image_pub.publish(msg)
+        wait_until(lambda r=rejected: g.node.stats.rejected > r, f"the node to reject {msg.encoding!r}")
+    assert g.node.stats.failed == 0
+    out = g.request(image_msg(photo), camera_info())
+    np.testing.assert_allclose(image_msg_to_depth(out["depth"]), estimator(photo), rtol=1e-5)
+
+
+def test_burst_is_served_newest_first_without_backlog(graph, photo):
+    g = graph(publish_points=False, publish_preview=False)
+    g.request(image_msg(photo), camera_info())  # discovery complete
+    base = vars(g.node.stats).copy()
+    burst = [image_msg(photo) for _ in range(30)]
+    for msg in burst:
+        g.image_pub.publish(msg)
+    g.request(burst[-1])  # the newest frame is always served (re-published only if it was lost)
+    stats = g.node.stats
+    wait_until(
+        lambda: (
+            stats.received - base["received"]
+            == sum(getattr(stats, k) - base[k] for k in ("processed", "dropped", "rejected", "failed"))
+        ),
+        "every received frame to be processed or counted as dropped",
+    )
+    sent = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in burst}
+    answered = [key for key in g.received["depth"] if key in sent]  # in order of arrival
+    assert answered == sorted(answered), "frames were served out of order"
+    assert answered[-1] == max(sent)
+
+
+def test_parameter_validation(graph, model, ros, tmp_path):
+    g = graph()
+    cases = {
+        "point_stride": (0, "out of range"),
+        "backend": ("foo", "backend 'foo' is not one of"),
+        "output_resolution": ("half", "output_resolution 'half'"),
+        "model_path": (str(tmp_path / "missing.onnx"), "missing.onnx' is not a file"),
+        "min_depth": (200.0, "min_depth 200.0 must be < max_depth"),
+    }
+    g.node.set_parameters([Parameter("max_depth", value=100.0)])
+    for name, (value, reason) in cases.items():
+        (result,) = g.node.set_parameters([Parameter(name, value=value)])
+        assert not result.successful and reason in result.reason, (name, result.reason)
+    (result,) = g.node.set_parameters([Parameter("compressed", value=True)])
+    assert not result.successful and "read-only" in result.reason
+    assert g.node.params.point_stride == 2 and g.node.params.backend == "onnxruntime"
+
+    context, _ = ros
+    with pytest.raises(ValueError, match="model_path is empty"):
+        DepthNode(context=context, namespace="/bad1", parameter_overrides=[Parameter("model_path", value="")])
+    with pytest.raises(InvalidParameterValueException, match="point_stride"):
+        DepthNode(
+            context=context,
+            namespace="/bad2",
+            parameter_overrides=[
+                Parameter("model_path", value=str(model)),
+                Parameter("point_stride", value=0),
+            ],
+        )
+
+
+def test_player_publishes_the_recorded_messages(ros, tmp_path, photo):
+    context, executor = ros
+    intrinsics = Intrinsics(*K, WIDTH, HEIGHT)
+    frames = [np.roll(photo, 7 * i, axis=1) for i in range(3)]
+    stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(3)]
+    with CameraBagWriter(tmp_path / "bag", intrinsics) as writer:
+        for frame, stamp in zip(frames, stamps, strict=True):
+            writer.write(frame, stamp)
+
+    listener = rclpy.create_node("listener", context=context)
+    images, infos = {}, {}
+    key = lambda m: m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec  # noqa: E731
+    listener.create_subscription(
+        Image, "/kitti/camera_color_left/image_raw", lambda m: images.update({key(m): m}), 10
+    )
+    listener.create_subscription(
+        CameraInfo, "/kitti/camera_color_left/camera_info", lambda m: infos.update({key(m): m}), 10
+    )
+    player = rclpy.create_node("player", context=context)
+    executor.add_node(listener)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=play, args=(tmp_path / "bag", 4.0, True), kwargs={"node": player, "stop": stop}
+    )
+    thread.start()
+    try:
+        wait_until(lambda: set(stamps) <= images.keys() and set(stamps) <= infos.keys(), "all three frames")
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        executor.remove_node(listener)
+        listener.destroy_node()
+        player.destroy_node()
+    assert not thread.is_alive()
+    for frame, stamp in zip(frames, stamps, strict=True):
+        msg = images[stamp]
+        assert (msg.encoding, msg.header.frame_id) == ("rgb8", "camera_color_left")
+        np.testing.assert_array_equal(np.frombuffer(msg.data, np.uint8).reshape(HEIGHT, WIDTH, 3), frame)
+        np.testing.assert_allclose(infos[stamp].k, intrinsics.matrix.ravel())
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        play(tmp_path / "bag", rate=0.0, node=player)

@@ -1,0 +1,291 @@
+"""rosbag2 reader on small MCAP and SQLite3 bags written with rosbags' Writer."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import sqlite3
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.config import DataConfig
+from ssim_depth_core.data.bagio import STORAGE_PLUGINS, camera_info_message, default_typestore, header
+from ssim_depth_core.data.rosbag import RosbagSequence, is_rosbag
+from ssim_depth_core.data.sequence import FrameError
+from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
+
+TYPESTORE = default_typestore()
+T = TYPESTORE.types
+IMAGE, COMPRESSED, CAMERA_INFO = (
+    "sensor_msgs/msg/Image",
+    "sensor_msgs/msg/CompressedImage",
+    "sensor_msgs/msg/CameraInfo",
+)
+HEIGHT, WIDTH = 8, 16
+K = [20.0, 0.0, 4.5, 0.0, 21.0, 2.5, 0.0, 0.0, 1.0]
+P = [19.0, 0.0, 4.25, 0.0, 0.0, 19.5, 2.75, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def image_msg(rgb: np.ndarray, encoding: str, stamp_ns: int, padding: int = 0, truncate: int = 0):
+    """sensor_msgs/Image of ``rgb`` in ``encoding`` with ``padding`` extra bytes per row."""
+    pixels = {
+        "rgb8": rgb,
+        "bgr8": rgb[..., ::-1],
+        "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]),
+        "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)]),
+        "mono8": rgb[..., :1],
+        "yuv422": rgb[..., :2],
+    }[encoding]
+    height, width, channels = pixels.shape
+    rows = np.concatenate([pixels.reshape(height, -1), np.full((height, padding), 255, np.uint8)], axis=1)
+    data = rows.ravel()[: rows.size - truncate]
+    return T[IMAGE](
+        header=header(TYPESTORE, stamp_ns, "camera"),
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=0,
+        step=width * channels + padding,
+        data=np.ascontiguousarray(data),
+    )
+
+
+def compressed_msg(rgb: np.ndarray, stamp_ns: int):
+    ok, data = cv2.imencode(".png", rgb[..., ::-1])
+    assert ok
+    return T[COMPRESSED](
+        header=header(TYPESTORE, stamp_ns, "camera"), format="rgb8; png compressed bgr8", data=data.ravel()
+    )
+
+
+def camera_info_msg(stamp_ns: int, k=K, p=P):
+    """CameraInfo whose P differs from K, so the tests can tell which one was used."""
+    msg = camera_info_message(TYPESTORE, Intrinsics(1.0, 1.0, 0.0, 0.0, WIDTH, HEIGHT), stamp_ns, "camera")
+    return dataclasses.replace(msg, k=np.array(k, dtype=np.float64), p=np.array(p, dtype=np.float64))
+
+
+def write_bag(path: Path, topics: dict[str, list[tuple[int, object]]], storage: str = "mcap") -> Path:
+    """``topics``: name -> [(receive time ns, message)], written in the given order per topic."""
+    with Writer(path, version=9, storage_plugin=STORAGE_PLUGINS[storage]) as writer:
+        connections = {
+            name: writer.add_connection(name, messages[0][1].__msgtype__, typestore=TYPESTORE)
+            for name, messages in topics.items()
+        }
+        records = sorted((t, name, msg) for name, messages in topics.items() for t, msg in messages)
+        for t, name, msg in records:
+            writer.write(connections[name], t, TYPESTORE.serialize_cdr(msg, msg.__msgtype__))
+    return path
+
+
+def frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(count)]
+
+
+# Header stamps deliberately out of receive order: the reader must order by header stamp.
+STAMPS_NS = [1_700_000_000_300_000_000, 1_700_000_000_100_000_000, 1_700_000_000_200_000_123, 1_700_000_000_0]
+ORDER = np.argsort(STAMPS_NS)
+
+
+def camera_bag(path: Path, encoding: str, storage: str, images: list[np.ndarray], padding: int = 0) -> Path:
+    if encoding == "compressed":
+        messages = [compressed_msg(im, s) for im, s in zip(images, STAMPS_NS, strict=True)]
+    else:
+        messages = [image_msg(im, encoding, s, padding) for im, s in zip(images, STAMPS_NS, strict=True)]
+    receive = [10**9 * (i + 1) for i in range(len(messages))]
+    return write_bag(
+        path,
+        {
+            "/camera/image_raw": list(zip(receive, messages, strict=True)),
+            "/camera/camera_info": [(receive[0], camera_info_msg(STAMPS_NS[0]))],
+        },
+        storage,
+    )
+
+
+def expected(image: np.ndarray, encoding: str) -> np.ndarray:
+    return np.repeat(image[..., :1], 3, axis=2) if encoding == "mono8" else image
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize(
+    ("encoding", "padding"),
+    [("rgb8", 0), ("bgr8", 3), ("rgba8", 0), ("bgra8", 2), ("mono8", 5), ("compressed", 0)],
+)
+def test_pixels_exact_and_ordered_by_header_stamp(tmp_path, storage, encoding, padding):
+    images = frames(len(STAMPS_NS))
+    bag = camera_bag(tmp_path / "bag", encoding, storage, images, padding)
+    sequence = RosbagSequence(bag)
+    assert sequence.image_topic == "/camera/image_raw"
+    assert len(sequence) == len(images)
+    np.testing.assert_array_equal(sequence.timestamps, np.sort(STAMPS_NS) / 1e9)
+    for index, source in enumerate(ORDER):
+        out = sequence.image(index)
+        assert out.dtype == np.uint8 and out.shape == (HEIGHT, WIDTH, 3) and out.flags.c_contiguous
+        assert np.array_equal(out, expected(images[source], encoding)), (index, source)
+    # P wins over K for a rectified stream.
+    assert sequence.intrinsics == Intrinsics(19.0, 19.5, 4.25, 2.75, WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_single_storage_file_and_bag_detection(tmp_path, storage):
+    images = frames(len(STAMPS_NS))
+    bag = camera_bag(tmp_path / "bag", "rgb8", storage, images)
+    (storage_file,) = [p for p in bag.iterdir() if p.suffix in (".mcap", ".db3")]
+    sequence = RosbagSequence(storage_file)
+    assert np.array_equal(sequence.image(0), images[ORDER[0]])
+    assert is_rosbag(bag) and is_rosbag(storage_file)
+    assert not is_rosbag(tmp_path / "nothing") and not is_rosbag(bag / "metadata.yaml")
+    # A folder holding only the storage file (metadata.yaml lost) opens that file.
+    (bag / "metadata.yaml").unlink()
+    assert np.array_equal(RosbagSequence(bag).image(3), images[ORDER[3]])
+
+
+def test_ambiguous_image_topics_are_listed(tmp_path):
+    left, right = frames(2, seed=1), frames(2, seed=2)
+    bag = write_bag(
+        tmp_path / "bag",
+        {
+            "/left/image_raw": [(1, image_msg(left[0], "rgb8", 1)), (2, image_msg(left[1], "rgb8", 2))],
+            "/right/image_raw": [(1, image_msg(right[0], "rgb8", 1)), (2, image_msg(right[1], "rgb8", 2))],
+            "/right/image_raw/compressed": [(1, compressed_msg(right[0], 1))],
+            "/left/camera_info": [(1, camera_info_msg(1))],
+            "/right/camera_info": [(1, camera_info_msg(1, p=[0.0] * 12))],
+        },
+    )
+    with pytest.raises(ValueError, match="image topics") as info:
+        RosbagSequence(bag)
+    for topic in ("/left/image_raw", "/right/image_raw", "/right/image_raw/compressed", "data.image_topic"):
+        assert topic in str(info.value)
+    with pytest.raises(ValueError, match="image topic '/nope' not found.*/left/image_raw"):
+        RosbagSequence(bag, image_topic="/nope")
+    with pytest.raises(ValueError, match="CameraInfo topic '/nope' not found.*/right/camera_info"):
+        RosbagSequence(bag, image_topic="/left/image_raw", camera_info_topic="/nope")
+    # Each image topic takes the CameraInfo of its own namespace (right has K only, so K is used).
+    right_sequence = RosbagSequence(bag, image_topic="/right/image_raw")
+    assert right_sequence.intrinsics == Intrinsics(20.0, 21.0, 4.5, 2.5, WIDTH, HEIGHT)
+    assert np.array_equal(right_sequence.image(1), right[1])
+    assert RosbagSequence(bag, image_topic="/right/image_raw/compressed").intrinsics.fx == 20.0
+    assert RosbagSequence(bag, image_topic="/left/image_raw").intrinsics.fx == 19.0
+    explicit = RosbagSequence(bag, image_topic="/left/image_raw", camera_info_topic="/right/camera_info")
+    assert explicit.intrinsics.fx == 20.0
+
+
+def test_intrinsics_without_camera_info(tmp_path):
+    images = frames(2)
+    bag = write_bag(tmp_path / "bag", {"/cam/image": [(1, image_msg(images[0], "rgb8", 5))]})
+    with pytest.raises(ValueError, match=r"data\.intrinsics"):
+        RosbagSequence(bag)
+    given = Intrinsics(10.0, 11.0, 4.0, 3.0, WIDTH, HEIGHT)
+    assert RosbagSequence(bag, intrinsics=given).intrinsics == given
+    # Intrinsics for twice the resolution are rescaled to the images (pixel centres at integers:
+    # c' = (c + 0.5) / 2 - 0.5); another aspect ratio is an error.
+    double = Intrinsics(20.0, 22.0, 8.0, 6.0, 2 * WIDTH, 2 * HEIGHT)
+    rescaled = Intrinsics(10.0, 11.0, 3.75, 2.75, WIDTH, HEIGHT)
+    assert RosbagSequence(bag, intrinsics=double).intrinsics == rescaled
+    with pytest.raises(ValueError, match="aspect ratio"):
+        RosbagSequence(bag, intrinsics=Intrinsics(10.0, 11.0, 4.0, 3.0, WIDTH, WIDTH))
+    config = DataConfig(intrinsics=[10.0, 11.0, 4.0, 3.0, WIDTH, HEIGHT])
+    assert open_sequences(bag, config)[0].intrinsics == given
+    with pytest.raises(ValueError, match=r"data\.intrinsics must be"):
+        open_sequences(bag, DataConfig(intrinsics=[10.0, 11.0, 4.0]))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_corrupt_message_is_frame_error_with_topic_and_index(tmp_path, storage):
+    images = frames(4)
+    messages = [
+        (1, image_msg(images[0], "rgb8", 10)),
+        (2, image_msg(images[1], "rgb8", 20, truncate=1)),  # data one byte short of step * height
+        (3, image_msg(images[2], "yuv422", 30)),  # an encoding we cannot convert
+        (4, image_msg(images[3], "rgb8", 40)),
+    ]
+    bag = write_bag(
+        tmp_path / "bag", {"/cam/image": messages, "/cam/camera_info": [(1, camera_info_msg(1))]}, storage
+    )
+    sequence = RosbagSequence(bag)
+    with pytest.raises(FrameError, match=r"topic /cam/image message #1 .*expected step \* height") as info:
+        sequence.image(1)
+    assert str(bag) in str(info.value)
+    with pytest.raises(FrameError, match=r"message #2 .*unsupported encoding 'yuv422'"):
+        sequence.image(2)
+    assert np.array_equal(sequence.image(3), images[3])
+
+
+def test_unsupported_first_encoding_rejected_up_front(tmp_path):
+    bag = write_bag(tmp_path / "bag", {"/cam/image": [(1, image_msg(frames(1)[0], "yuv422", 1))]})
+    with pytest.raises(ValueError, match="unsupported Image encoding 'yuv422'"):
+        RosbagSequence(bag, intrinsics=Intrinsics(10.0, 10.0, 5.0, 3.0, WIDTH, HEIGHT))
+
+
+def test_pickles_and_reads_in_dataloader_workers(tmp_path):
+    images = frames(len(STAMPS_NS))
+    bag = camera_bag(tmp_path / "bag", "rgb8", "mcap", images)
+    sequence = RosbagSequence(bag)
+    assert np.array_equal(sequence.image(2), images[ORDER[2]])  # opens a reader in this process
+    clone = pickle.loads(pickle.dumps(sequence))
+    assert np.array_equal(clone.image(1), images[ORDER[1]])
+    config = DataConfig(height=HEIGHT, width=WIDTH)
+    dataset = TripletDataset([sequence], build_samples([sequence], config.frame_ids), config, train=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate_skipping)
+    (batch,) = list(loader)
+    assert batch["skipped"] == 0 and batch["images"].shape == (2, 3, 3, HEIGHT, WIDTH)
+    assert batch["index"].tolist() == [0, 1]
+    for slot, offset in enumerate(config.frame_ids):  # sample 1 is target frame 2 and its neighbours
+        pixels = batch["images"][1, slot].permute(1, 2, 0).mul(255).round().byte().numpy()
+        assert np.array_equal(pixels, images[ORDER[2 + offset]])
+
+
+def test_directory_of_bags(tmp_path):
+    for name, seed in (("b_drive", 1), ("a_drive", 2)):
+        camera_bag(tmp_path / "bags" / name, "rgb8", "mcap", frames(len(STAMPS_NS), seed))
+    sequences = open_sequences(tmp_path / "bags", DataConfig())
+    assert [Path(s.path).name for s in sequences] == ["a_drive", "b_drive"]
+    assert np.array_equal(sequences[1].image(0), frames(len(STAMPS_NS), 1)[ORDER[0]])
+
+
+def test_sqlite_bag_without_message_definitions(tmp_path):
+    """Bags recorded before ROS 2 Iron store no message definitions; the stock types must be used."""
+    images = frames(len(STAMPS_NS))
+    bag = camera_bag(tmp_path / "bag", "bgr8", "sqlite3", images)
+    db = sqlite3.connect(next(bag.glob("*.db3")))
+    db.execute("DELETE FROM message_definitions")
+    db.commit()
+    db.close()
+    sequence = RosbagSequence(bag)
+    assert np.array_equal(sequence.image(0), images[ORDER[0]])
+    assert sequence.intrinsics.fx == 19.0
+
+
+def test_undeserializable_message_is_skipped_when_indexing(tmp_path, caplog):
+    images = frames(3)
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam/image", IMAGE, typestore=TYPESTORE)
+        writer.write(connection, 1, TYPESTORE.serialize_cdr(image_msg(images[0], "rgb8", 10), IMAGE))
+        writer.write(connection, 2, b"\x00\x01\x00\x00garbage")
+        writer.write(connection, 3, TYPESTORE.serialize_cdr(image_msg(images[2], "rgb8", 30), IMAGE))
+    with caplog.at_level(logging.WARNING):
+        sequence = RosbagSequence(tmp_path / "bag", intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+    assert "topic /cam/image message #1" in caplog.text
+    assert len(sequence) == 2
+    assert np.array_equal(sequence.image(1), images[2])
+
+
+def test_corrupt_compressed_frame_names_bag_topic_and_index(tmp_path):
+    images = frames(3)
+    broken = compressed_msg(images[1], 20)
+    broken = dataclasses.replace(broken, data=broken.data[: len(broken.data) // 2])
+    messages = [(1, compressed_msg(images[0], 10)), (2, broken), (3, compressed_msg(images[2], 30))]
+    bag = write_bag(tmp_path / "bag", {"/cam/image/compressed": messages})
+    sequence = RosbagSequence(bag, intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+    with pytest.raises(FrameError, match=r"bag topic /cam/image/compressed message #1 .*cannot decode"):
+        sequence.image(1)
+    assert np.array_equal(sequence.image(2), images[2])

@@ -1,0 +1,182 @@
+"""Runtime backends and DepthEstimator on CPU (torch and onnxruntime); ORT-CUDA parity on a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from skimage import data
+
+from ssim_depth_core.checkpoint import save_atomic
+from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.export.onnx import export_onnx
+from ssim_depth_core.export.tensorrt import tensorrt_available
+from ssim_depth_core.models import MonodepthModel
+from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TorchBackend, create_backend
+
+HEIGHT, WIDTH = 64, 96
+MIN_DEPTH, MAX_DEPTH = 0.5, 80.0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(checkpoint, exported onnx) of a randomly initialised 64x96 network."""
+    config = TrainConfig(
+        model=ModelConfig(min_depth=MIN_DEPTH, max_depth=MAX_DEPTH),
+        data=DataConfig(height=HEIGHT, width=WIDTH),
+    )
+    torch.manual_seed(0)
+    model = MonodepthModel(config.model, config.data.frame_ids)
+    folder = tmp_path_factory.mktemp("runtime")
+    save_atomic({"config": to_dict(config), "model": model.state_dict()}, folder / "model.pt")
+    return folder / "model.pt", export_onnx(folder / "model.pt", folder / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def torch_estimator(models):
+    return DepthEstimator(models[0], backend="torch", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ort_estimator(models):
+    return DepthEstimator(models[1], backend="onnxruntime", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    """A real photograph cropped to the network's 2:3 aspect ratio (320x480 RGB uint8)."""
+    return np.ascontiguousarray(data.astronaut()[0:320, 16:496])
+
+
+def test_auto_backend_follows_the_file_suffix(models):
+    checkpoint, onnx_path = models
+    assert isinstance(create_backend(checkpoint), TorchBackend)
+    if tensorrt_available():
+        pytest.skip("with TensorRT present .onnx files go to TensorRT (tested in test_tensorrt.py)")
+    backend = create_backend(onnx_path)
+    assert isinstance(backend, OnnxRuntimeBackend)
+    assert "CPUExecutionProvider" in backend.providers
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "message"),
+    [
+        ("model.tflite", "auto", "suffix '.tflite'"),
+        ("model.onnx", "openvino", "backend 'openvino'"),
+        ("model.onnx", "torch", "torch backend cannot read .onnx"),
+        ("model.pt", "onnxruntime", "onnxruntime backend cannot read .pt"),
+        ("model.engine", "onnxruntime", "onnxruntime backend cannot read .engine"),
+    ],
+)
+def test_create_backend_rejects_what_it_cannot_run(tmp_path, name, backend, message):
+    with pytest.raises(ValueError, match=message):
+        create_backend(tmp_path / name, backend)
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        create_backend(tmp_path / "model.onnx", device="tpu")
+
+
+def test_onnxruntime_backend_reads_metadata_and_matches_torch(models):
+    checkpoint, onnx_path = models
+    onnx_backend = OnnxRuntimeBackend(onnx_path, device="cpu")
+    torch_backend = TorchBackend(checkpoint, device="cpu")
+    assert onnx_backend.input_size == torch_backend.input_size == (HEIGHT, WIDTH)
+    assert (onnx_backend.min_depth, onnx_backend.max_depth) == (MIN_DEPTH, MAX_DEPTH)
+    assert (torch_backend.min_depth, torch_backend.max_depth) == (MIN_DEPTH, MAX_DEPTH)
+    assert onnx_backend.max_batch == 1
+
+    batch = np.random.default_rng(0).random((3, 3, HEIGHT, WIDTH), dtype=np.float32)
+    disparity = onnx_backend(batch)  # three frames through a batch-1 graph
+    assert disparity.shape == (3, 1, HEIGHT, WIDTH) and disparity.dtype == np.float32
+    np.testing.assert_array_equal(disparity[2:], onnx_backend(batch[2:]))
+    np.testing.assert_allclose(disparity, torch_backend(batch), rtol=0, atol=1e-4)
+
+
+def test_backend_rejects_bad_batches(models):
+    backend = TorchBackend(models[0], device="cpu")
+    with pytest.raises(ValueError, match="float32.*float64"):
+        backend(np.zeros((1, 3, HEIGHT, WIDTH)))
+    with pytest.raises(ValueError, match=r"\(B>=1, 3, 64, 96\).*\(1, 3, 32, 96\)"):
+        backend(np.zeros((1, 3, 32, WIDTH), np.float32))
+    with pytest.raises(ValueError, match=r"\(0, 3, 64, 96\)"):
+        backend(np.zeros((0, 3, HEIGHT, WIDTH), np.float32))
+
+
+def test_depth_matches_the_hand_written_formula(torch_estimator, astronaut):
+    """At the network size there is no resizing: depth = 1 / (1/max + (1/min - 1/max) * disparity)."""
+    image = astronaut[:HEIGHT, :WIDTH].copy()
+    batch = (image.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
+    disparity = torch_estimator.backend(batch)[0, 0].astype(np.float64)
+    expected = 1.0 / (1.0 / MAX_DEPTH + (1.0 / MIN_DEPTH - 1.0 / MAX_DEPTH) * disparity)
+    depth = torch_estimator(image)
+    assert depth.shape == (HEIGHT, WIDTH) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, expected, rtol=1e-5)
+
+
+def test_torch_and_onnxruntime_estimators_agree(torch_estimator, ort_estimator, astronaut):
+    expected = torch_estimator(astronaut)
+    actual = ort_estimator(astronaut)
+    assert actual.shape == expected.shape == astronaut.shape[:2]
+    np.testing.assert_allclose(actual, expected, rtol=1e-3)
+    assert expected.std() > 0
+
+
+def test_rgb_and_bgr_encodings(models, torch_estimator, astronaut):
+    bgr = np.ascontiguousarray(astronaut[..., ::-1])
+    rgb_depth = torch_estimator(astronaut)
+    np.testing.assert_array_equal(torch_estimator(bgr, encoding="bgr"), rgb_depth)
+    np.testing.assert_array_equal(torch_estimator(bgr, encoding="bgr8"), rgb_depth)
+    bgr_estimator = DepthEstimator(torch_estimator.backend, input_encoding="bgr")
+    np.testing.assert_array_equal(bgr_estimator(bgr), rgb_depth)
+    # the channel order matters to the network, so a mix-up would be caught
+    assert np.abs(torch_estimator(bgr) - rgb_depth).max() > 1e-4
+
+
+def test_depth_range_scale_and_output_size(torch_estimator, astronaut):
+    depth = torch_estimator(astronaut)
+    assert MIN_DEPTH <= depth.min() and depth.max() <= MAX_DEPTH
+    scaled = DepthEstimator(torch_estimator.backend, depth_scale=2.5)(astronaut)
+    np.testing.assert_allclose(scaled, 2.5 * depth, rtol=1e-5)
+    assert 2.5 * MIN_DEPTH <= scaled.min() and scaled.max() <= 2.5 * MAX_DEPTH
+    narrow = DepthEstimator(torch_estimator.backend, min_depth=1.0, max_depth=10.0)(astronaut)
+    assert 1.0 <= narrow.min() and narrow.max() <= 10.0
+    small = DepthEstimator(torch_estimator.backend, output_size=(30, 50))(astronaut)
+    assert small.shape == (30, 50) and small.dtype == np.float32
+
+
+def test_predict_batch_equals_single_calls(torch_estimator, astronaut):
+    images = [astronaut, np.ascontiguousarray(astronaut[:200, :150])]
+    depths = torch_estimator.predict_batch(images)
+    assert [d.shape for d in depths] == [(320, 480), (200, 150)]
+    for depth, image in zip(depths, images, strict=True):
+        np.testing.assert_allclose(depth, torch_estimator(image), rtol=1e-5)
+
+
+def test_estimator_rejects_bad_input(torch_estimator, astronaut):
+    with pytest.raises(ValueError, match="uint8.*float32"):
+        torch_estimator(astronaut.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\).*shape \(320, 480\)"):
+        torch_estimator(astronaut[..., 0])
+    with pytest.raises(ValueError, match=r"shape \(320, 480, 4\)"):
+        torch_estimator(np.dstack([astronaut, astronaut[..., :1]]))
+    with pytest.raises(ValueError, match="image 1"):
+        torch_estimator.predict_batch([astronaut, astronaut[..., :2]])
+    with pytest.raises(ValueError, match="encoding 'mono8'"):
+        torch_estimator(astronaut, encoding="mono8")
+    with pytest.raises(ValueError, match="depth_scale"):
+        DepthEstimator(torch_estimator.backend, depth_scale=0.0)
+    with pytest.raises(ValueError, match="min_depth < max_depth"):
+        DepthEstimator(torch_estimator.backend, min_depth=10.0, max_depth=1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu and CUDA"
+)
+def test_onnxruntime_cuda_matches_torch(models):
+    checkpoint, onnx_path = models
+    batch = np.random.default_rng(2).random((2, 3, HEIGHT, WIDTH), dtype=np.float32)
+    cuda_backend = OnnxRuntimeBackend(onnx_path, device="cuda")
+    assert cuda_backend.providers[0] == "CUDAExecutionProvider"
+    expected = TorchBackend(checkpoint, device="cpu")(batch)  # exact FP32 reference
+    np.testing.assert_allclose(cuda_backend(batch), expected, rtol=0, atol=2e-3)  # ORT CUDA may use TF32

@@ -1,0 +1,314 @@
+"""Synthetic KITTI-like drives: read back by real-KITTI tools (pykitti, rosbags), self-consistent geometry."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import cv2
+import numpy as np
+import open3d as o3d
+import pykitti
+import pytest
+import torch
+from rosbags.highlevel import AnyReader
+from scipy import ndimage
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.data import kitti_layout as kl
+from ssim_depth_core.data import synthetic as syn
+from ssim_depth_core.data.bagio import KITTI_CAMERA_INFO_TOPIC, KITTI_IMAGE_TOPIC, CameraBagWriter
+from ssim_depth_core.geometry import ray_grid, warp
+
+SEED, FRAMES, WIDTH, HEIGHT = 7, 8, 208, 64
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    return syn.generate_dataset(
+        root, SEED, drives=1, frames=FRAMES, width=WIDTH, height=HEIGHT, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def drive() -> syn.SyntheticDrive:
+    """The same drive the dataset fixture wrote (single drive = held out = static apart from the ego car)."""
+    return syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED, 0, 1, FRAMES), WIDTH, HEIGHT)
+
+
+@pytest.fixture(scope="module")
+def kitti(dataset: Path, drive: syn.SyntheticDrive) -> pykitti.raw:
+    return pykitti.raw(str(dataset), drive.date, "0001")
+
+
+def test_pykitti_reads_calibration_and_sensors(kitti: pykitti.raw, drive: syn.SyntheticDrive) -> None:
+    assert len(kitti) == FRAMES
+    # KITTI's P_rect_02 (1242 x 375) resized: focal lengths scale, pixel centres map c -> (c + 0.5) s - 0.5
+    sx, sy = WIDTH / 1242, HEIGHT / 375
+    expected = Intrinsics(
+        721.5377 * sx, 721.5377 * sy, 610.0593 * sx - 0.5, 173.354 * sy - 0.5, WIDTH, HEIGHT
+    )
+    assert drive.intrinsics == pytest.approx(expected)
+    np.testing.assert_allclose(kitti.calib.K_cam2, expected.matrix, rtol=1e-6)
+    np.testing.assert_allclose(kitti.calib.P_rect_20[:, :3], expected.matrix, rtol=1e-6)
+    assert kitti.calib.P_rect_20[0, 3] / kitti.calib.P_rect_20[0, 0] == pytest.approx(0.06, rel=1e-5)
+    assert kitti.get_cam2(0).size == (WIDTH, HEIGHT)
+    np.testing.assert_array_equal(np.asarray(kitti.get_cam2(3)), drive.image(3))
+    scan = kitti.get_velo(0)
+    assert scan.ndim == 2 and scan.shape[1] == 4 and scan.shape[0] > 10_000
+    # ground returns next to the car lie 1.73 m below the velodyne (KITTI's mounting height)
+    near = np.hypot(scan[:, 0], scan[:, 1]) < 12
+    assert np.percentile(scan[near, 2], 5) == pytest.approx(-(syn.CAMERA_HEIGHT + 0.08), abs=0.03)
+
+
+def test_pykitti_oxts_poses_reproduce_the_trajectory(kitti: pykitti.raw, dataset: Path) -> None:
+    """pykitti's Mercator OXTS poses, moved to camera 02 with pykitti's own extrinsics, are our poses file."""
+    T_imu_cam = np.linalg.inv(kitti.calib.T_cam2_imu)
+    cams = np.stack([o.T_w_imu @ T_imu_cam for o in kitti.oxts])
+    relative = np.linalg.inv(cams[0]) @ cams
+    drive_dir = dataset / kitti.drive.split("_drive")[0] / kitti.drive
+    written = np.loadtxt(drive_dir / "poses_cam_02.txt").reshape(-1, 3, 4)
+    np.testing.assert_allclose(relative[:, :3, :3], written[:, :, :3], atol=1e-6)
+    np.testing.assert_allclose(relative[:, :3, 3], written[:, :, 3], atol=1e-4)
+    steps = np.linalg.norm(np.diff(written[:, :, 3], axis=0), axis=1)
+    assert np.all((steps > 0.45) & (steps < 1.6))  # ~0.5-1.5 m per frame
+    # OXTS velocities agree with pykitti's positions (central differences at 10 Hz)
+    positions = np.stack([o.T_w_imu[:3, 3] for o in kitti.oxts])
+    velocity = (positions[2:] - positions[:-2]) / 0.2
+    packets = [o.packet for o in kitti.oxts[1:-1]]
+    np.testing.assert_allclose([[p.ve, p.vn, p.vu] for p in packets], velocity, atol=1e-3)
+    np.testing.assert_allclose(
+        [np.hypot(p.vf, p.vl) for p in packets], np.hypot(*velocity[:, :2].T), atol=1e-3
+    )
+    assert all(p.au == pytest.approx(9.81, abs=1.0) for p in packets)  # specific force: gravity reaction
+    stamps = [t.timestamp() for t in kitti.timestamps]
+    np.testing.assert_allclose(np.diff(stamps), 0.1, atol=1e-5)
+
+
+def test_ground_truth_png_encodes_renderer_depth(dataset: Path, drive: syn.SyntheticDrive) -> None:
+    drive_dir = dataset / drive.date / drive.drive_folder
+    for index in (0, FRAMES - 1):
+        path = drive_dir / "proj_depth" / "groundtruth" / "image_02" / f"{index:010d}.png"
+        png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16 and png.shape == (HEIGHT, WIDTH)
+        depth = drive.depth(index)
+        np.testing.assert_array_equal(png == 0, depth == 0)
+        assert np.abs(png / 256.0 - depth).max() <= 0.5 / 256 + 1e-6
+        sky = drive.render(index).ids == -1
+        assert sky.any() and np.all(depth[sky] == 0)  # sky is invalid, like KITTI
+        assert (depth > 0).mean() > 0.5
+
+
+def test_renderer_depth_matches_open3d_raycasting(drive: syn.SyntheticDrive) -> None:
+    """Independent reference: Open3D's BVH ray caster on the same boxes (as meshes) and ground."""
+    frame = 2
+    boxes = drive.scene.frame_boxes(frame)
+    scene = o3d.t.geometry.RaycastingScene()
+    for centre, rotation, half in zip(
+        boxes.centre.numpy(), boxes.rotation.numpy(), boxes.half.numpy(), strict=True
+    ):
+        mesh = o3d.geometry.TriangleMesh.create_box(*(2 * half)).translate(-half)
+        mesh.rotate(rotation.astype(np.float64), center=(0, 0, 0)).translate(centre.astype(np.float64))
+        scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    ground = o3d.geometry.TriangleMesh()
+    ground.vertices = o3d.utility.Vector3dVector(
+        [[-1e3, -1e3, 0], [1e3, -1e3, 0], [1e3, 1e3, 0], [-1e3, 1e3, 0]]
+    )
+    ground.triangles = o3d.utility.Vector3iVector([[0, 1, 2], [0, 2, 3]])
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(ground))
+
+    pose = drive.T_world_cam[frame]
+    rays = ray_grid(drive.intrinsics.inv_K(torch.float64), HEIGHT, WIDTH).reshape(3, -1).numpy()
+    directions = (pose[:3, :3] @ rays).T
+    query = np.hstack([np.broadcast_to(pose[:3, 3], directions.shape), directions]).astype(np.float32)
+    t_o3d = scene.cast_rays(o3d.core.Tensor(query))["t_hit"].numpy().reshape(HEIGHT, WIDTH)
+    _, depth, _ = syn.render_camera(drive.scene, frame, pose, drive.intrinsics, antialias=False)
+    both = np.isfinite(t_o3d) & np.isfinite(depth) & (t_o3d < syn.GROUND_FAR)
+    assert both.mean() > 0.8
+    assert np.array_equal(np.isfinite(t_o3d) & (t_o3d < 300), np.isfinite(depth) & (depth < 300))
+    relative = np.abs(depth[both] - t_o3d[both]) / t_o3d[both]
+    assert np.median(relative) < 1e-5 and np.mean(relative < 1e-3) > 0.995
+
+
+def test_consecutive_frames_agree_through_depth_and_poses(drive: syn.SyntheticDrive) -> None:
+    """Warp frame t+1 into frame t with t's GT depth and the GT poses: small photometric error."""
+    K = drive.intrinsics.K()[None]
+    inv_K = drive.intrinsics.inv_K()[None]
+    errors, errors_wrong_depth = [], []
+    for t in range(0, FRAMES - 1, 2):
+        target = torch.from_numpy(drive.image(t)).permute(2, 0, 1)[None].float() / 255
+        source = torch.from_numpy(drive.image(t + 1)).permute(2, 0, 1)[None].float() / 255
+        depth = torch.from_numpy(drive.depth(t))[None, None]
+        source_depth = torch.from_numpy(drive.depth(t + 1))[None, None]
+        transform = torch.from_numpy(np.linalg.inv(drive.pose(t + 1)) @ drive.pose(t)).float()[None]
+        warped = warp(source, depth, transform, K, inv_K)
+        # visible in both views: projected depth agrees with the source's own depth where it lands
+        points = depth * ray_grid(inv_K, HEIGHT, WIDTH)
+        moved = transform[:, :3, :3] @ points.flatten(2) + transform[:, :3, 3:]
+        landed = warp(source_depth, depth, transform, K, inv_K)
+        visible = (depth > 0) & ((landed - moved[:, 2:].view_as(depth)).abs() < 0.01 * depth)
+        pixels = (K @ moved)[:, :2] / moved[:, 2:]
+        inside = (
+            (pixels[:, 0] > 1) & (pixels[:, 0] < WIDTH - 2) & (pixels[:, 1] > 1) & (pixels[:, 1] < HEIGHT - 2)
+        )
+        valid = visible & inside.view_as(depth)
+        assert valid.float().mean() > 0.5
+        errors.append((warped - target).abs().mean(1, keepdim=True)[valid].mean())
+        wrong = warp(source, depth * 1.15, transform, K, inv_K)
+        errors_wrong_depth.append((wrong - target).abs().mean(1, keepdim=True)[valid].mean())
+    error, wrong_error = float(torch.stack(errors).mean()), float(torch.stack(errors_wrong_depth).mean())
+    assert error < 0.03, error
+    assert error < 0.6 * wrong_error, (error, wrong_error)
+
+
+def test_lidar_lands_on_ground_truth_depth(kitti: pykitti.raw, drive: syn.SyntheticDrive) -> None:
+    """Velodyne points projected with the calib files hit pixels whose GT depth agrees (KITTI's own check)."""
+    for index in (0, FRAMES // 2):
+        scan = kitti.get_velo(index)
+        points = kitti.calib.T_cam2_velo @ np.hstack([scan[:, :3], np.ones((len(scan), 1))]).T
+        # pykitti's T_cam2_velo already includes camera 02's 6 cm offset, so project with K alone
+        projected = kitti.calib.K_cam2 @ points[:3]
+        z = projected[2]
+        front = z > 1.0
+        u, v = projected[0, front] / z[front], projected[1, front] / z[front]
+        inside = (u >= 0) & (u <= WIDTH - 1) & (v >= 0) & (v <= HEIGHT - 1)
+        depth = drive.depth(index)
+        sampled = ndimage.map_coordinates(depth, [v[inside], u[inside]], order=1)
+        nearest = depth[np.round(v[inside]).astype(int), np.round(u[inside]).astype(int)]
+        ok = (sampled > 0) & (nearest > 0)
+        assert ok.sum() > 500
+        relative = np.abs(sampled[ok] - z[front][inside][ok]) / z[front][inside][ok]
+        assert np.median(relative) < 0.01, np.median(relative)
+
+
+def test_same_seed_same_bytes_other_seed_differs(
+    dataset: Path, drive: syn.SyntheticDrive, tmp_path: Path
+) -> None:
+    again = syn.generate_dataset(
+        tmp_path, SEED, drives=1, frames=FRAMES, width=WIDTH, height=HEIGHT, bag="none", progress=False
+    )
+    first = dataset / drive.date / drive.drive_folder
+    second = again / drive.date / drive.drive_folder
+    for relative in (
+        "image_02/data/0000000005.png",
+        "proj_depth/groundtruth/image_02/0000000005.png",
+        "velodyne_points/data/0000000005.bin",
+        "oxts/data/0000000005.txt",
+        "poses_cam_02.txt",
+    ):
+        assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+    other = syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED + 1, 0, 1, FRAMES), WIDTH, HEIGHT)
+    assert other.date != drive.date
+    assert np.abs(other.image(5).astype(int) - drive.image(5).astype(int)).mean() > 10
+
+
+def test_bag_holds_the_images_and_camera_info(dataset: Path, drive: syn.SyntheticDrive) -> None:
+    stamps = (
+        (dataset / drive.date / drive.drive_folder / "image_02" / "timestamps.txt").read_text().split("\n")
+    )
+    expected_ns = []
+    for line in stamps[:-1]:
+        whole, fraction = line.split(".")
+        moment = dt.datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+        expected_ns.append(int(moment.timestamp()) * 10**9 + int(fraction))
+    with AnyReader([dataset / "bags" / drive.drive_folder]) as reader:
+        topics = {c.topic: c for c in reader.connections}
+        assert topics[KITTI_IMAGE_TOPIC].msgcount == FRAMES
+        assert topics[KITTI_CAMERA_INFO_TOPIC].msgcount == FRAMES
+        images = [
+            reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages([topics[KITTI_IMAGE_TOPIC]])
+        ]
+        info = reader.deserialize(
+            next(reader.messages([topics[KITTI_CAMERA_INFO_TOPIC]]))[2], "sensor_msgs/msg/CameraInfo"
+        )
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in images] == expected_ns
+    first = images[3]
+    assert (first.encoding, first.width, first.height, first.step) == ("rgb8", WIDTH, HEIGHT, 3 * WIDTH)
+    assert first.header.frame_id == "camera_color_left"
+    np.testing.assert_array_equal(first.data.reshape(HEIGHT, WIDTH, 3), drive.image(3))
+    np.testing.assert_allclose(info.k.reshape(3, 3), drive.intrinsics.matrix)
+    np.testing.assert_allclose(info.p.reshape(3, 4)[:, :3], drive.intrinsics.matrix)
+    assert info.distortion_model == "plumb_bob" and (info.width, info.height) == (WIDTH, HEIGHT)
+
+
+def test_sqlite3_bag_round_trip(tmp_path: Path) -> None:
+    intrinsics = kl.kitti_intrinsics(8, 4)
+    frames = [np.full((4, 8, 3), i * 40, dtype=np.uint8) for i in range(3)]
+    with CameraBagWriter(tmp_path / "bag", intrinsics, storage="sqlite3") as writer:
+        for i, frame in enumerate(frames):
+            writer.write(frame, 1_000_000_000 + i * 100_000_000)
+    assert list((tmp_path / "bag").glob("*.db3"))
+    with AnyReader([tmp_path / "bag"]) as reader:
+        image_conn = [c for c in reader.connections if c.topic == KITTI_IMAGE_TOPIC]
+        got = [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages(image_conn)]
+    assert [t for t, _ in got] == [1_000_000_000, 1_100_000_000, 1_200_000_000]
+    np.testing.assert_array_equal(got[2][1].data.reshape(4, 8, 3), frames[2])
+    with pytest.raises(ValueError, match="unknown rosbag2 storage 'zip'"):
+        CameraBagWriter(tmp_path / "other", intrinsics, storage="zip")
+
+
+def test_split_files(dataset: Path, drive: syn.SyntheticDrive) -> None:
+    splits = dataset / "splits" / "synthetic"
+    expected = [f"{drive.date}/{drive.drive_folder} {i} l" for i in range(1, FRAMES - 1)]
+    for name in ("train", "val", "test"):  # one drive: every split is that drive
+        assert (splits / f"{name}_files.txt").read_text().splitlines() == expected
+
+
+def test_standstill_and_lead_vehicle() -> None:
+    """The auto-masking cases: a stop (identical frames), a car moving with the camera (static in image)."""
+    drive = syn.SyntheticDrive(syn.DriveSpec(11, 0, 24, lead_vehicle=True, standstill=True), 104, 32)
+    steps = np.linalg.norm(np.diff(drive.poses[:, :3, 3], axis=0), axis=1)
+    still = np.flatnonzero(steps == 0)
+    assert len(still) >= 3
+    assert np.array_equal(drive.image(int(still[0])), drive.image(int(still[0]) + 1))
+    packets = drive.oxts()
+    assert np.abs(packets[still[1], 6:11]).max() < 1e-9  # velocities vn ve vf vl vu are zero while stopped
+    moving = np.flatnonzero(steps > 0.4)
+    a, b = int(moving[0]), int(moving[0]) + 1
+    lead = [np.isin(drive.render(i).ids, list(drive.dynamic_ids)) for i in (a, b)]
+    assert lead[0].sum() > 20
+    iou = (lead[0] & lead[1]).sum() / (lead[0] | lead[1]).sum()
+    assert iou > 0.8  # the lead car hardly moves in the image while the street does
+    static = ~(lead[0] | lead[1])
+    assert np.mean(drive.depth(a)[static] != drive.depth(b)[static]) > 0.5
+
+
+def test_texture_lookup_matches_scipy_bilinear_with_wrap() -> None:
+    """Level 0 and 1 lookups equal scipy's wrapped bilinear interpolation of the (downsampled) texture."""
+    rng = np.random.default_rng(0)
+    textures = rng.random((2, 16, 16, 3)).astype(np.float32)
+    atlas = syn.build_mip_atlas(textures)
+    u = torch.tensor(rng.uniform(-40, 40, 200), dtype=torch.float32)
+    v = torch.tensor(rng.uniform(-40, 40, 200), dtype=torch.float32)
+    texture = torch.ones(200, dtype=torch.long)
+    for level in (0, 1):
+        got = syn.sample_texture(atlas, texture, u, v, torch.full((200,), float(level))).numpy()
+        image = textures[1].reshape(16 >> level, 2**level, 16 >> level, 2**level, 3).mean(axis=(1, 3))
+        coords = [v.numpy() / 2**level - 0.5, u.numpy() / 2**level - 0.5]
+        for channel in range(3):
+            expected = ndimage.map_coordinates(image[..., channel], coords, order=1, mode="grid-wrap")
+            np.testing.assert_allclose(got[channel], expected, atol=2e-5)
+    halfway = syn.sample_texture(atlas, texture, u, v, torch.full((200,), 0.25)).numpy()
+    lower = syn.sample_texture(atlas, texture, u, v, torch.zeros(200)).numpy()
+    upper = syn.sample_texture(atlas, texture, u, v, torch.ones(200)).numpy()
+    np.testing.assert_allclose(halfway, 0.75 * lower + 0.25 * upper, atol=1e-6)
+
+
+def test_periodic_component_tiles_seamlessly() -> None:
+    image = syn._photo("camera")[:128, :128]
+    periodic = syn._periodic_component(image)
+
+    def seam(x: np.ndarray) -> float:  # jump across the wrap-around border vs. a typical neighbour step
+        return np.abs(x[:, 0] - x[:, -1]).mean() / np.abs(np.diff(x, axis=1)).mean()
+
+    assert seam(periodic) < 0.25 * seam(image)
+
+
+def test_bad_arguments_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bag must be one of"):
+        syn.generate_dataset(tmp_path, 0, drives=1, frames=3, width=32, height=16, bag="zip")
+    with pytest.raises(ValueError, match="frames must be >= 3"):
+        syn.generate_dataset(tmp_path, 0, drives=1, frames=2)
+    with pytest.raises(ValueError, match="drives must be >= 1"):
+        syn.generate_dataset(tmp_path, 0, drives=0)
