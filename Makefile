@@ -4,7 +4,10 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+DEMO ?= demo
+DEMO_STEPS ?= 300
+
+.PHONY: install test demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +20,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Synthetic drives -> self-supervised training -> Eigen metrics on a held-out drive of another seed.
+demo: $(STAMP)
+	$(BIN)/ssim-depth synth --out $(DEMO)/data --seed 1 --drives 4 --frames 100 --bag mcap
+	$(BIN)/ssim-depth synth --out $(DEMO)/heldout --seed 2 --drives 1 --frames 60 --bag none
+	$(BIN)/python training/train.py --config training/configs/synthetic_cpu.yaml --data $(DEMO)/data \
+		--out $(DEMO)/run --set optim.max_steps=$(DEMO_STEPS)
+	$(BIN)/python training/evaluate.py --checkpoint $(DEMO)/run/checkpoints/last.pt --data $(DEMO)/heldout \
+		--split test --json $(DEMO)/run/metrics.json
+	@echo "outputs: data $(DEMO)/data (KITTI layout + bags), run $(DEMO)/run (config.yaml, checkpoints/," \
+		"tensorboard/: tensorboard --logdir $(DEMO)/run), metrics $(DEMO)/run/metrics.json"
 
 clean:
 	rm -rf $(VENV) demo

@@ -147,6 +147,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         raise TypeError(f"config '{key}': union types are not supported")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"config '{key}' must be {hint.__name__}, got {value!r}")
     return value

@@ -149,8 +149,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=ids)
 
-        self.step = 0
+        self.step = 0  # optimiser steps
         self.epoch = 0
+        self.epoch_batches = 0  # batches of the current epoch consumed (readable or not): the resume point
         self.best_metric = math.inf
         self.skipped_samples = 0
         if resume:
@@ -191,6 +192,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
+            "epoch_batches": self.epoch_batches,
             "best_metric": self.best_metric,
             "skipped_samples": self.skipped_samples,
         }
@@ -210,7 +212,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = state["step"], state["epoch"]
+        self.step, self.epoch, self.epoch_batches = state["step"], state["epoch"], state["epoch_batches"]
         self.best_metric = state["best_metric"]
         self.skipped_samples = state["skipped_samples"]
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
@@ -232,9 +234,9 @@ class Trainer:
             )
         metrics: dict[str, float] = {}
         while not self._done():
-            self._train_epoch()
-            if self.step % self.steps_per_epoch == 0:  # a whole epoch, not one cut short by max_steps
+            if self._train_epoch():
                 self.epoch += 1
+                self.epoch_batches = 0
                 self.scheduler.step()
             metrics = self.validate()
             self._save("last.pt")
@@ -244,10 +246,11 @@ class Trainer:
             dist.barrier()
         return metrics
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self) -> bool:
+        """Train on the rest of the current epoch; True when it ran to its end (not cut by max_steps)."""
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
-        self.sampler.skip = (self.step % self.steps_per_epoch) * self.config.optim.batch_size
+        self.sampler.skip = self.epoch_batches * self.config.optim.batch_size
         self.network.train()
         bar = tqdm(
             self.loader,
@@ -257,9 +260,9 @@ class Trainer:
         )
         tic = time.perf_counter()
         for batch in bar:
-            if batch is not None:
-                self.skipped_samples += batch.pop("skipped")
-            if batch is None or not batch:
+            self.epoch_batches += 1
+            self.skipped_samples += batch.pop("skipped")
+            if not batch:  # every sample of this batch was unreadable
                 continue
             loss, outputs = self._train_step(batch)
             self.step += 1
@@ -270,9 +273,9 @@ class Trainer:
                 self._log(loss, outputs, batch, rate)
             if self.step % self.config.checkpoint_every == 0:
                 self._save("last.pt")
-            if self._done():
-                break
-        self.sampler.skip = 0
+            if self._done() and self.epoch_batches < self.steps_per_epoch:
+                return False
+        return True
 
     def _train_step(self, batch: dict[str, Any]):
         batch = _to_device(batch, self.device)
@@ -311,9 +314,9 @@ class Trainer:
         accumulator = MetricsAccumulator()
         losses = []
         for batch in tqdm(self._loader(self.val_set), desc="validate", leave=False, dynamic_ncols=True):
-            if batch is None:
-                continue
             batch.pop("skipped")
+            if not batch:
+                continue
             batch = _to_device(batch, self.device)
             outputs = self.model(batch)
             losses.append(self.objective(batch, outputs).total.item())

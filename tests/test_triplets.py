@@ -181,7 +181,7 @@ def test_collate_skipping_drops_unreadable_samples(tmp_path, caplog):
     batch = collate_skipping(samples)
     assert batch["skipped"] == 2
     assert batch["images"].shape == (1, 3, 3, 16, 32) and batch["index"].tolist() == [0]
-    assert collate_skipping([None, None]) is None
+    assert collate_skipping([None, None]) == {"skipped": 2}
 
 
 def test_image_size_must_match_intrinsics(tmp_path, caplog):

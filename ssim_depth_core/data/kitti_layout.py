@@ -136,7 +136,7 @@ def write_timestamps(path: Path, start: datetime, offsets_ns: Iterable[int]) -> 
 
 
 def _values(values: Iterable[float]) -> str:
-    return " ".join(f"{float(v):.6e}" for v in values)
+    return " ".join(f"{float(v):.9e}" for v in values)
 
 
 def _calib_time(moment: datetime) -> str:

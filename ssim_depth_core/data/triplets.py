@@ -236,15 +236,15 @@ class TripletDataset(Dataset):
         return sample
 
 
-def collate_skipping(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Collate the readable samples, adding ``"skipped"`` = how many were None; None when all were.
+def collate_skipping(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Collate the readable samples, adding ``"skipped"`` = how many were None (only that key when all were).
 
     Samples without ``depth_gt`` get an all-zero (invalid) map when others in the batch have one (KITTI has
     no ground truth for the first and last frames of a drive).
     """
     kept = [sample for sample in batch if sample is not None]
     if not kept:
-        return None
+        return {"skipped": len(batch)}
     with_depth = [sample["depth_gt"] for sample in kept if "depth_gt" in sample]
     if with_depth and len(with_depth) < len(kept):
         kept = [
