@@ -10,6 +10,10 @@ DEMO_STEPS ?= 300
 .PHONY: install test demo clean
 
 $(STAMP): pyproject.toml
+	@# Open3D (a test reference) needs libusb; Debian/Ubuntu machines get it from apt when it is missing.
+	@ldconfig -p | grep -q libusb-1.0 || apt-get install -y -qq libusb-1.0-0 \
+		|| (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) \
+		|| echo "warning: libusb-1.0 is missing; the Open3D reference tests will be skipped"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,ros]"

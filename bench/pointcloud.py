@@ -8,9 +8,10 @@ Peers, measured in the same process on the same depth map (uniform 1..80 m, 5 % 
   simplification favours Open3D. Open3D keeps only valid points, so it is compared with ours unorganised.
 - A per-point Python loop as written in many ROS Python nodes: for each pixel compute x, y, z and
   ``struct.pack_into`` them with the packed colour into a bytearray (depth and image converted to lists
-  first, which favours the loop). It is timed on the first ``--loop-rows`` rows and extrapolated per pixel.
+  first, which favours the loop). It runs on the whole image unless ``--loop-rows`` limits it to the first
+  rows, in which case its time is extrapolated per pixel to the whole image (and the table says so).
 
-    .venv/bin/python bench/pointcloud.py                # both resolutions, a few seconds on 2 CPU cores
+    .venv/bin/python bench/pointcloud.py                # both resolutions, ~20 s on 2 CPU cores
     .venv/bin/python bench/pointcloud.py --repeats 20
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import struct
@@ -34,16 +36,18 @@ MAX_DEPTH = 80.0
 RESOLUTIONS = ((640, 192), (1242, 375))
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
+def median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each ``fn()`` in milliseconds, run round-robin so load changes hit all alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def python_loop_cloud(depth: np.ndarray, image: np.ndarray, k: Intrinsics, max_depth: float) -> bytes:
@@ -99,7 +103,7 @@ def bench_resolution(width: int, height: int, args: argparse.Namespace) -> dict[
     xyz = ours_points[:, :3]
     if xyz.shape != reference.shape or not np.allclose(xyz, reference, atol=1e-4):
         raise RuntimeError("our cloud and Open3D's differ; the comparison would be void")
-    rows = min(args.loop_rows, height)
+    rows = height if args.loop_rows is None else min(args.loop_rows, height)
     loop_bytes = python_loop_cloud(depth[:rows], image[:rows], k, MAX_DEPTH)
     loop_points = np.frombuffer(loop_bytes, "<f4").reshape(-1, 4)
     prefix = ours_points[: loop_points.shape[0]]
@@ -114,18 +118,21 @@ def bench_resolution(width: int, height: int, args: argparse.Namespace) -> dict[
     ours(image, False)()
     cold_ms = (time.perf_counter() - start) * 1e3
 
-    times = {
-        "open3d depth": median_ms(o3d_depth_only, args.repeats),
-        "open3d rgbd": median_ms(o3d_rgbd, args.repeats),
-        "ours depth": median_ms(ours(None, False), args.repeats),
-        "ours rgb": median_ms(ours(image, False), args.repeats),
-        "ours rgb organised": median_ms(ours(image, True), args.repeats),
-        "ours rgb cold": cold_ms,
-    }
-    loop_ms = median_ms(
-        lambda: python_loop_cloud(depth[:rows], image[:rows], k, MAX_DEPTH), args.loop_repeats, warmup=0
+    times = median_ms(
+        {
+            "open3d depth": o3d_depth_only,
+            "open3d rgbd": o3d_rgbd,
+            "ours depth": ours(None, False),
+            "ours rgb": ours(image, False),
+            "ours rgb organised": ours(image, True),
+        },
+        args.repeats,
     )
-    times["python loop"] = loop_ms * height / rows
+    times["ours rgb cold"] = cold_ms
+    loop = median_ms(
+        {"loop": lambda: python_loop_cloud(depth[:rows], image[:rows], k, MAX_DEPTH)}, args.loop_repeats, 0
+    )
+    times["python loop"] = loop["loop"] * height / rows
     times["loop rows"] = rows
     return times
 
@@ -134,15 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--repeats", type=int, default=50, help="timed repetitions (median reported)")
-    parser.add_argument("--loop-rows", type=int, default=64, help="rows timed for the Python loop peer")
+    parser.add_argument("--loop-rows", type=int, default=None, help="time the Python loop on fewer rows")
     parser.add_argument("--loop-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     print(
         "# Point-cloud packing, float32 depth + uint8 RGB -> PointCloud2 bytes, CPU, "
+        f"{os.cpu_count()} cores, "
         f"numpy {np.__version__}, open3d {o3d.__version__}, {platform.processor() or platform.machine()}, "
-        f"{datetime.date.today().isoformat()}, median of {args.repeats} after 2 warm-up"
+        f"{datetime.date.today().isoformat()}, median of {args.repeats} after 2 warm-up, run round-robin "
+        f"(Python loop: median of {args.loop_repeats})"
     )
     print(
         "| size | Open3D depth ms | ours depth ms | ours/Open3D | Open3D RGBD ms | ours RGB ms | ours/Open3D "

@@ -90,6 +90,29 @@ def _export(args: argparse.Namespace) -> None:
         print(f"TensorRT engine written to {engine}")
 
 
+def _infer(args: argparse.Namespace) -> None:
+    from ssim_depth_core.runtime.infer import run_inference
+
+    summary = run_inference(
+        args.model,
+        args.input,
+        args.out,
+        backend=args.backend,
+        pointcloud=args.pointcloud,
+        stride=args.stride,
+        intrinsics=args.intrinsics,
+        image_topic=args.image_topic,
+        progress=not args.no_progress,
+    )
+    latency = summary["latency_ms"]
+    print(
+        f"{summary['frames']} frames ({summary['skipped']} skipped) on {summary['backend']}; estimator "
+        f"latency p50 {latency['p50']:.2f} ms, p90 {latency['p90']:.2f} ms, p99 {latency['p99']:.2f} ms, "
+        f"mean {latency['mean']:.2f} ms"
+    )
+    print(f"outputs and summary.json in {args.out}")
+
+
 def _play(args: argparse.Namespace) -> None:
     try:
         from ssim_depth.play import play
@@ -151,6 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
     export.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
     export.set_defaults(run=_export)
+
+    infer = verbs.add_parser("infer", help="depth maps (and point clouds) for images, a video or a rosbag2")
+    infer.add_argument("--model", type=Path, required=True, help="model: .pt, .onnx or .engine")
+    infer.add_argument(
+        "--input", type=Path, required=True, help="image folder (.png/.jpg), image, video file or rosbag2"
+    )
+    infer.add_argument(
+        "--out", type=Path, required=True, help="output folder: depth/, depth_raw/, clouds/, summary.json"
+    )
+    infer.add_argument(
+        "--pointcloud", choices=["ply"], help="also write one point cloud per frame (clouds/%%06d.ply)"
+    )
+    infer.add_argument("--backend", default="auto", help="runtime backend: auto|torch|onnxruntime|tensorrt")
+    infer.add_argument("--image-topic", help="rosbag2 image topic (when the bag has several)")
+    infer.add_argument(
+        "--stride", type=int, default=1, help="point clouds keep every N-th pixel in both axes"
+    )
+    infer.add_argument(
+        "--intrinsics",
+        type=float,
+        nargs=4,
+        metavar=("FX", "FY", "CX", "CY"),
+        help="camera of an image folder or video at its resolution (default: a KITTI-like guess)",
+    )
+    infer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    infer.set_defaults(run=_infer)
 
     play = verbs.add_parser("play", help="publish a rosbag2's camera topics with rclpy at recorded timing")
     play.add_argument("bag", type=Path, help="bag directory or .mcap/.db3 file")

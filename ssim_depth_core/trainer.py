@@ -197,9 +197,12 @@ class Trainer:
             "skipped_samples": self.skipped_samples,
         }
 
-    def _save(self, name: str) -> None:
+    def save_checkpoint(self, name: str) -> Path:
+        """Write the full training state to ``checkpoints/<name>`` (rank 0 only); returns the path."""
+        path = self.checkpoint_dir / name
         if self.context.is_main:
-            save_atomic(self._state(), self.checkpoint_dir / name)
+            save_atomic(self._state(), path)
+        return path
 
     def _resume(self) -> None:
         path = self.checkpoint_dir / "last.pt"
@@ -239,9 +242,9 @@ class Trainer:
                 self.epoch_batches = 0
                 self.scheduler.step()
             metrics = self.validate()
-            self._save("last.pt")
+            self.save_checkpoint("last.pt")
         if self.writer is not None:
-            self.writer.close()
+            self.writer.flush()
         if self.context.world_size > 1:
             dist.barrier()
         return metrics
@@ -272,7 +275,7 @@ class Trainer:
             if self.writer is not None:
                 self._log(loss, outputs, batch, rate)
             if self.step % self.config.checkpoint_every == 0:
-                self._save("last.pt")
+                self.save_checkpoint("last.pt")
             if self._done() and self.epoch_batches < self.steps_per_epoch:
                 return False
         return True
@@ -336,7 +339,7 @@ class Trainer:
         key = "abs_rel" if "abs_rel" in result else "loss"
         if key in result and result[key] < self.best_metric:
             self.best_metric = result[key]
-            self._save("best.pt")
+            self.save_checkpoint("best.pt")
         if result:
             log.info(
                 "validation at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items())

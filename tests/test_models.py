@@ -14,7 +14,7 @@ from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import ModelConfig
 from ssim_depth_core.geometry import pose_to_matrix, warp
 from ssim_depth_core.models import DepthDecoder, DepthNet, MonodepthModel, PoseNet, ResnetEncoder
-from ssim_depth_core.models.encoder import IMAGENET_MEAN, IMAGENET_STD
+from ssim_depth_core.models.encoder import IMAGENET_MEAN, IMAGENET_STD, stack_input_conv
 from ssim_depth_core.models.pose import POSE_SCALE
 
 _TAPS = {"relu": "0", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}
@@ -44,16 +44,29 @@ def test_encoder_rejects_unknown_depth():
 
 def test_stacked_input_conv_is_repeated_weight_over_frame_count():
     torch.manual_seed(3)
-    encoder = ResnetEncoder(18, num_input_images=2)
-    torch.manual_seed(3)
-    single = torchvision.models.resnet18().conv1.weight
-    assert encoder.conv1.in_channels == 6
-    torch.testing.assert_close(encoder.conv1.weight, torch.cat([single, single], dim=1) / 2)
+    single = torchvision.models.resnet18().conv1
+    stacked = stack_input_conv(single, 2)
+    assert stacked.in_channels == 6
+    torch.testing.assert_close(stacked.weight, torch.cat([single.weight, single.weight], dim=1) / 2)
     # Identical frames -> the same stem response as one frame through the single-image conv.
     frame = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        stacked = encoder.conv1(torch.cat([frame, frame], dim=1))
-        torch.testing.assert_close(stacked, nn.functional.conv2d(frame, single, stride=2, padding=3))
+        torch.testing.assert_close(stacked(torch.cat([frame, frame], dim=1)), single(frame))
+
+
+def test_scratch_pose_encoder_has_independent_filters_per_frame():
+    torch.manual_seed(3)
+    weight = ResnetEncoder(18, pretrained=False, num_input_images=2).conv1.weight
+    assert weight.shape == (64, 6, 7, 7)
+    first, second = weight[:, :3], weight[:, 3:]
+    assert not torch.allclose(first, second)
+    # He (fan-out) initialisation, as torchvision initialises every ResNet conv: std = sqrt(2 / (64 * 7 * 7)).
+    assert weight.std().item() == pytest.approx((2 / (64 * 49)) ** 0.5, rel=0.05)
+    # The filters see the frame difference: swapping the frames changes the response.
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        encoder = ResnetEncoder(18, num_input_images=2).conv1
+        assert not torch.allclose(encoder(torch.cat([a, b], 1)), encoder(torch.cat([b, a], 1)))
 
 
 @pytest.mark.parametrize(("batch", "height", "width"), [(2, 192, 640), (1, 128, 416)])

@@ -41,6 +41,26 @@ def stack_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
     return stacked
 
 
+def independent_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
+    """A freshly initialised ``conv`` for ``num_input_images`` stacked frames, each frame with its own filters.
+
+    From scratch, :func:`stack_input_conv`'s tied filters would only see the frames' sum, blind to their
+    difference (the motion the pose net must find); independent He-initialised filters see both.
+    """
+    stacked = nn.Conv2d(
+        conv.in_channels * num_input_images,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    nn.init.kaiming_normal_(stacked.weight, mode="fan_out", nonlinearity="relu")  # torchvision's ResNet init
+    if stacked.bias is not None:
+        nn.init.zeros_(stacked.bias)
+    return stacked
+
+
 class ResnetEncoder(nn.Module):
     """torchvision ResNet trunk returning five feature maps, for RGB input in [0, 1].
 
@@ -51,7 +71,7 @@ class ResnetEncoder(nn.Module):
         num_layers: ResNet depth, 18, 34 or 50.
         pretrained: start from torchvision's ImageNet weights (downloaded or read from the torch hub cache).
         num_input_images: frames stacked along channels (2 for the pose net); the first conv is adapted with
-            :func:`stack_input_conv`.
+            :func:`stack_input_conv` (pretrained) or :func:`independent_input_conv` (from scratch).
     """
 
     def __init__(self, num_layers: int = 18, pretrained: bool = False, num_input_images: int = 1) -> None:
@@ -65,9 +85,12 @@ class ResnetEncoder(nn.Module):
             logger.info("loading torchvision ImageNet weights %s", weights)
         resnet = builder(weights=weights if pretrained else None)
         self.num_input_images = num_input_images
-        self.conv1 = (
-            resnet.conv1 if num_input_images == 1 else stack_input_conv(resnet.conv1, num_input_images)
-        )
+        if num_input_images == 1:
+            self.conv1 = resnet.conv1
+        elif pretrained:
+            self.conv1 = stack_input_conv(resnet.conv1, num_input_images)
+        else:
+            self.conv1 = independent_input_conv(resnet.conv1, num_input_images)
         self.bn1, self.relu, self.maxpool = resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             resnet.layer1,

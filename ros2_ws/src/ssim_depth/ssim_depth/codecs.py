@@ -18,6 +18,7 @@ from std_msgs.msg import Header
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import image_from_message
+from ssim_depth_core.runtime.visualize import colorize_depth
 
 
 class ImageDecodeError(ValueError):
@@ -84,22 +85,8 @@ def image_msg_to_depth(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(rows).view(">f4" if msg.is_bigendian else "<f4").astype(np.float32)
 
 
-def colorize_depth(depth: np.ndarray, colormap: int = cv2.COLORMAP_MAGMA) -> np.ndarray:
-    """(H, W) depth -> (H, W, 3) uint8 BGR of normalised inverse depth (near = bright); invalid -> black."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inverse = 1.0 / depth
-    valid = np.isfinite(inverse) & (depth > 0)
-    if not valid.any():
-        return np.zeros((*depth.shape, 3), dtype=np.uint8)
-    lo, hi = float(inverse[valid].min()), float(inverse[valid].max())
-    scaled = np.where(valid, (inverse - lo) / max(hi - lo, 1e-12), 0.0)
-    bgr = cv2.applyColorMap((scaled * 255.0).astype(np.uint8), colormap)
-    bgr[~valid] = 0
-    return bgr
-
-
 def preview_image_msg(depth: np.ndarray, header: Header, colormap: int = cv2.COLORMAP_MAGMA) -> Image:
-    """(H, W) depth -> bgr8 preview Image (see :func:`colorize_depth`)."""
+    """(H, W) depth -> bgr8 preview Image of :func:`ssim_depth_core.runtime.visualize.colorize_depth`."""
     return _image_msg(colorize_depth(depth, colormap), header, "bgr8")
 
 

@@ -1,0 +1,297 @@
+"""``record``: write a depth node's outputs to a folder, with end-to-end latency statistics.
+
+Output folder:
+    depth/%06d.png      colourised inverse depth by :func:`ssim_depth.codecs.colorize_depth`, the function of
+                        the node's ``depth/preview`` (so the files equal the preview; it is not subscribed)
+    depth_raw/%06d.png  uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI benchmark PNG)
+    points.ply          the last point cloud received, finite points only (binary PLY)
+    frames.csv          per depth frame: index (the PNG number), header stamp (ns), latency (ms, empty if
+                        its input frame was not heard)
+    latency.json        latency statistics and frame counts
+
+Latency of a frame = time the recorder's middleware received the depth image - time the camera image with
+the same header stamp was published, both DDS sample timestamps from the message info (the publisher's
+source timestamp, the reader's reception timestamp), so neither the recorder's nor the node's executor adds
+to or hides from it. It covers transport to the node, decoding, inference and publishing, i.e. what any
+subscriber of ``depth`` sees. The two timestamps come from the publishing and the recording host's system
+clocks: the numbers are meaningful when the camera publisher (e.g. ``play``) runs on the recorder's host.
+
+Frames published = camera images heard on the input topic; dropped = published - depth frames received
+(the node serves the newest frame and skips any that arrived while it was busy). Messages whose header
+``frame_id`` is the ``warmup_frame_id`` are not recorded, only counted in :attr:`DepthRecorder.warmup`.
+
+Topics (relative, remappable): image (or image/compressed with ``--compressed``) in, to time the inputs;
+depth (32FC1) and points (PointCloud2) from the node.
+
+    ros2 run ssim_depth record OUT_DIR [--compressed] --ros-args -r image:=/camera/image_raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+
+from ssim_depth.codecs import colorize_depth, image_msg_to_depth
+from ssim_depth_core.data.kitti_layout import encode_depth_png, write_png
+from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData, write_ply
+
+logger = logging.getLogger(__name__)
+
+# Best effort with a deep queue is compatible with reliable and best-effort camera publishers alike.
+INPUT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+OUTPUT_QOS = QoSProfile(depth=100)  # reliable, like the node's publishers
+LATENCY_METHOD = (
+    "publish time of the camera image (DDS source timestamp) -> reception of the depth image with the same "
+    "header stamp at the recorder (DDS reception timestamp); one host clock"
+)
+_STOP = object()
+
+
+def stamp_ns(msg) -> int:
+    """A message's header stamp in nanoseconds."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def latency_stats(latencies_ms: list[float]) -> dict[str, float | int | None]:
+    """count, mean, p50, p95 and max of per-frame latencies in ms (None when there are none)."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"count": 0, "mean_ms": None, "p50_ms": None, "p95_ms": None, "max_ms": None}
+    p50, p95 = np.percentile(values, [50, 95])
+    return {
+        "count": int(values.size),
+        "mean_ms": float(values.mean()),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "max_ms": float(values.max()),
+    }
+
+
+def cloud_from_msg(msg: PointCloud2) -> PointCloudData:
+    """The x, y, z (and rgb) fields of a little-endian float32 PointCloud2 as :class:`PointCloudData`."""
+    fields = {f.name: f for f in msg.fields if f.name in ("x", "y", "z", "rgb")}
+    problem = None
+    if msg.is_bigendian:
+        problem = "big-endian data"
+    elif not {"x", "y", "z"} <= fields.keys():
+        problem = f"fields {[f.name for f in msg.fields]} lack one of x, y, z"
+    elif any(f.datatype != FLOAT32 or f.count != 1 for f in fields.values()):
+        problem = "x, y, z and rgb must be single FLOAT32 (datatype 7) values"
+    elif msg.row_step != msg.point_step * msg.width or len(msg.data) != msg.row_step * msg.height:
+        problem = (
+            f"data length {len(msg.data)}, row_step {msg.row_step} do not match {msg.height} rows of "
+            f"{msg.width} points of {msg.point_step} bytes"
+        )
+    if problem:
+        raise ValueError(f"PointCloud2 ({msg.width}x{msg.height}): {problem}")
+    dtype = np.dtype(
+        {
+            "names": list(fields),
+            "formats": ["<f4"] * len(fields),
+            "offsets": [f.offset for f in fields.values()],
+            "itemsize": msg.point_step,
+        }
+    )
+    points = np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, msg.width)
+    return PointCloudData(points=points, is_dense=bool(msg.is_dense))
+
+
+class DepthRecorder(Node):
+    """Writes ``depth`` and ``points`` into ``out_dir`` (layout in the module docstring).
+
+    Callbacks only queue messages with their middleware timestamps; a writer thread decodes and writes them,
+    so a slow disk never makes the recorder lose frames. Call :meth:`finish` to write the point cloud and the
+    statistics.
+
+    Args:
+        out_dir: output folder (created; files of an earlier recording are overwritten).
+        compressed: time the inputs on ``image/compressed`` (CompressedImage) instead of ``image``.
+        warmup_frame_id: header frame_id of warm-up frames, which are counted but not recorded.
+        node_name, **kwargs: passed to :class:`rclpy.node.Node` (context, namespace, cli_args, ...).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        compressed: bool = False,
+        warmup_frame_id: str | None = None,
+        node_name: str = "depth_recorder",
+        **kwargs,
+    ) -> None:
+        super().__init__(node_name, **kwargs)
+        self.out_dir = Path(out_dir)
+        for folder in ("depth", "depth_raw"):
+            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._queue: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        # written by the writer thread only, read under _cond
+        self._published_ns: dict[int, int] = {}  # image header stamp -> publish time
+        self._newest_image: int | None = None
+        self._newest_depth: int | None = None
+        self._frames: list[tuple[int, int, float | None]] = []  # index, stamp, latency ms
+        self._last_cloud: PointCloud2 | None = None
+        self.images = self.failed = 0
+        self._warmup_frame_id = warmup_frame_id
+        self.warmup = {"image": 0, "depth": 0, "points": 0}  # warm-up messages heard, by kind
+        self._summary: dict | None = None
+
+        image_type, image_topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
+        subscriptions = [
+            ("image", image_type, image_topic, INPUT_QOS),
+            ("depth", Image, "depth", OUTPUT_QOS),
+            ("points", PointCloud2, "points", OUTPUT_QOS),
+        ]
+        self.topics = {}
+        for kind, msg_type, topic, qos in subscriptions:
+            subscription = self.create_subscription(
+                msg_type, topic, lambda msg, info, k=kind: self._on_message(k, msg, info), qos
+            )
+            self.topics[kind] = subscription.topic_name
+        self._writer = threading.Thread(target=self._write_loop, name="depth_recorder_writer", daemon=True)
+        self._writer.start()
+
+    def _on_message(self, kind: str, msg, info: dict) -> None:
+        if self._warmup_frame_id is not None and msg.header.frame_id == self._warmup_frame_id:
+            with self._cond:
+                self.warmup[kind] += 1
+                self._cond.notify_all()
+        else:
+            self._queue.put((kind, msg, info))
+
+    # --------------------------------------------------------------------------------------- writer thread
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            kind, msg, info = item
+            try:
+                getattr(self, f"_write_{kind}")(msg, info)
+            except Exception as error:  # one bad message must not end the recording
+                self.failed += 1
+                self.get_logger().error(f"cannot record a message on {self.topics[kind]}: {error}")
+            with self._cond:
+                self._cond.notify_all()
+
+    def _write_image(self, msg: Image | CompressedImage, info: dict) -> None:
+        stamp = stamp_ns(msg)
+        with self._cond:
+            self._published_ns[stamp] = info["source_timestamp"] or time.time_ns()
+            self._newest_image = stamp
+            self.images += 1
+
+    def _write_depth(self, msg: Image, info: dict) -> None:
+        received_ns = info["received_timestamp"] or time.time_ns()
+        depth = image_msg_to_depth(msg)
+        stamp, index = stamp_ns(msg), len(self._frames)
+        name = f"{index:06d}.png"
+        write_png(self.out_dir / "depth_raw" / name, encode_depth_png(depth))
+        write_png(self.out_dir / "depth" / name, cv2.cvtColor(colorize_depth(depth), cv2.COLOR_BGR2RGB))
+        with self._cond:
+            published = self._published_ns.pop(stamp, None)
+            latency = None if published is None else (received_ns - published) * 1e-6
+            if published is not None:  # the node serves the newest frame: older ones are dropped for good
+                for older in [s for s, t in self._published_ns.items() if t <= published]:
+                    del self._published_ns[older]
+            self._frames.append((index, stamp, latency))
+            self._newest_depth = stamp
+
+    def _write_points(self, msg: PointCloud2, info: dict) -> None:
+        with self._cond:
+            self._last_cloud = msg  # decoded once, in finish()
+
+    # ----------------------------------------------------------------------------------------------- API
+    def wait_until_served(self, images: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until ``images`` camera images were heard and the newest of them has
+        its depth recorded (and its cloud, once any cloud arrived). True when that happened."""
+
+        def served() -> bool:
+            newest, cloud = self._newest_image, self._last_cloud
+            return (
+                self.images >= images
+                and newest == self._newest_depth
+                and (cloud is None or stamp_ns(cloud) == newest)
+            )
+
+        with self._cond:
+            return self._cond.wait_for(served, timeout)
+
+    def wait_for_warmup(self, kinds: tuple[str, ...], timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until a warm-up message of every kind in ``kinds`` was heard."""
+        with self._cond:
+            return self._cond.wait_for(lambda: all(self.warmup[kind] for kind in kinds), timeout)
+
+    def finish(self) -> dict:
+        """Write whatever is queued, ``points.ply``, ``frames.csv`` and ``latency.json``; return the latter's
+        content plus the output paths and the point count. Idempotent."""
+        if self._summary is not None:
+            return self._summary
+        self._queue.put(_STOP)
+        self._writer.join()
+        out = self.out_dir
+        paths = {
+            "depth": out / "depth",
+            "depth_raw": out / "depth_raw",
+            "points": out / "points.ply",
+            "frames": out / "frames.csv",
+            "latency": out / "latency.json",
+        }
+        points = None
+        if self._last_cloud is not None:
+            count = write_ply(paths["points"], cloud_from_msg(self._last_cloud))
+            points = {"count": count, "stamp_ns": stamp_ns(self._last_cloud)}
+        with open(paths["frames"], "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "stamp_ns", "latency_ms"])
+            writer.writerows((i, s, "" if lat is None else f"{lat:.3f}") for i, s, lat in self._frames)
+        stats = latency_stats([lat for _, _, lat in self._frames if lat is not None])
+        stats.update(
+            method=LATENCY_METHOD,
+            frames_published=self.images,
+            frames_received=len(self._frames),
+            dropped=self.images - len(self._frames),
+            failed=self.failed,
+        )
+        paths["latency"].write_text(json.dumps(stats, indent=2) + "\n")
+        if points is None:
+            paths.pop("points")
+        self._summary = {**stats, "points": points, "outputs": {k: str(p) for k, p in paths.items()}}
+        return self._summary
+
+    def destroy_node(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(_STOP)
+            self._writer.join()
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ros2 run ssim_depth record OUT_DIR``: record until Ctrl-C, then write the statistics."""
+    parser = argparse.ArgumentParser(prog="record", description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="output folder")
+    parser.add_argument("--compressed", action="store_true", help="inputs on image/compressed")
+    args = parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:] if argv is None else argv)
+    rclpy.init()
+    recorder = DepthRecorder(args.out_dir, compressed=args.compressed)
+    try:
+        rclpy.spin(recorder)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        summary = recorder.finish()
+        recorder.destroy_node()
+        rclpy.try_shutdown()
+    print(json.dumps(summary, indent=2))
+    return 0

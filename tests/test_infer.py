@@ -1,0 +1,256 @@
+"""``ssim-depth infer`` (runtime.infer) on image folders, videos and rosbag2, and the depth colouriser."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.cli import main
+from ssim_depth_core.data.bagio import CameraBagWriter
+from ssim_depth_core.runtime import DepthEstimator
+from ssim_depth_core.runtime.infer import run_inference
+from ssim_depth_core.runtime.visualize import colorize_depth
+
+HEIGHT, WIDTH = 80, 120  # frames: not the network's 64x96, same 2:3 aspect ratio
+MAGMA = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_MAGMA)[:, 0]  # level -> BGR
+
+
+@pytest.fixture(scope="module")
+def estimator(random_checkpoint):
+    """The reference: the runtime's estimator called directly on the same frames."""
+    return DepthEstimator(random_checkpoint, backend="torch", device="cpu")
+
+
+def _frames(count: int) -> list[np.ndarray]:
+    """``count`` different crops of a real photograph, HEIGHT x WIDTH RGB uint8."""
+    photo = data.astronaut()
+    return [
+        np.ascontiguousarray(cv2.resize(photo[40 * i : 40 * i + 320, 16:496], (WIDTH, HEIGHT)))
+        for i in range(count)
+    ]
+
+
+def _write_images(folder, frames) -> list:
+    folder.mkdir()
+    paths = [folder / f"frame_{i:03d}.png" for i in range(len(frames))]
+    for path, frame in zip(paths, frames, strict=True):
+        assert cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return paths
+
+
+def _raw_depth(path) -> np.ndarray:
+    png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert png is not None and png.dtype == np.uint16, path
+    return png.astype(np.float64) / 256.0
+
+
+# ------------------------------------------------------------------------------------------ colorize_depth
+def test_colorize_depth_maps_inverse_depth_near_bright_and_invalid_black():
+    # inverse depths 1, 1/2, 1/8 -> normalised 1, (1/2 - 1/8) / (1 - 1/8) = 3/7, 0 -> levels 255, 109, 0
+    depth = np.array([[1.0, 2.0, 8.0], [np.nan, 0.0, -1.0], [np.inf, 2.0, 1.0]], np.float32)
+    bgr = colorize_depth(depth)
+    assert bgr.shape == (3, 3, 3) and bgr.dtype == np.uint8
+    np.testing.assert_array_equal(bgr[0], MAGMA[[255, 109, 0]])
+    np.testing.assert_array_equal(bgr[2, 1:], MAGMA[[109, 255]])
+    np.testing.assert_array_equal(bgr[1], 0)
+    np.testing.assert_array_equal(bgr[2, 0], 0)
+    luma = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(int)
+    assert luma[0, 0] > luma[0, 1] > luma[0, 2]  # nearer is brighter
+    assert not colorize_depth(np.full((2, 5), np.nan, np.float32)).any()
+
+
+def test_colorize_depth_fixed_range_clips():
+    # vmin=1, vmax=8: inverse depth normalised over [1/8, 1]; 0.5 m and 16 m lie outside and are clipped.
+    depth = np.array([[0.5, 1.0, 2.0, 8.0, 16.0]], np.float32)
+    bgr = colorize_depth(depth, vmin=1.0, vmax=8.0)
+    np.testing.assert_array_equal(bgr[0], MAGMA[[255, 255, 109, 0, 0]])
+    jet = colorize_depth(depth, cv2.COLORMAP_JET, vmin=1.0, vmax=8.0)
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0]
+    np.testing.assert_array_equal(jet[0], lut[[255, 255, 109, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("depth", "kwargs", "message"),
+    [
+        (np.ones((2, 2, 1), np.float32), {}, r"\(H, W\) array, got shape \(2, 2, 1\)"),
+        (np.ones((2, 2), np.float32), {"vmin": 4.0, "vmax": 2.0}, "vmin < vmax"),
+        (np.ones((2, 2), np.float32), {"vmin": 0.0}, "vmin must be a finite depth > 0"),
+        (np.ones((2, 2), np.float32), {"vmax": np.inf}, "vmax must be a finite depth > 0"),
+    ],
+)
+def test_colorize_depth_rejects_bad_arguments(depth, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        colorize_depth(depth, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ run_inference
+def test_image_folder_writes_colour_and_raw_depth_of_each_frame(random_checkpoint, estimator, tmp_path):
+    frames = _frames(3)
+    _write_images(tmp_path / "images", frames)
+    summary = run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
+
+    for i, frame in enumerate(frames):
+        expected = estimator(frame)
+        colour = cv2.imread(str(tmp_path / "out" / "depth" / f"{i:06d}.png"))
+        assert colour.shape == (HEIGHT, WIDTH, 3)
+        np.testing.assert_array_equal(colour, colorize_depth(expected))
+        raw = _raw_depth(tmp_path / "out" / "depth_raw" / f"{i:06d}.png")
+        assert raw.shape == (HEIGHT, WIDTH)
+        np.testing.assert_allclose(raw, expected, rtol=0, atol=0.5 / 256 + 1e-6)  # rounding to 1/256 m
+    assert not (tmp_path / "out" / "clouds").exists()
+
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk == summary
+    assert {k: summary[k] for k in ("frames", "skipped", "skipped_frames", "input_kind", "backend")} == {
+        "frames": 3,
+        "skipped": 0,
+        "skipped_frames": [],
+        "input_kind": "images",
+        "backend": "torch",
+    }
+    assert summary["network_size"] == [64, 96] and summary["intrinsics"] is None
+    latency = summary["latency_ms"]
+    assert set(latency) == {"p50", "p90", "p99", "mean"}
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+    assert set(summary["outputs"]) == {"depth", "depth_raw"}
+
+
+def test_unreadable_images_are_skipped_and_counted(random_checkpoint, tmp_path, caplog):
+    paths = _write_images(tmp_path / "images", _frames(3))
+    paths[1].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature and nothing decodable
+    with caplog.at_level(logging.WARNING):
+        summary = run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
+    assert (summary["frames"], summary["skipped"], summary["skipped_frames"]) == (2, 1, [str(paths[1])])
+    assert str(paths[1]) in caplog.text
+    # files keep the input position: the gap shows which frame was lost
+    assert sorted(p.name for p in (tmp_path / "out" / "depth").iterdir()) == ["000000.png", "000002.png"]
+
+    for path in paths:
+        path.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="none of its 3 frames could be read"):
+        run_inference(random_checkpoint, tmp_path / "images", tmp_path / "empty", progress=False)
+    assert json.loads((tmp_path / "empty" / "summary.json").read_text())["skipped"] == 3
+
+
+def test_video_through_the_cli(random_checkpoint, tmp_path, capsys):
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (WIDTH, HEIGHT))
+    assert writer.isOpened()
+    for frame in _frames(5):
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+    out = tmp_path / "out"
+    args = ["infer", "--model", str(random_checkpoint), "--input", str(video), "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    assert "5 frames (0 skipped) on torch" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["input_kind"]) == (5, "video")
+    names = sorted(p.name for p in (out / "depth_raw").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(5)]
+    assert cv2.imread(str(out / "depth" / names[-1])).shape == (HEIGHT, WIDTH, 3)
+
+
+def test_rosbag_point_clouds_match_open3d(random_checkpoint, estimator, tmp_path):
+    o3d = pytest.importorskip("open3d")
+    camera = Intrinsics(fx=70.0, fy=66.0, cx=57.3, cy=41.8, width=WIDTH, height=HEIGHT)
+    frames = _frames(2)
+    with CameraBagWriter(tmp_path / "bag", camera, storage="mcap") as bag:
+        for i, frame in enumerate(frames):
+            bag.write(frame, 1_000_000_000 + i * 100_000_000)
+
+    stride = 3  # 80 and 120 rows/cols -> 27 x 40 kept pixels
+    summary = run_inference(
+        random_checkpoint, tmp_path / "bag", tmp_path / "out", pointcloud="ply", stride=stride, progress=False
+    )
+    assert (summary["frames"], summary["input_kind"]) == (2, "rosbag")
+    assert summary["intrinsics"] == {"source": "camera_info", "fx": 70.0, "fy": 66.0, "cx": 57.3, "cy": 41.8,
+                                     "width": WIDTH, "height": HEIGHT}  # fmt: skip
+
+    for i, frame in enumerate(frames):
+        depth = estimator(frame)
+        assert np.isfinite(depth).all() and (depth > 0).all()  # every pixel is valid
+        cloud = o3d.io.read_point_cloud(str(tmp_path / "out" / "clouds" / f"{i:06d}.ply"))
+        points, colours = np.asarray(cloud.points), np.asarray(cloud.colors)
+        assert len(points) == len(range(0, HEIGHT, stride)) * len(range(0, WIDTH, stride)) == 27 * 40
+        reference = o3d.geometry.PointCloud.create_from_depth_image(
+            o3d.geometry.Image(depth),
+            o3d.camera.PinholeCameraIntrinsic(WIDTH, HEIGHT, camera.fx, camera.fy, camera.cx, camera.cy),
+            depth_scale=1.0,
+            depth_trunc=1e6,
+            stride=stride,
+        )
+        np.testing.assert_allclose(points, np.asarray(reference.points), rtol=1e-5, atol=1e-6)
+        expected_colours = frame[::stride, ::stride].reshape(-1, 3)
+        np.testing.assert_array_equal(np.round(colours * 255).astype(np.uint8), expected_colours)
+
+
+def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estimator, tmp_path, caplog):
+    (path,) = _write_images(tmp_path / "images", _frames(1))
+    depth = estimator(_frames(1)[0])
+    v, u = np.mgrid[0:HEIGHT, 0:WIDTH]
+
+    def cloud_xyz(out):
+        cloud = open(out / "clouds" / "000000.ply", "rb").read()
+        header, body = cloud.split(b"end_header\n")
+        assert b"element vertex 9600" in header and b"property uchar red" in header
+        vertices = np.frombuffer(body, np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]))
+        return vertices["xyz"]
+
+    fx, fy, cx, cy = 100.0, 90.0, 61.0, 38.5
+    summary = run_inference(
+        random_checkpoint,
+        path,
+        tmp_path / "given",
+        pointcloud="ply",
+        intrinsics=(fx, fy, cx, cy),
+        progress=False,
+    )
+    assert summary["intrinsics"]["source"] == "given" and summary["input_kind"] == "images"
+    expected = np.stack([(u - cx) / fx * depth, (v - cy) / fy * depth, depth], axis=-1).reshape(-1, 3)
+    np.testing.assert_allclose(cloud_xyz(tmp_path / "given"), expected, rtol=1e-5, atol=1e-6)
+
+    with caplog.at_level(logging.WARNING):
+        summary = run_inference(
+            random_checkpoint, path, tmp_path / "guessed", pointcloud="ply", progress=False
+        )
+    assert "guessed camera" in caplog.text
+    focal = 0.58 * WIDTH
+    assert summary["intrinsics"] == {"source": "guessed", "fx": focal, "fy": focal, "cx": 59.5, "cy": 39.5,
+                                     "width": WIDTH, "height": HEIGHT}  # fmt: skip
+    expected = np.stack([(u - 59.5) / focal * depth, (v - 39.5) / focal * depth, depth], -1).reshape(-1, 3)
+    np.testing.assert_allclose(cloud_xyz(tmp_path / "guessed"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments_are_named(random_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    _write_images(images, _frames(1))
+    out = tmp_path / "out"
+    cases = [
+        ({"input_path": tmp_path / "missing"}, FileNotFoundError, "input not found"),
+        ({"pointcloud": "pcd"}, ValueError, "point-cloud format 'pcd'"),
+        ({"stride": 0}, ValueError, "stride must be a positive integer, got 0"),
+        ({"intrinsics": (1.0, 2.0)}, ValueError, r"\(fx, fy, cx, cy\)"),
+        ({"intrinsics": (-1.0, 2.0, 3.0, 4.0)}, ValueError, "focal lengths must be positive"),
+        ({"image_topic": "/camera/image"}, ValueError, "rosbag2 inputs only"),
+        ({"input_path": tmp_path}, ValueError, "neither images"),
+    ]
+    for kwargs, error, message in cases:
+        arguments = {"model": random_checkpoint, "input_path": images, "out_dir": out, "progress": False}
+        with pytest.raises(error, match=message):
+            run_inference(**{**arguments, **kwargs})
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"unknown input type '\.txt'"):
+        run_inference(random_checkpoint, tmp_path / "notes.txt", out, progress=False)
+    with CameraBagWriter(tmp_path / "bag", Intrinsics(70.0, 70.0, 59.5, 39.5, WIDTH, HEIGHT)) as bag:
+        bag.write(_frames(1)[0], 1)
+    with pytest.raises(ValueError, match="CameraInfo topic"):
+        run_inference(
+            random_checkpoint, tmp_path / "bag", out, intrinsics=(1.0, 1.0, 1.0, 1.0), progress=False
+        )

@@ -1,0 +1,154 @@
+"""The serving pipeline end to end: synthetic drive bag -> depth node (a real process) -> recorded files.
+
+A randomly initialised 64x96 network is exported to ONNX; the bag is the synthetic renderer's MCAP. The
+recorded depth is checked against the bare DepthEstimator on the bag's frame with the same stamp, the PLY
+(read back by Open3D) against the pinhole back-projection written out here, the latency statistics against
+numpy over the per-frame file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+
+pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
+
+from ssim_depth.codecs import colorize_depth
+from ssim_depth.pipeline import PipelineError, run_pipeline
+
+from ssim_depth_core.checkpoint import save_atomic
+from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.data.rosbag import RosbagSequence
+from ssim_depth_core.data.synthetic import generate_dataset
+from ssim_depth_core.export.onnx import export_onnx
+from ssim_depth_core.models import MonodepthModel
+from ssim_depth_core.runtime import DepthEstimator
+
+FRAMES, WIDTH, HEIGHT = 6, 128, 64
+POINT_STRIDE = 2  # the node's default
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    config = TrainConfig(
+        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=64, width=96)
+    )
+    torch.manual_seed(0)
+    net = MonodepthModel(config.model, config.data.frame_ids)
+    folder = tmp_path_factory.mktemp("pipeline_model")
+    save_atomic({"config": to_dict(config), "model": net.state_dict()}, folder / "model.pt")
+    return export_onnx(folder / "model.pt", folder / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    root = generate_dataset(
+        tmp_path_factory.mktemp("pipeline_data"), seed=5, drives=1, frames=FRAMES, width=WIDTH, height=HEIGHT,
+        bag="mcap", progress=False,
+    )  # fmt: skip
+    (path,) = (root / "bags").iterdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(model, bag, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline_run")
+    summary = run_pipeline(model, bag, out, rate=1.0, backend="onnxruntime", timeout=TIMEOUT)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def frames(served):
+    """frames.csv rows as (index, stamp_ns, latency_ms or None)."""
+    with open(served[0] / "frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    latency = lambda text: float(text) if text else None  # noqa: E731
+    return [(int(r["index"]), int(r["stamp_ns"]), latency(r["latency_ms"])) for r in rows]
+
+
+def bag_frame(sequence: RosbagSequence, stamp_ns: int) -> np.ndarray:
+    """The bag's image with header stamp ``stamp_ns``."""
+    index = int(np.argmin(np.abs(sequence.timestamps - stamp_ns * 1e-9)))
+    assert abs(sequence.timestamps[index] - stamp_ns * 1e-9) < 1e-6, f"no bag frame at stamp {stamp_ns}"
+    return sequence.image(index)
+
+
+def test_depth_images_equal_the_estimator_on_the_bag_frames(served, frames, model, bag):
+    out, summary = served
+    assert summary["node_exit_code"] == 0  # stopped cleanly by SIGINT
+    assert 0 < summary["frames_received"] == len(frames) <= FRAMES
+    assert [index for index, _, _ in frames] == list(range(len(frames)))
+    # The node is idle when the first frame comes, so it can only miss it if playback started before the
+    # node's subscription had matched the player (DDS drops such samples): the pipeline must prevent that.
+    assert frames[0][1] == round(RosbagSequence(bag).timestamps[0] * 1e9, -3)
+    assert sorted(p.name for p in (out / "depth").iterdir()) == [f"{i:06d}.png" for i, _, _ in frames]
+    assert sorted(p.name for p in (out / "depth_raw").iterdir()) == [f"{i:06d}.png" for i, _, _ in frames]
+
+    estimator = DepthEstimator(model, backend="onnxruntime", device="cpu")
+    sequence = RosbagSequence(bag)
+    for index, stamp, _ in frames:
+        expected = estimator(bag_frame(sequence, stamp))
+        raw = cv2.imread(str(out / "depth_raw" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and raw.shape == (HEIGHT, WIDTH)
+        np.testing.assert_allclose(raw / 256.0, expected, atol=1 / 256)  # rounding to 1/256 m: <= 1/512
+        colour = cv2.imread(str(out / "depth" / f"{index:06d}.png"), cv2.IMREAD_COLOR)
+        reference = colorize_depth(expected)  # the node's preview colouring, on the reference depth
+        close = np.abs(colour.astype(int) - reference).max(axis=2) <= 8  # one colormap step at most
+        assert close.mean() > 0.99
+
+
+def test_point_cloud_is_the_back_projected_last_frame(served, model, bag):
+    out, summary = served
+    cloud = o3d.io.read_point_cloud(str(out / "points.ply"))
+    points, colours = np.asarray(cloud.points), np.asarray(cloud.colors)
+    assert len(points) == summary["points"]["count"] > 0
+
+    sequence = RosbagSequence(bag)
+    image = bag_frame(sequence, summary["points"]["stamp_ns"])
+    depth = DepthEstimator(model, backend="onnxruntime", device="cpu")(image)
+    k = sequence.intrinsics  # the bag's CameraInfo, at the image resolution
+    v, u = np.mgrid[0:HEIGHT:POINT_STRIDE, 0:WIDTH:POINT_STRIDE]
+    z = depth[::POINT_STRIDE, ::POINT_STRIDE]
+    assert len(points) == z.size  # every pixel has a finite depth inside the model's range
+    expected = np.stack([(u - k.cx) * z / k.fx, (v - k.cy) * z / k.fy, z], axis=-1).reshape(-1, 3)
+    np.testing.assert_allclose(points, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(colours * 255, image[::POINT_STRIDE, ::POINT_STRIDE].reshape(-1, 3), atol=1e-3)
+
+
+def test_latency_statistics(served, frames):
+    out, summary = served
+    stats = json.loads((out / "latency.json").read_text())
+    assert {k: summary[k] for k in stats} == stats
+    assert stats["frames_published"] == FRAMES == summary["frames_in_bag"]  # every image was heard
+    assert stats["frames_received"] + stats["dropped"] == stats["frames_published"]
+    assert stats["failed"] == 0
+    latencies = np.array([latency for _, _, latency in frames if latency is not None])
+    assert stats["count"] == latencies.size == len(frames)
+    assert np.all(latencies > 0)
+    np.testing.assert_allclose(
+        [stats["mean_ms"], stats["p50_ms"], stats["p95_ms"], stats["max_ms"]],
+        [latencies.mean(), np.median(latencies), np.percentile(latencies, 95), latencies.max()],
+        atol=1e-3,  # frames.csv rounds to microseconds
+    )
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_a_node_that_cannot_start_is_reported_with_its_log(tmp_path, bag):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(PipelineError, match=r"exited with code 1 before serving(.|\n)*broken\.onnx"):
+        run_pipeline(broken, bag, tmp_path / "run", backend="onnxruntime", startup_timeout=TIMEOUT)
+
+
+def test_bad_inputs_are_named(tmp_path, model, bag):
+    with pytest.raises(ValueError, match="missing.onnx' is not a file"):
+        run_pipeline(tmp_path / "missing.onnx", bag, tmp_path / "run")
+    with pytest.raises(ValueError, match="not a rosbag2"):
+        run_pipeline(model, tmp_path, tmp_path / "run")
