@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 DEMO ?= demo
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 250
 
 .PHONY: install test demo clean
 
@@ -25,16 +25,22 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# Synthetic drives -> self-supervised training -> Eigen metrics on a held-out drive of another seed.
+# synthetic drives + bags -> self-supervised training -> Eigen metrics on a held-out drive of another seed
+# -> ONNX export -> depth node fed by the held-out drive's bag -> depth images, point cloud, latency statistics
+SPLITS := $(DEMO)/data/splits/synthetic
 demo: $(STAMP)
 	$(BIN)/ssim-depth synth --out $(DEMO)/data --seed 1 --drives 4 --frames 100 --bag mcap
-	$(BIN)/ssim-depth synth --out $(DEMO)/heldout --seed 2 --drives 1 --frames 60 --bag none
+	$(BIN)/ssim-depth synth --out $(DEMO)/heldout --seed 2 --drives 1 --frames 60 --bag mcap
 	$(BIN)/python training/train.py --config training/configs/synthetic_cpu.yaml --data $(DEMO)/data \
-		--out $(DEMO)/run --set optim.max_steps=$(DEMO_STEPS)
-	$(BIN)/python training/evaluate.py --checkpoint $(DEMO)/run/checkpoints/last.pt --data $(DEMO)/heldout \
+		--out $(DEMO)/run --set optim.max_steps=$(DEMO_STEPS) \
+		--set data.train_split=$(SPLITS)/train_files.txt --set data.val_split=$(SPLITS)/val_files.txt
+	$(BIN)/python training/evaluate.py --checkpoint $(DEMO)/run/checkpoints/best.pt --data $(DEMO)/heldout \
 		--split test --json $(DEMO)/run/metrics.json
-	@echo "outputs: data $(DEMO)/data (KITTI layout + bags), run $(DEMO)/run (config.yaml, checkpoints/," \
-		"tensorboard/: tensorboard --logdir $(DEMO)/run), metrics $(DEMO)/run/metrics.json"
+	$(BIN)/python training/export.py --checkpoint $(DEMO)/run/checkpoints/best.pt --onnx $(DEMO)/run/depth.onnx
+	PYTHONPATH=ros2_ws/src/ssim_depth $(BIN)/python -m ssim_depth.pipeline --model $(DEMO)/run/depth.onnx \
+		--bag $$(ls -d $(DEMO)/heldout/bags/*/ | head -n 1) --out $(DEMO)/run/serving
+	@echo "outputs: $(DEMO)/run: config.yaml, checkpoints/, tensorboard/ (tensorboard --logdir $(DEMO)/run)," \
+		"metrics.json, depth.onnx, serving/ (depth/, depth_raw/, points.ply, latency.json, node.log)"
 
 clean:
 	rm -rf $(VENV) demo

@@ -103,6 +103,14 @@ class Objective(nn.Module):
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        """The noise generators' states travel in ``state_dict``, so a resumed run draws the same noise."""
+        return {str(device): generator.get_state() for device, generator in self._generators.items()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        for device, generator_state in state.items():
+            self.generator(torch.device(device)).set_state(generator_state)
+
 
 @register_term("photometric")
 def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):

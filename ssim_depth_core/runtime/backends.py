@@ -167,7 +167,10 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+            raise ValueError(f"{onnx_path}: ONNX Runtime cannot load the model ({error})") from error
         self.providers = self._session.get_providers()
         metadata = ExportMetadata.from_props(self._session.get_modelmeta().custom_metadata_map, onnx_path)
         self.input_size = (metadata.height, metadata.width)

@@ -44,6 +44,8 @@ setup(
         "console_scripts": [
             "depth_node = ssim_depth.node:main",
             "play = ssim_depth.play:main",
+            "record = ssim_depth.record:main",
+            "pipeline = ssim_depth.pipeline:main",
         ],
     },
 )

@@ -315,6 +315,8 @@ class DepthNode(Node):
             try:
                 self._process(msg, received)
             except Exception as error:  # a bad frame or a backend hiccup must not kill the node
+                if not self.context.ok():  # shutting down while the last frame was being published
+                    return
                 self.stats.add(failed=1)
                 self.get_logger().error(
                     f"frame on {self._image_topic} failed: {type(error).__name__}: {error}",
@@ -430,3 +432,7 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -69,8 +69,8 @@ class PipelineError(RuntimeError):
 
 
 class _Player(Node):
-    """The node :func:`play` publishes through; calls ``on_ready(publishers)`` as soon as play has created
-    the publishers of all ``topics``, before it publishes anything (the node is started and warmed up then)."""
+    """The node :func:`play` publishes through. As soon as play has created the publishers of all
+    ``topics``, before it publishes anything, calls ``on_ready(publishers)``: the node is started then."""
 
     def __init__(
         self, topics: Collection[str], on_ready: Callable[[list[Publisher]], None], **kwargs
@@ -117,6 +117,10 @@ def _stop(process: subprocess.Popen) -> int:
         except subprocess.TimeoutExpired:
             logger.warning("depth node did not stop within %s s of SIGINT; killing it", STOP_TIMEOUT)
             process.kill()
+        except BaseException:  # e.g. a second Ctrl-C: never leave the node running
+            process.kill()
+            process.wait()
+            raise
     return process.wait()
 
 
@@ -129,7 +133,7 @@ def run_pipeline(
     *,
     image_topic: str | None = None,
     camera_info_topic: str | None = None,
-    node_params: dict[str, str] | None = None,
+    node_params: dict[str, object] | None = None,
     startup_timeout: float = 300.0,
     timeout: float = 60.0,
 ) -> dict:
@@ -140,9 +144,10 @@ def run_pipeline(
         bag: rosbag2 directory or ``.mcap``/``.db3`` file; played once at ``rate`` times the recorded speed.
         backend: the node's ``backend`` parameter.
         image_topic, camera_info_topic: bag topics to play; default as ``play`` chooses them.
-        node_params: further node parameters, name -> value as written after ``-p name:=``.
-        startup_timeout: seconds for the node to load the model (a TensorRT engine build can take minutes).
-        timeout: seconds to wait for the last frame's outputs after playback, and for discovery.
+        node_params: further node parameters, name -> value (written after ``-p name:=``, YAML-parsed).
+        startup_timeout: seconds for the node to load the model and serve the warm-up frame (a TensorRT
+            engine build can take minutes).
+        timeout: seconds to wait for the last frame's outputs after playback.
 
     Returns:
         The recorder's summary (:meth:`DepthRecorder.finish`: latency statistics, frame counts, output
@@ -222,6 +227,7 @@ def run_pipeline(
         while not recorder.wait_for_warmup(("points",), WARMUP_PERIOD) and time.monotonic() < deadline:
             for topic, msg in warmup:
                 by_topic[topic].publish(msg)
+        time.sleep(WARMUP_PERIOD)  # the node finishes the warm-up frame (preview, statistics) before frame 0
 
     with _environment(ros), open(log_path, "w") as log:
         context = Context()
@@ -313,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             startup_timeout=args.startup_timeout,
             timeout=args.timeout,
         )
-    except (ValueError, PipelineError, TimeoutError) as error:
+    except (ValueError, PipelineError) as error:
         parser.exit(1, f"pipeline: {error}\n")
+    except KeyboardInterrupt:
+        return 130
     outputs = summary["outputs"]
     print(
         f"frames: {summary['frames_received']} served of {summary['frames_published']} published "

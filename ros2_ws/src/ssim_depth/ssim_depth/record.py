@@ -1,8 +1,8 @@
 """``record``: write a depth node's outputs to a folder, with end-to-end latency statistics.
 
 Output folder:
-    depth/%06d.png      colourised inverse depth by :func:`ssim_depth.codecs.colorize_depth`, the function of
-                        the node's ``depth/preview`` (so the files equal the preview; it is not subscribed)
+    depth/%06d.png      colourised inverse depth by :func:`ssim_depth_core.runtime.visualize.colorize_depth`,
+                        as the node's ``depth/preview`` (so the files equal the preview; it is not subscribed)
     depth_raw/%06d.png  uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI benchmark PNG)
     points.ply          the last point cloud received, finite points only (binary PLY)
     frames.csv          per depth frame: index (the PNG number), header stamp (ns), latency (ms, empty if
@@ -11,10 +11,11 @@ Output folder:
 
 Latency of a frame = time the recorder's middleware received the depth image - time the camera image with
 the same header stamp was published, both DDS sample timestamps from the message info (the publisher's
-source timestamp, the reader's reception timestamp), so neither the recorder's nor the node's executor adds
-to or hides from it. It covers transport to the node, decoding, inference and publishing, i.e. what any
+source timestamp, the reader's reception timestamp), so the recorder's own callback queueing is not in it.
+It covers transport to the node, the node's queueing, decoding, inference and publishing, i.e. what any
 subscriber of ``depth`` sees. The two timestamps come from the publishing and the recording host's system
 clocks: the numbers are meaningful when the camera publisher (e.g. ``play``) runs on the recorder's host.
+With a middleware that gives no such timestamps, the recorder's callback times stand in for both.
 
 Frames published = camera images heard on the input topic; dropped = published - depth frames received
 (the node serves the newest frame and skips any that arrived while it was busy). Messages whose header
@@ -31,8 +32,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -45,11 +46,10 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from ssim_depth.codecs import colorize_depth, image_msg_to_depth
+from ssim_depth.codecs import image_msg_to_depth
 from ssim_depth_core.data.kitti_layout import encode_depth_png, write_png
 from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData, write_ply
-
-logger = logging.getLogger(__name__)
+from ssim_depth_core.runtime.visualize import colorize_depth
 
 # Best effort with a deep queue is compatible with reliable and best-effort camera publishers alike.
 INPUT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -171,29 +171,30 @@ class DepthRecorder(Node):
                 self.warmup[kind] += 1
                 self._cond.notify_all()
         else:
-            self._queue.put((kind, msg, info))
+            self._queue.put((kind, msg, info, time.time_ns()))
 
     # --------------------------------------------------------------------------------------- writer thread
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not _STOP:
-            kind, msg, info = item
+            kind, msg, info, heard_ns = item
             try:
-                getattr(self, f"_write_{kind}")(msg, info)
+                getattr(self, f"_write_{kind}")(
+                    msg, info["source_timestamp"], info["received_timestamp"] or heard_ns
+                )
             except Exception as error:  # one bad message must not end the recording
                 self.failed += 1
                 self.get_logger().error(f"cannot record a message on {self.topics[kind]}: {error}")
             with self._cond:
                 self._cond.notify_all()
 
-    def _write_image(self, msg: Image | CompressedImage, info: dict) -> None:
+    def _write_image(self, msg: Image | CompressedImage, published_ns: int, received_ns: int) -> None:
         stamp = stamp_ns(msg)
         with self._cond:
-            self._published_ns[stamp] = info["source_timestamp"] or time.time_ns()
+            self._published_ns[stamp] = published_ns or received_ns
             self._newest_image = stamp
             self.images += 1
 
-    def _write_depth(self, msg: Image, info: dict) -> None:
-        received_ns = info["received_timestamp"] or time.time_ns()
+    def _write_depth(self, msg: Image, published_ns: int, received_ns: int) -> None:
         depth = image_msg_to_depth(msg)
         stamp, index = stamp_ns(msg), len(self._frames)
         name = f"{index:06d}.png"
@@ -208,7 +209,7 @@ class DepthRecorder(Node):
             self._frames.append((index, stamp, latency))
             self._newest_depth = stamp
 
-    def _write_points(self, msg: PointCloud2, info: dict) -> None:
+    def _write_points(self, msg: PointCloud2, published_ns: int, received_ns: int) -> None:
         with self._cond:
             self._last_cloud = msg  # decoded once, in finish()
 
@@ -295,3 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
