@@ -20,8 +20,8 @@ C1, C2 = 0.01**2, 0.03**2
 
 def test_reprojection_error_of_flat_images_by_hand():
     # Flat images: every window has variance 0, so SSIM = (2 a b + C1) / (a^2 + b^2 + C1).
-    target = torch.tensor([0.5, 0.2, 0.8]).view(1, 3, 1, 1).expand(1, 3, 4, 5).clone()
-    pred = torch.tensor([0.6, 0.2, 0.5]).view(1, 3, 1, 1).expand(1, 3, 4, 5).clone()
+    target = torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 4, 5).clone()
+    pred = torch.tensor([0.6, 0.2, 0.5], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 4, 5).clone()
     ssim_terms = []
     for a, b in ((0.6, 0.5), (0.2, 0.2), (0.5, 0.8)):
         ssim_terms.append((1 - (2 * a * b + C1) / (a * a + b * b + C1)) / 2)
@@ -29,7 +29,9 @@ def test_reprojection_error_of_flat_images_by_hand():
     expected = 0.85 * sum(ssim_terms) / 3 + 0.15 * l1
     error = reprojection_error(pred, target, SSIMLoss("conventional"), alpha=0.85)
     assert error.shape == (1, 1, 4, 5)
-    torch.testing.assert_close(error, torch.full((1, 1, 4, 5), expected), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        error, torch.full((1, 1, 4, 5), expected, dtype=torch.float64), rtol=1e-10, atol=0
+    )
     zero = reprojection_error(target, target, SSIMLoss("additive"))
     assert zero.abs().max() < 1e-6
 
@@ -50,13 +52,13 @@ def test_automask_drops_pixels_the_identity_explains_better():
     # warped minimum 0.2, 0.1, 0.5 vs identity minimum 0.5, 0.05, 0.9: the middle pixel is static.
     assert mask.flatten().tolist() == [1.0, 0.0, 1.0]
     assert loss.item() == pytest.approx((0.2 + 0.0 + 0.5) / 3)
-    # Mean mode compares the mean warped error (0.25, 0.25, 0.55) with the mean identity error (0.6, 0.125, 0.9).
+    # Mean mode compares mean warped errors (0.25, 0.25, 0.55) with mean identity errors (0.6, 0.125, 0.9).
     _, mean_mask = min_reprojection_loss(warped, identity, min_reprojection=False)
     assert mean_mask.flatten().tolist() == [1.0, 0.0, 1.0]
 
 
 def test_tie_breaking_noise_is_deterministic_per_seed():
-    errors = torch.full((2, 2, 50, 100), 0.3)  # every pixel an exact tie between warped and identity
+    errors = torch.full((2, 1, 50, 100), 0.3)  # one source, every pixel an exact tie with its identity
 
     def run(seed):
         return min_reprojection_loss(errors, errors.clone(), generator=torch.Generator().manual_seed(seed))
@@ -95,7 +97,8 @@ def _batch_and_outputs(scales=(0, 1, 2, 3), frame_ids=(0, -1, 1), height=32, wid
     target = images[:, 0]
     outputs = {
         "disparities": [
-            torch.rand(2, 1, height // 2**s, width // 2**s, generator=generator, requires_grad=True) for s in scales
+            torch.rand(2, 1, height // 2**s, width // 2**s, generator=generator, requires_grad=True)
+            for s in scales
         ],
         "warped": {
             (fid, i): (target + warped_offset * torch.rand(target.shape, generator=generator))

@@ -127,7 +127,8 @@ def select_camera_info_topic(
     if len(candidates) > 1:
         raise ValueError(
             f"{bag}: cannot tell which CameraInfo topic belongs to {image_topic} "
-            f"({_topic_list(topics, {CAMERA_INFO_TYPE})}); choose one with --camera-info-topic (config data.camera_info_topic)"
+            f"({_topic_list(topics, {CAMERA_INFO_TYPE})}); choose one with --camera-info-topic "
+            "(config data.camera_info_topic)"
         )
     return None
 

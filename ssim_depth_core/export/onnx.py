@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import onnx
 import torch
 import yaml
 
-from ssim_depth_core.checkpoint import load_depth_net
+from ssim_depth_core.checkpoint import load_depth_net, write_atomic
 from ssim_depth_core.config import to_dict
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
 
@@ -114,22 +112,6 @@ class ExportMetadata:
 def read_metadata(model: onnx.ModelProto, source: str | Path) -> ExportMetadata:
     """The :class:`ExportMetadata` of a loaded ONNX model."""
     return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:

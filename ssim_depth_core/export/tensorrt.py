@@ -19,7 +19,8 @@ from pathlib import Path
 
 import onnx
 
-from ssim_depth_core.export.onnx import check_tensorrt_ops, write_atomic
+from ssim_depth_core.checkpoint import write_atomic
+from ssim_depth_core.export.onnx import check_tensorrt_ops
 
 logger = logging.getLogger(__name__)
 

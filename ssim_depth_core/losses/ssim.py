@@ -148,35 +148,27 @@ def _conventional(stats: Stats, c1: float, c2: float, partials: bool):
     value = ((1 - index) / 2).clamp(0, 1)
     if not partials:
         return value, None
-    slope = ((index >= -1) & (index <= 1)).to(index.dtype) * -0.5  # d value / d index inside the clamp
-    dl_dmu_x, dl_dmu_y = _luminance_partials(mu_x, mu_y, lum, lum_den)
-    d_var = -slope * index / cs_den
-    return value, [slope * cs * dl_dmu_x, slope * cs * dl_dmu_y, d_var, d_var, slope * 2 * lum / cs_den]
+    # d value / d index: -1/2 inside the clamp, bounds included as in torch.clamp.
+    slope = ((index >= -1) & (index <= 1)).to(index.dtype).mul_(-0.5)
+    d_mu_x, d_mu_y = _luminance_partials(slope * cs, mu_x, mu_y, lum, lum_den)
+    k = slope / cs_den
+    d_var = -k * index
+    return value, [d_mu_x, d_mu_y, d_var, d_var, 2 * k * lum]
 
 
 def _additive(stats: Stats, weights: tuple[float, float, float], c1: float, c2: float, partials: bool):
-    mu_x, mu_y, var_x, var_y, cov = stats
     w_l, w_c, w_s = weights
-    lum, lum_den = _luminance(mu_x, mu_y, c1)
-    con, struct, aux = _contrast_structure(var_x, var_y, cov, c2)
+    lum, lum_den = _luminance(stats[0], stats[1], c1)
+    con, struct, aux = _contrast_structure(*stats[2:], c2)
     value = (w_l + w_c + w_s) - (w_l * lum + w_c * con + (w_s / 2) * (1 + struct))
     if not partials:
         return value, None
-    dl_dmu_x, dl_dmu_y = _luminance_partials(mu_x, mu_y, lum, lum_den)
-    dc_dvx, dc_dvy, ds_dvx, ds_dvy, ds_dcov = _contrast_structure_partials(var_x, var_y, con, struct, aux, c2)
-    return value, [
-        -w_l * dl_dmu_x,
-        -w_l * dl_dmu_y,
-        -(w_c * dc_dvx + (w_s / 2) * ds_dvx),
-        -(w_c * dc_dvy + (w_s / 2) * ds_dvy),
-        -(w_s / 2) * ds_dcov,
-    ]
+    return value, _chain_components(-w_l, -w_c, -w_s / 2, stats, lum, lum_den, con, struct, aux)
 
 
 def _exponent(stats: Stats, exponents: tuple[float, float, float], c1: float, c2: float, partials: bool):
-    mu_x, mu_y, var_x, var_y, cov = stats
-    lum, lum_den = _luminance(mu_x, mu_y, c1)
-    con, struct, aux = _contrast_structure(var_x, var_y, cov, c2)
+    lum, lum_den = _luminance(stats[0], stats[1], c1)
+    con, struct, aux = _contrast_structure(*stats[2:], c2)
     terms = (lum, con, (1 + struct) / 2)
     bases = [t.clamp(min=_POW_FLOOR) for t in terms]
     product = math.prod(base.pow(p) for base, p in zip(bases, exponents, strict=True))
@@ -184,19 +176,11 @@ def _exponent(stats: Stats, exponents: tuple[float, float, float], c1: float, c2
     if not partials:
         return value, None
     # d value / d term = -p * product / base, zero where the floor is active.
-    d_l, d_c, d_m = (
-        (t >= _POW_FLOOR).to(t.dtype) * (-p) * product / base
+    k_l, k_c, k_m = (
+        torch.where(t >= _POW_FLOOR, (-p) * product / base, 0.0)
         for t, base, p in zip(terms, bases, exponents, strict=True)
     )
-    dl_dmu_x, dl_dmu_y = _luminance_partials(mu_x, mu_y, lum, lum_den)
-    dc_dvx, dc_dvy, ds_dvx, ds_dvy, ds_dcov = _contrast_structure_partials(var_x, var_y, con, struct, aux, c2)
-    return value, [
-        d_l * dl_dmu_x,
-        d_l * dl_dmu_y,
-        d_c * dc_dvx + d_m / 2 * ds_dvx,
-        d_c * dc_dvy + d_m / 2 * ds_dvy,
-        d_m / 2 * ds_dcov,
-    ]
+    return value, _chain_components(k_l, k_c, k_m / 2, stats, lum, lum_den, con, struct, aux)
 
 
 def _luminance(mu_x: torch.Tensor, mu_y: torch.Tensor, c1: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,32 +189,41 @@ def _luminance(mu_x: torch.Tensor, mu_y: torch.Tensor, c1: float) -> tuple[torch
     return (2 * mu_x * mu_y + c1) / den, den
 
 
-def _luminance_partials(mu_x, mu_y, lum, den) -> tuple[torch.Tensor, torch.Tensor]:
-    return 2 * (mu_y - mu_x * lum) / den, 2 * (mu_x - mu_y * lum) / den
+def _luminance_partials(k_l, mu_x, mu_y, lum, den) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k_l * dl/dmu_x``, ``k_l * dl/dmu_y``."""
+    scale = 2 * k_l / den
+    return scale * (mu_y - mu_x * lum), scale * (mu_x - mu_y * lum)
 
 
 def _contrast_structure(var_x: torch.Tensor, var_y: torch.Tensor, cov: torch.Tensor, c2: float):
-    """c, s and what their partials need: floored variances, sigma_x sigma_y and the denominator of c."""
+    """c, s and what their partials need: floored variances, sigma_x sigma_y and the denominators."""
     var_x = var_x.clamp(min=_FLAT_VARIANCE)
     var_y = var_y.clamp(min=_FLAT_VARIANCE)
     sigma_xy = (var_x * var_y).sqrt()
     den = var_x + var_y + c2
-    con = (2 * sigma_xy + c2) / den
-    struct = (cov + c2 / 2) / (sigma_xy + c2 / 2)
-    return con, struct, (var_x, var_y, sigma_xy, den)
-
-
-def _contrast_structure_partials(var_x, var_y, con, struct, aux, c2):
-    """dc/dvar_x, dc/dvar_y, ds/dvar_x, ds/dvar_y, ds/dcov (zero by a variance below the flat floor)."""
-    floored_x, floored_y, sigma_xy, den = aux
     s_den = sigma_xy + c2 / 2
-    partials = []
-    for var, floored in ((var_x, floored_x), (var_y, floored_y)):
-        live = (var >= _FLAT_VARIANCE).to(var.dtype)
-        dsigma = live * sigma_xy / (2 * floored)  # d sigma_xy / d var
-        partials.append(((2 * dsigma - live * con) / den, -struct / s_den * dsigma))
-    (dc_dvx, ds_dvx), (dc_dvy, ds_dvy) = partials
-    return dc_dvx, dc_dvy, ds_dvx, ds_dvy, 1 / s_den
+    con = (2 * sigma_xy + c2) / den
+    struct = (cov + c2 / 2) / s_den
+    return con, struct, (var_x, var_y, sigma_xy, den, s_den)
+
+
+def _chain_components(k_l, k_c, k_s, stats: Stats, lum, lum_den, con, struct, aux) -> list[torch.Tensor]:
+    """Partials by (mu_x, mu_y, var_x, var_y, cov) of a map whose partials by l, c, s are k_l, k_c, k_s.
+
+    With r = d(sigma_x sigma_y)/dvar_x = sigma_x sigma_y / (2 var_x): dc/dvar_x = (2 r - c) / den_c,
+    ds/dvar_x = -s r / den_s, ds/dcov = 1 / den_s; zero by a variance below the flat floor.
+    """
+    mu_x, mu_y, var_x, var_y, _ = stats
+    floored_x, floored_y, sigma_xy, den, s_den = aux
+    d_mu_x, d_mu_y = _luminance_partials(k_l, mu_x, mu_y, lum, lum_den)
+    d_cov = k_s / s_den
+    along_r = 2 * k_c / den - d_cov * struct
+    offset = k_c * con / den
+    d_var_x, d_var_y = (
+        torch.where(var >= _FLAT_VARIANCE, sigma_xy / (2 * floored) * along_r - offset, 0.0)
+        for var, floored in ((var_x, floored_x), (var_y, floored_y))
+    )
+    return [d_mu_x, d_mu_y, d_var_x, d_var_y, d_cov]
 
 
 # The fused pass: window moments forward, their adjoint backward, one batch slice at a time.
@@ -291,12 +284,18 @@ class _FusedSSIM(torch.autograd.Function):
 def _window_statistics(x: torch.Tensor, y: torch.Tensor, window: int) -> Stats:
     """mu_x, mu_y, var_x, var_y, cov of (b, C, H, W) images: one box sum over the five stacked moments."""
     pad = window // 2
-    xp = F.pad(x, (pad,) * 4, mode="reflect")
-    yp = F.pad(y, (pad,) * 4, mode="reflect")
+    moments = x.new_empty((x.shape[0], 5, *x.shape[1:-2], x.shape[-2] + 2 * pad, x.shape[-1] + 2 * pad))
+    xp, yp, xx, yy, xy = moments.unbind(1)
+    xp.copy_(F.pad(x, (pad,) * 4, mode="reflect"))
+    yp.copy_(F.pad(y, (pad,) * 4, mode="reflect"))
     # Reflection commutes with pointwise products, so padding x and y pads all five moments.
-    moments = torch.stack((xp, yp, xp * xp, yp * yp, xp * yp), dim=1)
+    torch.mul(xp, xp, out=xx)
+    torch.mul(yp, yp, out=yy)
+    torch.mul(xp, yp, out=xy)
     mu_x, mu_y, e_xx, e_yy, e_xy = _box_sum(moments, window).mul_(1 / window**2).unbind(1)
-    return mu_x, mu_y, e_xx - mu_x.square(), e_yy - mu_y.square(), e_xy - mu_x * mu_y
+    var_x = torch.addcmul(e_xx, mu_x, mu_x, value=-1)
+    var_y = torch.addcmul(e_yy, mu_y, mu_y, value=-1)
+    return mu_x, mu_y, var_x, var_y, torch.addcmul(e_xy, mu_x, mu_y, value=-1)
 
 
 def _moment_partials(mu_x, mu_y, d_stats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -317,7 +316,9 @@ def _moments_adjoint(x, y, raw: Sequence[torch.Tensor], window: int, grad_x, gra
     height, width = x.shape[-2:]
     # Zero padded by window - 1, a valid box sum is the adjoint of the forward box sum.
     padded = x.new_zeros((x.shape[0], 5, *x.shape[1:-2], height + 2 * full, width + 2 * full))
-    padded[..., full : full + height, full : full + width] = torch.stack(tuple(raw), dim=1)
+    inner = padded[..., full : full + height, full : full + width]
+    for plane, grad in zip(inner.unbind(1), raw, strict=True):
+        plane.copy_(grad)
     g_x, g_y, g_xx, g_yy, g_xy = _fold_reflection(_box_sum(padded, window), window // 2).unbind(1)
     scale = 1 / window**2
     if grad_x is not None:

@@ -20,13 +20,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def stack_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
-    """A copy of ``conv`` that takes ``num_input_images`` frames stacked along channels.
-
-    The weight is repeated over the frames and divided by their number, so that identical frames give the
-    response a single frame gives to ``conv`` (this keeps pretrained filters meaningful).
-    """
-    stacked = nn.Conv2d(
+def _wider_input(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
+    """A conv like ``conv`` taking ``num_input_images`` frames stacked along channels (fresh weights)."""
+    return nn.Conv2d(
         conv.in_channels * num_input_images,
         conv.out_channels,
         conv.kernel_size,
@@ -34,6 +30,15 @@ def stack_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
         padding=conv.padding,
         bias=conv.bias is not None,
     )
+
+
+def stack_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
+    """A copy of ``conv`` that takes ``num_input_images`` frames stacked along channels.
+
+    The weight is repeated over the frames and divided by their number, so that identical frames give the
+    response a single frame gives to ``conv`` (this keeps pretrained filters meaningful).
+    """
+    stacked = _wider_input(conv, num_input_images)
     with torch.no_grad():
         stacked.weight.copy_(conv.weight.repeat(1, num_input_images, 1, 1) / num_input_images)
         if conv.bias is not None:
@@ -42,19 +47,12 @@ def stack_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
 
 
 def independent_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
-    """A freshly initialised ``conv`` for ``num_input_images`` stacked frames, each frame with its own filters.
+    """A freshly initialised ``conv`` for ``num_input_images`` stacked frames, each with its own filters.
 
     From scratch, :func:`stack_input_conv`'s tied filters would only see the frames' sum, blind to their
     difference (the motion the pose net must find); independent He-initialised filters see both.
     """
-    stacked = nn.Conv2d(
-        conv.in_channels * num_input_images,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        bias=conv.bias is not None,
-    )
+    stacked = _wider_input(conv, num_input_images)
     nn.init.kaiming_normal_(stacked.weight, mode="fan_out", nonlinearity="relu")  # torchvision's ResNet init
     if stacked.bias is not None:
         nn.init.zeros_(stacked.bias)
