@@ -21,3 +21,11 @@ def random_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("random_checkpoint") / "model.pt"
     save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def random_onnx(random_checkpoint, tmp_path_factory):
+    """:func:`random_checkpoint` exported to ONNX (validated against PyTorch by the exporter)."""
+    from ssim_depth_core.export.onnx import export_onnx
+
+    return export_onnx(random_checkpoint, tmp_path_factory.mktemp("random_onnx") / "model.onnx")

@@ -10,8 +10,8 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
-from ssim_depth_core.checkpoint import load_depth_net, save_atomic
-from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.checkpoint import load_depth_net
+from ssim_depth_core.config import ModelConfig, to_dict
 from ssim_depth_core.export.onnx import (
     ExportValidationError,
     _validate,
@@ -25,16 +25,9 @@ HEIGHT, WIDTH = 64, 96
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A randomly initialised checkpoint at 64x96 with a non-default depth range."""
-    config = TrainConfig(
-        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=HEIGHT, width=WIDTH)
-    )
-    torch.manual_seed(0)
-    model = MonodepthModel(config.model, config.data.frame_ids)
-    path = tmp_path_factory.mktemp("export") / "model.pt"
-    save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
-    return path, config
+def checkpoint(random_checkpoint):
+    """The shared random 64x96 checkpoint and its training config."""
+    return random_checkpoint, load_depth_net(random_checkpoint)[1]
 
 
 @pytest.fixture(scope="module")

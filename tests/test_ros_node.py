@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
 
@@ -34,11 +33,7 @@ from ssim_depth.node import DepthNode
 from ssim_depth.play import play
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from ssim_depth_core.data.bagio import CameraBagWriter
-from ssim_depth_core.export.onnx import export_onnx
-from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime import DepthEstimator
 
 NET_HEIGHT, NET_WIDTH = 64, 96
@@ -69,16 +64,9 @@ def ros():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A randomly initialised network exported to ONNX at 64x96."""
-    config = TrainConfig(
-        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=NET_HEIGHT, width=NET_WIDTH)
-    )
-    torch.manual_seed(0)
-    net = MonodepthModel(config.model, config.data.frame_ids)
-    folder = tmp_path_factory.mktemp("ros_node")
-    save_atomic({"config": to_dict(config), "model": net.state_dict()}, folder / "model.pt")
-    return export_onnx(folder / "model.pt", folder / "model.onnx")
+def model(random_onnx):
+    """The shared randomly initialised network, exported to ONNX at 64x96."""
+    return random_onnx
 
 
 @pytest.fixture(scope="module")

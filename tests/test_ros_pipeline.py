@@ -15,18 +15,13 @@ import cv2
 import numpy as np
 import open3d as o3d
 import pytest
-import torch
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
 
 from ssim_depth.pipeline import PipelineError, run_pipeline
 
-from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from ssim_depth_core.data.rosbag import RosbagSequence
 from ssim_depth_core.data.synthetic import generate_dataset
-from ssim_depth_core.export.onnx import export_onnx
-from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime import DepthEstimator
 from ssim_depth_core.runtime.visualize import colorize_depth
 
@@ -36,15 +31,8 @@ TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    config = TrainConfig(
-        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=64, width=96)
-    )
-    torch.manual_seed(0)
-    net = MonodepthModel(config.model, config.data.frame_ids)
-    folder = tmp_path_factory.mktemp("pipeline_model")
-    save_atomic({"config": to_dict(config), "model": net.state_dict()}, folder / "model.pt")
-    return export_onnx(folder / "model.pt", folder / "model.onnx")
+def model(random_onnx):
+    return random_onnx
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from skimage import data
 
-from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
-from ssim_depth_core.export.onnx import export_onnx
 from ssim_depth_core.export.tensorrt import tensorrt_available
-from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TorchBackend, create_backend
 
 HEIGHT, WIDTH = 64, 96
@@ -20,17 +15,9 @@ MIN_DEPTH, MAX_DEPTH = 0.5, 80.0
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """(checkpoint, exported onnx) of a randomly initialised 64x96 network."""
-    config = TrainConfig(
-        model=ModelConfig(min_depth=MIN_DEPTH, max_depth=MAX_DEPTH),
-        data=DataConfig(height=HEIGHT, width=WIDTH),
-    )
-    torch.manual_seed(0)
-    model = MonodepthModel(config.model, config.data.frame_ids)
-    folder = tmp_path_factory.mktemp("runtime")
-    save_atomic({"config": to_dict(config), "model": model.state_dict()}, folder / "model.pt")
-    return folder / "model.pt", export_onnx(folder / "model.pt", folder / "model.onnx")
+def models(random_checkpoint, random_onnx):
+    """(checkpoint, exported onnx) of the shared randomly initialised 64x96 network."""
+    return random_checkpoint, random_onnx
 
 
 @pytest.fixture(scope="module")

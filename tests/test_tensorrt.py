@@ -9,12 +9,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
-from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
-from ssim_depth_core.export.onnx import export_onnx
 from ssim_depth_core.export.tensorrt import (
     TensorRTUnavailableError,
     build_engine,
@@ -22,7 +18,6 @@ from ssim_depth_core.export.tensorrt import (
     engine_sidecar_path,
     tensorrt_available,
 )
-from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime.backends import TensorRTBackend, TorchBackend, create_backend
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
@@ -118,15 +113,8 @@ def test_build_engine_argument_errors(tmp_path):
 
 # ---------------------------------------------------------------- GPU: TensorRT 10 + pycuda + CUDA
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    config = TrainConfig(
-        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=64, width=96)
-    )
-    torch.manual_seed(0)
-    model = MonodepthModel(config.model, config.data.frame_ids)
-    folder = tmp_path_factory.mktemp("trt")
-    save_atomic({"config": to_dict(config), "model": model.state_dict()}, folder / "model.pt")
-    return folder / "model.pt", export_onnx(folder / "model.pt", folder / "model.onnx")
+def exported(random_checkpoint, random_onnx):
+    return random_checkpoint, random_onnx
 
 
 @pytest.mark.gpu
