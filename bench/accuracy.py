@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training time budget per form")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--forms", nargs="+", default=["additive"], help="SSIM forms to compare")
-    parser.add_argument("--drives", type=int, default=4)
+    parser.add_argument("--drives", type=int, default=10)
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()

@@ -149,6 +149,27 @@ def test_objective_matches_the_photometric_definition():
     assert "automask" not in result.images
 
 
+def test_automask_starts_after_its_warmup_steps():
+    batch, outputs = _batch_and_outputs(scales=(0,), warped_offset=0.2)
+    images = batch["images"].clone()
+    images[:, 1, :, :, :32] = images[:, 0, :, :, :32]  # source -1 is the target itself on the left half
+    batch = {"images": images}
+    masked = Objective(LossConfig(), [0, -1, 1], [0], seed=2)(batch, outputs)
+    unmasked = Objective(LossConfig(automask=False), [0, -1, 1], [0])(batch, outputs)
+    assert masked.images["automask"][..., :30].max() == 0 and masked.images["automask"][..., 34:].min() == 1
+    warmup = Objective(LossConfig(automask_warmup_steps=5), [0, -1, 1], [0], seed=2)
+    early = warmup(batch, outputs, step=4)
+    assert early.terms["photometric"].item() == unmasked.terms["photometric"].item()
+    assert "automask" not in early.images
+    late = warmup(batch, outputs, step=5)
+    assert late.terms["photometric"].item() == masked.terms["photometric"].item()
+    assert torch.equal(late.images["automask"], masked.images["automask"])
+    # Outside training (validation) the mask always applies.
+    assert "automask" in warmup(batch, outputs).images
+    with pytest.raises(ValueError, match="automask_warmup_steps"):
+        Objective(LossConfig(automask_warmup_steps=-1), [0, -1, 1], [0])
+
+
 def test_objective_honours_the_ssim_form_from_config():
     batch, outputs = _batch_and_outputs(scales=(0,), warped_offset=0.2)
     values = {}

@@ -212,6 +212,21 @@ def test_monodepth_poses_use_temporal_order_and_warp_clean_sources(model):
             torch.testing.assert_close(image, expected)
 
 
+def test_pose_downsample_feeds_area_averaged_frames():
+    torch.manual_seed(0)
+    model = MonodepthModel(ModelConfig(pose_downsample=2), frame_ids=[0, -1, 1]).eval()
+    batch = _tiny_batch()
+    with torch.no_grad():
+        out = model(batch)
+        aug = batch["images_aug"]
+        # 2x2 block means, computed here by reshaping rather than pooling
+        half = aug.unflatten(-1, (48, 2)).unflatten(-3, (32, 2)).mean(dim=(-1, -3))
+        aa, t = model.pose_net(half[:, 0], half[:, 2])
+        torch.testing.assert_close(out["transforms"][1], pose_to_matrix(aa, t))
+    with pytest.raises(ValueError, match="pose_downsample"):
+        MonodepthModel(ModelConfig(pose_downsample=0), frame_ids=[0, -1, 1])
+
+
 def test_monodepth_gradients_reach_every_parameter(model):
     batch = _tiny_batch()
     model.train()

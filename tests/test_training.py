@@ -29,6 +29,7 @@ TINY = [
     "optim.batch_size=2",
     "log_every=1",
     "preview_every=2",
+    "loss.automask_warmup_steps=1",  # the mask starts at the second step, so the step-2 preview shows it
 ]
 
 

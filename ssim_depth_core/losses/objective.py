@@ -2,7 +2,8 @@
 
 A term is a function ``term(batch, outputs, objective) -> (scalar, images)`` registered in :data:`TERMS`
 with :func:`register_term`; the objective computes every term whose configured weight is non-zero and sums
-``weight * term``. New terms plug in by registering a function, without touching the training loop.
+``weight * term``. New terms plug in by registering a function, without touching the training loop. The loop
+passes its step count, which terms read as ``objective.step`` for schedules (e.g. the auto-mask warm-up).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class Objective(nn.Module):
             raise ValueError(f"frame_ids must start with the target 0 and name a source, got {frame_ids}")
         if not scales:
             raise ValueError("scales must name at least one output scale")
+        if loss_config.automask_warmup_steps < 0:
+            warmup = loss_config.automask_warmup_steps
+            raise ValueError(f"loss.automask_warmup_steps must be >= 0, got {warmup}")
         self.config = loss_config
         self.frame_ids = frame_ids
         self.scales = list(scales)
@@ -85,8 +89,11 @@ class Objective(nn.Module):
             window=loss_config.ssim_window,
         )
         self._generators: dict[torch.device, torch.Generator] = {}
+        self.step: int | None = None
 
-    def forward(self, batch: Batch, outputs: Outputs) -> LossOutput:
+    def forward(self, batch: Batch, outputs: Outputs, step: int | None = None) -> LossOutput:
+        """The weighted terms for one batch; ``step`` is the training step (None: outside training)."""
+        self.step = step
         total = None
         terms: dict[str, torch.Tensor] = {}
         images: dict[str, torch.Tensor] = {}
@@ -96,6 +103,12 @@ class Objective(nn.Module):
             images.update(term_images)
             total = weight * value if total is None else total + weight * value
         return LossOutput(total=total, terms=terms, images=images)
+
+    @property
+    def automask_active(self) -> bool:
+        """Auto-masking is configured and its warm-up is over (outside training it always applies)."""
+        warm = self.step is None or self.step >= self.config.automask_warmup_steps
+        return self.config.automask and warm
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The seeded noise generator of ``device`` (created on first use)."""
@@ -120,7 +133,7 @@ def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
     target = images[:, 0]
     sources = range(1, len(objective.frame_ids))
     identity = None
-    if config.automask:
+    if objective.automask_active:
         with torch.no_grad():
             identity = torch.cat(
                 [reprojection_error(images[:, f], target, objective.ssim, config.alpha) for f in sources],
@@ -143,7 +156,7 @@ def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
         total = total + loss
         if i == 0:
             automask = mask
-    term_images = {"automask": automask} if config.automask else {}
+    term_images = {"automask": automask} if objective.automask_active else {}
     return total / len(objective.scales), term_images
 
 

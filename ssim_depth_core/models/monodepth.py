@@ -43,6 +43,9 @@ class MonodepthModel(nn.Module):
         self.depth_net = DepthNet(
             model_config.num_layers, model_config.pretrained, model_config.padding_mode, model_config.scales
         )
+        if model_config.pose_downsample < 1:
+            raise ValueError(f"model.pose_downsample must be >= 1, got {model_config.pose_downsample}")
+        self.pose_downsample = model_config.pose_downsample
         self.pose_net = PoseNet(model_config.pose_num_layers, model_config.pretrained)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -98,6 +101,9 @@ class MonodepthModel(nn.Module):
         self, images_aug: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """One pose-net pass over all (earlier, later) pairs; per-source axis-angle and translation chunks."""
+        if self.pose_downsample > 1:
+            frames = images_aug.flatten(0, 1)
+            images_aug = F.avg_pool2d(frames, self.pose_downsample).unflatten(0, images_aug.shape[:2])
         target = images_aug[:, 0]
         sources = [images_aug[:, index] for index in range(1, len(self.frame_ids))]
         firsts = [s if f < 0 else target for s, f in zip(sources, self.frame_ids[1:], strict=True)]
