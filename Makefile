@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 DEMO ?= demo
-DEMO_STEPS ?= 250
+DEMO_STEPS ?= 400
 
 .PHONY: install test demo clean
 
@@ -29,7 +29,7 @@ test: $(STAMP)
 # -> ONNX export -> depth node fed by the held-out drive's bag -> depth images, point cloud, latency statistics
 SPLITS := $(DEMO)/data/splits/synthetic
 demo: $(STAMP)
-	$(BIN)/ssim-depth synth --out $(DEMO)/data --seed 1 --drives 4 --frames 100 --bag mcap
+	$(BIN)/ssim-depth synth --out $(DEMO)/data --seed 1 --drives 10 --frames 100 --bag mcap
 	$(BIN)/ssim-depth synth --out $(DEMO)/heldout --seed 2 --drives 1 --frames 60 --bag mcap
 	$(BIN)/python training/train.py --config training/configs/synthetic_cpu.yaml --data $(DEMO)/data \
 		--out $(DEMO)/run --set optim.max_steps=$(DEMO_STEPS) \

@@ -271,8 +271,8 @@ def run_pipeline(
     summary["outputs"]["summary"] = str(out / "summary.json")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info(
-        "%d of %d frames served, latency p50 %s ms, p95 %s ms; outputs in %s",
-        summary["frames_received"], frames, summary["p50_ms"], summary["p95_ms"], out,
+        "%d of %d frames served, latency p50 %s, p95 %s; outputs in %s",
+        summary["frames_received"], frames, _format_ms(summary["p50_ms"]), _format_ms(summary["p95_ms"]), out,
     )  # fmt: skip
     return summary
 
