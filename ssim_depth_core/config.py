@@ -27,8 +27,8 @@ class ModelConfig:
     )
     min_depth: float = 0.1  # metres; disparity 1 maps here
     max_depth: float = 100.0  # metres; disparity 0 maps here
-    # The pose net sees the frames area-downsampled by this integer factor: 1 as published; 2 costs about a
-    # quarter of the pose net's compute (a third of a training step on a CPU) and still resolves the motion.
+    # The pose net sees the frames area-downsampled by this integer factor: 1 as published; 2 quarters the
+    # pose net's compute (a quarter less time per training step on a CPU) and still resolves the motion.
     pose_downsample: int = 1
 
 
