@@ -212,6 +212,22 @@ def test_monodepth_poses_use_temporal_order_and_warp_clean_sources(model):
             torch.testing.assert_close(image, expected)
 
 
+def test_source_transforms_is_the_motion_forward_warps_with():
+    class StandingStill(MonodepthModel):
+        def source_transforms(self, batch):
+            identity = torch.eye(4).expand(batch["images"].shape[0], 4, 4)
+            return {frame_id: identity for frame_id in self.frame_ids[1:]}
+
+    model = StandingStill(ModelConfig(), frame_ids=[0, -1, 1]).eval()
+    batch = _tiny_batch()
+    with torch.no_grad():
+        out = model(batch)
+    # No motion: every pixel samples itself, whatever the depth (float32 back-projection: ~1e-3 px off).
+    for (frame_id, _), image in out["warped"].items():
+        expected = batch["images"][:, [0, -1, 1].index(frame_id)]
+        torch.testing.assert_close(image, expected, atol=1e-4, rtol=0)
+
+
 def test_pose_downsample_feeds_area_averaged_frames():
     torch.manual_seed(0)
     model = MonodepthModel(ModelConfig(pose_downsample=2), frame_ids=[0, -1, 1]).eval()

@@ -68,7 +68,7 @@ class MonodepthModel(nn.Module):
                 f"{self.frame_ids}, got shape {tuple(images_aug.shape)}"
             )
         disparities = self.depth_net.forward_multiscale(images_aug[:, 0])
-        axis_angle, translation = self._predict_motion(images_aug)
+        transforms = self.source_transforms(batch)
 
         # Geometry in float32 even under autocast: half-precision pixel coordinates are off by whole pixels.
         with torch.autocast(images.device.type, enabled=False):
@@ -83,24 +83,20 @@ class MonodepthModel(nn.Module):
                 depths.append(disparity_to_depth(disparity, self.min_depth, self.max_depth)[1])
 
             K, inv_K = batch["K"][:, 0].float(), batch["inv_K"][:, 0].float()
-            transforms: dict[int, torch.Tensor] = {}
             warped: dict[tuple[int, int], torch.Tensor] = {}
             for index, frame_id in enumerate(self.frame_ids[1:], start=1):
-                # The pose net saw the pair in temporal order; an earlier source needs the inverse motion.
-                transform = pose_to_matrix(
-                    axis_angle[index - 1].float(), translation[index - 1].float(), invert=frame_id < 0
-                )
-                transforms[frame_id] = transform
                 for scale_index, depth in enumerate(depths):
                     warped[(frame_id, scale_index)] = warp(
-                        images[:, index], depth, transform, K, inv_K, "border"
+                        images[:, index], depth, transforms[frame_id], K, inv_K, "border"
                     )
         return {"disparities": disparities, "depths": depths, "transforms": transforms, "warped": warped}
 
-    def _predict_motion(
-        self, images_aug: torch.Tensor
-    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """One pose-net pass over all (earlier, later) pairs; per-source axis-angle and translation chunks."""
+    def source_transforms(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """The pose net's motion estimate: {source frame_id: (B, 4, 4) target camera -> source camera}.
+
+        One pose-net pass over all (earlier, later) pairs of ``batch["images_aug"]``.
+        """
+        images_aug = batch["images_aug"]
         if self.pose_downsample > 1:
             frames = images_aug.flatten(0, 1)
             images_aug = F.avg_pool2d(frames, self.pose_downsample).unflatten(0, images_aug.shape[:2])
@@ -110,4 +106,11 @@ class MonodepthModel(nn.Module):
         seconds = [target if f < 0 else s for s, f in zip(sources, self.frame_ids[1:], strict=True)]
         axis_angle, translation = self.pose_net(torch.cat(firsts), torch.cat(seconds))
         count = len(sources)
-        return axis_angle.chunk(count), translation.chunk(count)
+        with torch.autocast(images_aug.device.type, enabled=False):
+            # The pose net saw each pair in temporal order; an earlier source needs the inverse motion.
+            return {
+                frame_id: pose_to_matrix(r.float(), t.float(), invert=frame_id < 0)
+                for frame_id, r, t in zip(
+                    self.frame_ids[1:], axis_angle.chunk(count), translation.chunk(count), strict=True
+                )
+            }
