@@ -72,11 +72,9 @@ class TrueMotionModel(MonodepthModel):
 
 def geometric_median_prior(sequences, samples) -> np.ndarray:
     """Per pixel, exp(median(log depth)) of the valid ground truth over ``samples``; (H, W) float32."""
-    logs = []
-    for s, frame in samples:
-        depth = sequences[s].depth(frame).astype(np.float64)
-        logs.append(np.where(depth > 0, np.log(np.where(depth > 0, depth, 1.0)), np.nan))
-    prior = np.exp(np.nanmedian(np.stack(logs), axis=0))
+    depths = np.stack([sequences[s].depth(frame) for s, frame in samples]).astype(np.float64)
+    depths[depths <= 0] = np.nan  # 0 = no ground truth
+    prior = np.exp(np.nanmedian(np.log(depths), axis=0))
     return np.where(np.isfinite(prior), prior, np.nanmedian(prior)).astype(np.float32)
 
 
