@@ -2,8 +2,9 @@
 
 A step is what the trainer does per batch: model forward, objective, backward, optimizer step, on a random
 batch of ``training/configs/synthetic_cpu.yaml``'s size. The peer is that config with the published pose
-input (``model.pose_downsample: 1``) and PyTorch's default (unfused) Adam; the variants take turns within
-each round, and the script prints medians and ratios, plus the optimizer step alone:
+input (``model.pose_downsample: 1``), PyTorch's default (unfused) Adam and oneDNN's weight gradients
+everywhere (``model.small_map_weight_grad: false``); the variants take turns within each round, and the
+script prints medians and ratios, plus the optimizer step alone:
 
     .venv/bin/python bench/train_step.py                # 7 rounds after 1 warm-up (a few minutes on 2 cores)
     .venv/bin/python bench/train_step.py --rounds 3
@@ -25,10 +26,11 @@ from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.models import MonodepthModel
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "synthetic_cpu.yaml"
-VARIANTS = {  # name: (pose_downsample, fused Adam)
-    "published (pose 1x, default Adam)": (1, False),
-    "pose 2x, default Adam": (2, False),
-    "pose 2x, fused Adam (shipped)": (2, True),
+VARIANTS = {  # name: (pose_downsample, fused Adam, small-map weight gradients)
+    "published (pose 1x, default Adam)": (1, False, False),
+    "pose 2x, default Adam": (2, False, False),
+    "pose 2x, fused Adam": (2, True, False),
+    "pose 2x, fused Adam, small-map weight grad (shipped)": (2, True, True),
 }
 
 
@@ -46,10 +48,12 @@ def random_batch(batch_size: int, frames: int, height: int, width: int) -> dict[
     }
 
 
-def make_step(config, pose_downsample: int, fused: bool):
+def make_step(config, pose_downsample: int, fused: bool, small_map_weight_grad: bool):
     """A closure running one training step; also returns the optimizer (to time its step alone)."""
     torch.manual_seed(config.seed)
-    model_config = dataclasses.replace(config.model, pose_downsample=pose_downsample)
+    model_config = dataclasses.replace(
+        config.model, pose_downsample=pose_downsample, small_map_weight_grad=small_map_weight_grad
+    )
     model = MonodepthModel(model_config, config.data.frame_ids).train()
     objective = Objective(config.loss, config.data.frame_ids, config.model.scales, seed=config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.learning_rate, fused=fused)

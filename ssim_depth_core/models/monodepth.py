@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..geometry import disparity_to_depth, pose_to_matrix, warp
+from .conv_grad import use_small_map_weight_grad
 from .depth import DepthNet
 from .pose import PoseNet
 
@@ -47,6 +48,8 @@ class MonodepthModel(nn.Module):
             raise ValueError(f"model.pose_downsample must be >= 1, got {model_config.pose_downsample}")
         self.pose_downsample = model_config.pose_downsample
         self.pose_net = PoseNet(model_config.pose_num_layers, model_config.pretrained)
+        if model_config.small_map_weight_grad:
+            use_small_map_weight_grad(self)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Run both networks and synthesise the target view from every source at every scale.
