@@ -31,7 +31,7 @@ class ModelConfig:
     # pose net's compute (a quarter less time per training step on a CPU) and still resolves the motion.
     pose_downsample: int = 1
     # CPU training: convolutions whose output has <= 32 positions per image get their weight gradient by
-    # unfold + GEMM (models/conv_grad.py), 1.1-4.8x faster than oneDNN's there; same gradients.
+    # unfold + GEMM (models/conv_grad.py), faster than oneDNN's there (bench/conv_grad.py); same gradients.
     small_map_weight_grad: bool = True
 
 

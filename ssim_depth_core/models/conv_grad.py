@@ -2,18 +2,22 @@
 
 oneDNN (PyTorch's CPU convolution) accumulates a weight gradient in weight-sized buffers per thread and
 image, which costs more than the arithmetic when the output map is tiny and the weight large: a ResNet-18's
-512x512 3x3 convs at 1/32 scale (2x6 positions at 192x64) take 4x longer backward than an unfold + GEMM
-(``bench/train_step.py``, docs/training.md). The gradient is the same, up to float rounding.
+512x512 3x3 convs at 1/32 scale (2x6 positions at 192x64) run forward + backward 2.7-4.8x slower than
+with an unfold + GEMM weight gradient (``bench/conv_grad.py``, docs/training.md). The gradient is the same,
+up to float rounding.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Output positions per image at or below which the unfold weight gradient is used. Measured on a 2-core
-# EPYC (torch 2.14): 1.1-4.8x faster up to 32 positions; beyond, oneDNN is as fast or faster.
+# Output positions per image at or below which the unfold weight gradient is used. bench/conv_grad.py on a
+# 2-core EPYC (torch 2.14): the 1/32-scale maps (3-12 positions) gain up to 2.7x; from 48 on, oneDNN is as
+# fast or faster.
 SMALL_MAP_POSITIONS = 32
 
 
@@ -71,12 +75,12 @@ class SmallMapConv2d(nn.Conv2d):
     positions per image, takes :func:`conv2d_unfold_weight_grad`; everywhere else it is ``nn.Conv2d``."""
 
     def _output_positions(self, height: int, width: int) -> int:
-        sizes = []
-        for size, kernel, stride, pad, dilation in zip(
-            (height, width), self.kernel_size, self.stride, self.padding, self.dilation, strict=True
-        ):
-            sizes.append((size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1)
-        return sizes[0] * sizes[1]
+        return math.prod(
+            (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+            for size, kernel, stride, pad, dilation in zip(
+                (height, width), self.kernel_size, self.stride, self.padding, self.dilation, strict=True
+            )
+        )
 
     def _conv_forward(self, input, weight, bias):
         use_unfold = (
