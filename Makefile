@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 DEMO ?= demo
-# 0 = the recipe's whole schedule (8 epochs); a smaller number stops training early
+# 0 = the recipe's whole schedule (10 epochs); a smaller number stops training early
 DEMO_STEPS ?= 0
 
 .PHONY: install test demo clean

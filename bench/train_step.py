@@ -2,8 +2,9 @@
 
 A step is what the trainer does per batch: model forward, objective, backward, optimizer step, on a random
 batch of ``training/configs/synthetic_cpu.yaml``'s size. The peer is that config with the published pose
-input (``model.pose_downsample: 1``), PyTorch's default (unfused) Adam and oneDNN's weight gradients
-everywhere (``model.small_map_weight_grad: false``); the variants take turns within each round, and the
+input (``model.pose_downsample: 1``), PyTorch's default (unfused) Adam, oneDNN's weight gradients
+everywhere (``model.small_map_weight_grad: false``) and the photometric loss at all four decoder scales
+(``model.scales: [0, 1, 2, 3]``); the variants take turns within each round, and the
 script prints medians and ratios, plus the optimizer step alone:
 
     .venv/bin/python bench/train_step.py                # 7 rounds after 1 warm-up (a few minutes on 2 cores)
@@ -26,11 +27,13 @@ from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.models import MonodepthModel
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "synthetic_cpu.yaml"
-VARIANTS = {  # name: (pose_downsample, fused Adam, small-map weight gradients)
-    "published (pose 1x, default Adam)": (1, False, False),
-    "pose 2x, default Adam": (2, False, False),
-    "pose 2x, fused Adam": (2, True, False),
-    "pose 2x, fused Adam, small-map weight grad (shipped)": (2, True, True),
+ALL_SCALES = (0, 1, 2, 3)
+VARIANTS = {  # name: (pose_downsample, fused Adam, small-map weight gradients, loss scales)
+    "published (pose 1x, default Adam, 4 scales)": (1, False, False, ALL_SCALES),
+    "pose 2x, default Adam": (2, False, False, ALL_SCALES),
+    "pose 2x, fused Adam": (2, True, False, ALL_SCALES),
+    "pose 2x, fused Adam, small-map weight grad": (2, True, True, ALL_SCALES),
+    "the same, loss on scale 0 only (shipped)": (2, True, True, (0,)),
 }
 
 
@@ -48,14 +51,17 @@ def random_batch(batch_size: int, frames: int, height: int, width: int) -> dict[
     }
 
 
-def make_step(config, pose_downsample: int, fused: bool, small_map_weight_grad: bool):
+def make_step(config, pose_downsample: int, fused: bool, small_map_weight_grad: bool, scales):
     """A closure running one training step; also returns the optimizer (to time its step alone)."""
     torch.manual_seed(config.seed)
     model_config = dataclasses.replace(
-        config.model, pose_downsample=pose_downsample, small_map_weight_grad=small_map_weight_grad
+        config.model,
+        pose_downsample=pose_downsample,
+        small_map_weight_grad=small_map_weight_grad,
+        scales=list(scales),
     )
     model = MonodepthModel(model_config, config.data.frame_ids).train()
-    objective = Objective(config.loss, config.data.frame_ids, config.model.scales, seed=config.seed)
+    objective = Objective(config.loss, config.data.frame_ids, scales, seed=config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.learning_rate, fused=fused)
 
     def step(batch):

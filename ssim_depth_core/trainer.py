@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ssim_depth_core.checkpoint import load_checkpoint, save_atomic
-from ssim_depth_core.config import TrainConfig, to_dict
+from ssim_depth_core.config import OptimConfig, TrainConfig, to_dict
 from ssim_depth_core.data.sources import open_sequences
 from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
@@ -89,6 +89,22 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+def learning_rate(optim: OptimConfig, progress: float) -> float:
+    """The learning rate after ``progress`` epochs of training (fractional: epochs plus batches done).
+
+    ``optim.lr_schedule`` "step": ``learning_rate * lr_gamma ** floor(progress / lr_step_epochs)`` (as
+    torch's StepLR stepped every epoch); "cosine": ``learning_rate * (1 + cos(pi * progress / epochs)) / 2``,
+    which reaches 0 at the end of the last epoch. A pure function of the position in the data, so a resumed
+    run continues the same schedule.
+    """
+    if optim.lr_schedule == "step":
+        return optim.learning_rate * optim.lr_gamma ** math.floor(progress / optim.lr_step_epochs)
+    if optim.lr_schedule == "cosine":
+        fraction = min(progress / optim.epochs, 1.0)
+        return optim.learning_rate * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    raise ValueError(f"config 'optim.lr_schedule' must be step or cosine, got '{optim.lr_schedule}'")
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
@@ -144,9 +160,7 @@ class Trainer:
             weight_decay=config.optim.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=config.optim.lr_step_epochs, gamma=config.optim.lr_gamma
-        )
+        learning_rate(config.optim, 0.0)  # a bad schedule name fails here, not after the first batch
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.network = self.model
         if self.context.world_size > 1:
@@ -192,7 +206,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
@@ -217,7 +230,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.epoch_batches = state["step"], state["epoch"], state["epoch_batches"]
         self.best_metric = state["best_metric"]
@@ -244,7 +256,6 @@ class Trainer:
             if self._train_epoch():
                 self.epoch += 1
                 self.epoch_batches = 0
-                self.scheduler.step()
             metrics = self.validate()
             self.save_checkpoint("last.pt")
         if self.writer is not None:
@@ -291,6 +302,9 @@ class Trainer:
         loss = self.objective(batch, _float32(outputs), step=self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
+        progress = self.epoch + (self.epoch_batches - 1) / self.steps_per_epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config.optim, progress)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss, outputs

@@ -16,9 +16,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ssim_depth_core.checkpoint import load_checkpoint, load_depth_net
-from ssim_depth_core.config import load_config
+from ssim_depth_core.config import OptimConfig, load_config
 from ssim_depth_core.data.synthetic import generate_dataset
-from ssim_depth_core.trainer import Trainer
+from ssim_depth_core.trainer import Trainer, learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "synthetic_cpu.yaml"
@@ -80,6 +80,51 @@ def test_training_writes_config_checkpoints_and_tensorboard(drive, tmp_path):
     net, loaded_config = load_depth_net(tmp_path / "checkpoints" / "last.pt")
     assert loaded_config.data.height == 64
     assert net(torch.rand(1, 3, 64, 128)).shape == (1, 1, 64, 128)
+
+
+def _torch_scheduler_rates(scheduler_type, lr: float, per_step: int, steps: int, **kwargs) -> list[float]:
+    """Learning rates of torch's own scheduler, stepped every ``per_step`` batches, for ``steps`` batches."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = scheduler_type(optimizer, **kwargs)
+    rates = []
+    for batch in range(1, steps + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: only keeps torch's step order
+        if batch % per_step == 0:
+            scheduler.step()
+    return rates
+
+
+def test_learning_rate_schedules_match_torch_schedulers():
+    per_epoch, epochs = 5, 4
+    step = OptimConfig(learning_rate=2e-4, epochs=epochs, lr_schedule="step", lr_step_epochs=1, lr_gamma=0.5)
+    cosine = OptimConfig(learning_rate=2e-4, epochs=epochs, lr_schedule="cosine")
+    positions = [batch / per_epoch for batch in range(epochs * per_epoch)]
+    step_lr = _torch_scheduler_rates(
+        torch.optim.lr_scheduler.StepLR, 2e-4, per_epoch, epochs * per_epoch, step_size=1, gamma=0.5
+    )
+    cosine_lr = _torch_scheduler_rates(
+        torch.optim.lr_scheduler.CosineAnnealingLR, 2e-4, 1, epochs * per_epoch, T_max=epochs * per_epoch
+    )
+    assert [learning_rate(step, p) for p in positions] == pytest.approx(step_lr, rel=1e-12)
+    assert [learning_rate(cosine, p) for p in positions] == pytest.approx(cosine_lr, rel=1e-9)
+    assert learning_rate(cosine, epochs / 2) == pytest.approx(1e-4)  # half way: half the rate
+    assert learning_rate(cosine, epochs + 1) == 0.0
+    with pytest.raises(ValueError, match="optim.lr_schedule.*linear"):
+        learning_rate(OptimConfig(lr_schedule="linear"), 0.0)
+
+
+def test_training_follows_the_cosine_schedule_step_by_step(drive, tmp_path):
+    # 8 training samples, batch 2: 4 steps per epoch, 2 epochs
+    overrides = ["optim.epochs=2", "optim.lr_schedule=cosine", "checkpoint_every=100"]
+    config = load_config(CONFIG, [*TINY, *overrides])
+    Trainer(config, drive, tmp_path).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = [event.value for event in events.Scalars("lr")]
+    lr = config.optim.learning_rate
+    expected = _torch_scheduler_rates(torch.optim.lr_scheduler.CosineAnnealingLR, lr, 1, 8, T_max=8)
+    assert logged == pytest.approx(expected, rel=1e-6)
 
 
 def _split(root: Path, name: str) -> Path:

@@ -184,6 +184,24 @@ def test_collate_skipping_drops_unreadable_samples(tmp_path, caplog):
     assert collate_skipping([None, None]) == {"skipped": 2}
 
 
+def test_cached_frames_are_decoded_once_and_give_the_same_samples(tmp_path):
+    images = random_images(5)
+    image_dir = write_drive(tmp_path, images)
+    sequence = KittiRawSequence(tmp_path, DATE, DRIVE)
+    samples = build_samples([sequence], [0, -1, 1])
+    plain = TripletDataset([sequence], samples, DataConfig(**EVAL), train=True, seed=3)
+    cached = TripletDataset([sequence], samples, DataConfig(**EVAL, cache_frames=True), train=True, seed=3)
+    expected = [plain[i] for i in range(len(plain))]
+    first = [cached[i] for i in range(len(cached))]
+    for path in image_dir.glob("*.png"):  # from here on only the cache has the frames
+        path.unlink()
+    second = [cached[i] for i in range(len(cached))]
+    for reference, one, two in zip(expected, first, second, strict=True):
+        for key in ("images", "images_aug", "K"):
+            assert torch.equal(one[key], reference[key]) and torch.equal(two[key], reference[key])
+    assert plain[0] is None  # without the cache the deleted files are missed
+
+
 def test_image_size_must_match_intrinsics(tmp_path, caplog):
     sequence = drive(tmp_path, random_images(3))
     write_calib(tmp_path / DATE, 60, NATIVE_H)  # calibration for another resolution

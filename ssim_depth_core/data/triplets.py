@@ -173,6 +173,7 @@ class TripletDataset(Dataset):
                 f"got {data_config.height}x{data_config.width}"
             )
         self.samples = list(samples)
+        self._frames: dict[tuple[int, int], np.ndarray] = {}  # (sequence, frame) -> resized RGB
         if data_config.static_threshold > 0:
             size = (data_config.width // 4, data_config.height // 4)
             self.samples = filter_static(
@@ -190,21 +191,31 @@ class TripletDataset(Dataset):
         seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
         return torch.Generator().manual_seed(int(seed))
 
+    def _frame(self, s: int, index: int) -> np.ndarray:
+        """Frame ``index`` of sequence ``s`` at the network size, decoded once when ``data.cache_frames``."""
+        key = (s, index)
+        if key in self._frames:
+            return self._frames[key]
+        sequence = self.sequences[s]
+        native = sequence.intrinsics
+        image = sequence.image(index)
+        if image.shape[:2] != (native.height, native.width):
+            raise FrameError(
+                f"{sequence.name} frame {index}: image is {image.shape[1]}x{image.shape[0]} "
+                f"but the intrinsics are for {native.width}x{native.height}"
+            )
+        image = resize_image(image, self.config.width, self.config.height)
+        if self.config.cache_frames:
+            self._frames[key] = image
+        return image
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         s, frame = self.samples[index]
         sequence = self.sequences[s]
         width, height = self.config.width, self.config.height
         native = sequence.intrinsics
         try:
-            frames = []
-            for offset in self.frame_ids:
-                image = sequence.image(frame + offset)
-                if image.shape[:2] != (native.height, native.width):
-                    raise FrameError(
-                        f"{sequence.name} frame {frame + offset}: image is {image.shape[1]}x{image.shape[0]} "
-                        f"but the intrinsics are for {native.width}x{native.height}"
-                    )
-                frames.append(resize_image(image, width, height))
+            frames = [self._frame(s, frame + offset) for offset in self.frame_ids]
             depth = sequence.depth(frame)
         except FrameError as err:
             logger.warning("skipping sample %d (%s frame %d): %s", index, sequence.name, frame, err)
