@@ -12,6 +12,14 @@ the same frame, the two calls alternating so that both see the same machine load
 estimator's overhead (goal <= 1.15). Outputs are cross-checked first (ONNX Runtime vs torch within 1e-4,
 TensorRT FP16 within 1e-2): a mismatch voids the comparison.
 
+With a GPU backend the frame's CPU pre/post-processing is a large part of its time, so it is also timed
+alone: ``DepthEstimator`` on a backend that replays a fixed disparity, against a straightforward NumPy
+pipeline written here from the same steps (area resize, ``astype`` + /255 + transpose, ``np.stack``, disparity
+resized, then the depth formula on the full-size map), the two alternating; their depth maps are checked
+equal (rtol 1e-5) first. This runs first, before any CPU inference: like a GPU-served process, its heap has
+not yet held the network's large activations, and fresh full-size arrays then cost page faults (after CPU
+inference they mostly do not).
+
     .venv/bin/python bench/inference.py                       # random-init ResNet-18 network
     .venv/bin/python bench/inference.py --checkpoint runs/x/last.pt --repeats 100
 """
@@ -36,28 +44,53 @@ from skimage import data
 
 from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import TrainConfig, to_dict
+from ssim_depth_core.data.triplets import resize_image
 from ssim_depth_core.export import build_engine, export_onnx, tensorrt_available
+from ssim_depth_core.geometry import disparity_to_depth
 from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from ssim_depth_core.runtime.backends import Backend
 
 FRAME_SIZE = (375, 1242)  # (H, W) of a KITTI camera frame
 TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "tensorrt": 1e-2}
 
 
-def paired_median_ms(
-    first: Callable[[], object], second: Callable[[], object], repeats: int, warmup: int
-) -> tuple[float, float]:
-    """Median wall times (ms) of two functions timed alternately, so both see the same machine load."""
+def alternating_median_ms(*functions: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Median wall times (ms) of functions timed in turn, so that all see the same machine load."""
     for _ in range(warmup):
-        first()
-        second()
-    times: tuple[list[float], list[float]] = ([], [])
+        for fn in functions:
+            fn()
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        for fn, bucket in zip((first, second), times, strict=True):
+        for fn, bucket in zip(functions, times, strict=True):
             start = time.perf_counter()
             fn()
             bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+    return [statistics.median(bucket) * 1e3 for bucket in times]
+
+
+class ReplayBackend(Backend):
+    """Returns a fixed disparity: isolates the estimator's CPU work from inference."""
+
+    name = "replay"
+
+    def __init__(self, disparity: np.ndarray, min_depth: float, max_depth: float) -> None:
+        self._disparity = disparity
+        self.input_size = disparity.shape[2:]
+        self.min_depth, self.max_depth = min_depth, max_depth
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._disparity.copy()
+
+
+def straightforward_depth(frame: np.ndarray, backend: Backend) -> np.ndarray:
+    """The peer: the estimator's steps written the direct NumPy way, one new full-size array per step."""
+    height, width = backend.input_size
+    small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    chw = np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
+    disparity = backend(np.stack([chw]))[0, 0]
+    disparity = cv2.resize(disparity, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return disparity_to_depth(disparity, backend.min_depth, backend.max_depth)[1]
 
 
 def random_checkpoint(folder: Path, height: int, width: int) -> Path:
@@ -83,6 +116,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    frame = cv2.resize(data.astronaut(), FRAME_SIZE[::-1], interpolation=cv2.INTER_AREA)
+
+    disparity = np.random.default_rng(0).random((1, 1, args.height, args.width), dtype=np.float32)
+    replay = ReplayBackend(disparity, min_depth=0.1, max_depth=100.0)
+    estimator = DepthEstimator(replay)
+    np.testing.assert_allclose(estimator(frame), straightforward_depth(frame, replay), rtol=1e-5)
+    peer_ms, ours_ms, resize_ms = alternating_median_ms(
+        lambda: straightforward_depth(frame, replay),
+        lambda: estimator(frame),
+        lambda: resize_image(frame, args.width, args.height),
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -96,7 +142,6 @@ def main(argv: list[str] | None = None) -> None:
             engine = build_engine(onnx_path, precision="fp16", cache_dir=folder)
             backends["tensorrt fp16"] = TensorRTBackend(engine)
 
-        frame = cv2.resize(data.astronaut(), FRAME_SIZE[::-1], interpolation=cv2.INTER_AREA)
         batch = cv2.resize(frame, (args.width, args.height), interpolation=cv2.INTER_AREA)
         batch = np.ascontiguousarray(batch.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
         reference = backends["torch eager"](batch)
@@ -124,11 +169,11 @@ def main(argv: list[str] | None = None) -> None:
         torch_ms, worst_overhead = None, 0.0
         for name, backend in backends.items():
             estimator = DepthEstimator(backend)
-            bare_ms, full_ms = paired_median_ms(
+            bare_ms, full_ms = alternating_median_ms(
                 lambda backend=backend: backend(batch),
                 lambda estimator=estimator: estimator(frame),
-                args.repeats,
-                args.warmup,
+                repeats=args.repeats,
+                warmup=args.warmup,
             )
             torch_ms = torch_ms or bare_ms
             overhead = full_ms / bare_ms
@@ -142,6 +187,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"worst DepthEstimator / bare backend time: {worst_overhead:.3f} (goal <= 1.15)")
         if "tensorrt fp16" not in backends:
             print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
+
+        print()
+        height, width = FRAME_SIZE
+        print(f"pre/post-processing alone, {width}x{height} frame, {cv2.getNumThreads()} OpenCV threads:")
+        print("| pipeline | ms/frame | vs straightforward |")
+        print("|---|---:|---:|")
+        print(f"| straightforward NumPy | {peer_ms:.2f} | 1.00x |")
+        print(f"| DepthEstimator | {ours_ms:.2f} | {peer_ms / ours_ms:.2f}x |")
+        print(f"| (part of both: the area resize to {args.width}x{args.height} alone) | {resize_ms:.2f} | |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -129,6 +130,23 @@ def test_depth_range_scale_and_output_size(torch_estimator, astronaut):
     assert 1.0 <= narrow.min() and narrow.max() <= 10.0
     small = DepthEstimator(torch_estimator.backend, output_size=(30, 50))(astronaut)
     assert small.shape == (30, 50) and small.dtype == np.float32
+
+
+def test_resized_depth_interpolates_the_disparity(torch_estimator, astronaut):
+    """Depth at the image size = the hand formula on the network's disparity resized bilinearly (float64)."""
+    height, width = astronaut.shape[:2]
+    small = cv2.resize(astronaut, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    batch = (small.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
+    disparity = torch_estimator.backend(batch)[0, 0].astype(np.float64)
+    upsampled = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR)
+    expected = 1.0 / (1.0 / MAX_DEPTH + (1.0 / MIN_DEPTH - 1.0 / MAX_DEPTH) * upsampled)
+    depth = torch_estimator(astronaut)
+    assert depth.shape == (height, width) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, expected, rtol=1e-5)
+    # the tolerance tells the two: interpolating depth instead of disparity would fail
+    depth_at_network_size = 1.0 / (1.0 / MAX_DEPTH + (1.0 / MIN_DEPTH - 1.0 / MAX_DEPTH) * disparity)
+    resized_depth = cv2.resize(depth_at_network_size, (width, height), interpolation=cv2.INTER_LINEAR)
+    assert not np.allclose(resized_depth, expected, rtol=1e-5, atol=0)
 
 
 def test_predict_batch_equals_single_calls(torch_estimator, astronaut):
