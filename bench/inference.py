@@ -16,11 +16,13 @@ With a GPU backend the frame's CPU pre/post-processing is a large part of its ti
 alone: ``DepthEstimator`` on a backend that replays a fixed disparity, against a straightforward NumPy
 pipeline written here from the same steps (area resize, ``astype`` + /255 + transpose, ``np.stack``, disparity
 resized, then the depth formula on the full-size map), the two alternating; their depth maps are checked
-equal (rtol 1e-5) first. This runs first, before any CPU inference: like a GPU-served process, its heap has
-not yet held the network's large activations, and fresh full-size arrays then cost page faults (after CPU
-inference they mostly do not).
+equal (rtol 1e-5) first. It runs first, before any CPU inference. With glibc's default malloc its ratio
+depends on page faults as much as on the code: full-size arrays are fresh mappings or reused heap depending on
+the order of earlier allocations and frees, so an unrelated change to either pipeline can move it by 1.5x.
+Fixed malloc thresholds (second command) keep freed memory mapped and time the computation alone.
 
     .venv/bin/python bench/inference.py                       # random-init ResNet-18 network
+    MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TRIM_THRESHOLD_=2000000000 .venv/bin/python bench/inference.py
     .venv/bin/python bench/inference.py --checkpoint runs/x/last.pt --repeats 100
 """
 
@@ -83,12 +85,16 @@ class ReplayBackend(Backend):
         return self._disparity.copy()
 
 
-def straightforward_depth(frame: np.ndarray, backend: Backend) -> np.ndarray:
-    """The peer: the estimator's steps written the direct NumPy way, one new full-size array per step."""
-    height, width = backend.input_size
+def straightforward_batch(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(1, 3, height, width) float32 network input of an RGB frame, written the direct NumPy way."""
     small = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
     chw = np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
-    disparity = backend(np.stack([chw]))[0, 0]
+    return np.stack([chw])
+
+
+def straightforward_depth(frame: np.ndarray, backend: Backend) -> np.ndarray:
+    """The peer: the estimator's steps written the direct NumPy way, one new full-size array per step."""
+    disparity = backend(straightforward_batch(frame, *backend.input_size))[0, 0]
     disparity = cv2.resize(disparity, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR)
     return disparity_to_depth(disparity, backend.min_depth, backend.max_depth)[1]
 
@@ -142,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             engine = build_engine(onnx_path, precision="fp16", cache_dir=folder)
             backends["tensorrt fp16"] = TensorRTBackend(engine)
 
-        batch = cv2.resize(frame, (args.width, args.height), interpolation=cv2.INTER_AREA)
-        batch = np.ascontiguousarray(batch.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
+        batch = straightforward_batch(frame, args.height, args.width)
         reference = backends["torch eager"](batch)
         for name, backend in backends.items():
             error = float(np.abs(backend(batch) - reference).max())
@@ -189,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
 
         print()
-        height, width = FRAME_SIZE
-        print(f"pre/post-processing alone, {width}x{height} frame, {cv2.getNumThreads()} OpenCV threads:")
+        frame_size = f"{frame.shape[1]}x{frame.shape[0]}"
+        print(f"pre/post-processing alone, {frame_size} frame, {cv2.getNumThreads()} OpenCV threads:")
         print("| pipeline | ms/frame | vs straightforward |")
         print("|---|---:|---:|")
         print(f"| straightforward NumPy | {peer_ms:.2f} | 1.00x |")
