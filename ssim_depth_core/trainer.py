@@ -302,9 +302,9 @@ class Trainer:
         loss = self.objective(batch, _float32(outputs), step=self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
-        progress = self.epoch + (self.epoch_batches - 1) / self.steps_per_epoch
+        rate = learning_rate(self.config.optim, self.epoch + (self.epoch_batches - 1) / self.steps_per_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config.optim, progress)
+            group["lr"] = rate
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss, outputs
