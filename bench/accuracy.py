@@ -17,9 +17,9 @@ import logging
 import time
 from pathlib import Path
 
+from ssim_depth_core.apps.evaluate import evaluate_model, format_table
 from ssim_depth_core.config import load_config
 from ssim_depth_core.data.synthetic import generate_dataset
-from ssim_depth_core.evaluation import evaluate_model, format_table
 from ssim_depth_core.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

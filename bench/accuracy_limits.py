@@ -28,11 +28,12 @@ from accuracy import add_data_arguments, prepare_drives  # the sibling script be
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ssim_depth_core.apps.evaluate import evaluate_model
 from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import DataConfig, load_config, to_dict
-from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
-from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth, evaluate_model, resolve_split
+from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
 from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.models.monodepth import MonodepthModel
 

@@ -46,9 +46,9 @@ from skimage import data
 
 from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import TrainConfig, to_dict
-from ssim_depth_core.data.triplets import resize_image
 from ssim_depth_core.export import build_engine, export_onnx, tensorrt_available
 from ssim_depth_core.geometry import disparity_to_depth
+from ssim_depth_core.imaging import resize_image
 from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from ssim_depth_core.runtime.backends import Backend

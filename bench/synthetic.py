@@ -34,8 +34,8 @@ from pathlib import Path
 import cv2
 import torch
 
-from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data.synthetic import DriveSpec, SyntheticDrive, generate_dataset
+from ssim_depth_core.imaging import write_png
 
 
 def rate(work: Callable[[int], object], count: int) -> tuple[float, float]:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = [Path(tmp) / f"{i:010d}.png" for i in range(args.frames)]
         for i, path in enumerate(paths):
-            kl.write_png(path, drives[True].image(i))
+            write_png(path, drives[True].image(i))
         rows = {
             "render, anti-aliased": rate(uncached_render(drives[True]), args.frames),
             "render, no anti-aliasing": rate(uncached_render(drives[False]), args.frames),

@@ -7,10 +7,7 @@ multiplied by median(gt) / median(pred) over the valid pixels before comparison.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from tqdm import tqdm
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
@@ -154,67 +151,3 @@ class MetricsAccumulator:
             raise ValueError("no scale ratios were added to the accumulator")
         ratios = np.asarray(self._ratios)
         return {"mean": float(ratios.mean()), "std": float(ratios.std()), "median": float(np.median(ratios))}
-
-
-def format_table(metrics: dict[str, float]) -> str:
-    """Two-line table (names, values with 3 decimals) in the order abs_rel .. a3."""
-    missing = [name for name in METRIC_NAMES if name not in metrics]
-    if missing:
-        raise ValueError(f"metrics dict is missing {missing}, expected keys {list(METRIC_NAMES)}")
-    header = " | ".join(f"{name:>8}" for name in METRIC_NAMES)
-    values = " | ".join(f"{metrics[name]:8.3f}" for name in METRIC_NAMES)
-    return f"{header}\n{values}"
-
-
-def resolve_split(data_path: str | Path, split: str | Path) -> Path:
-    """A split file path as given, or the name ``split`` resolved as ``DATA/splits/*/<split>_files.txt``."""
-    if Path(split).is_file():
-        return Path(split)
-    matches = sorted(Path(data_path).glob(f"splits/*/{split}_files.txt"))
-    if len(matches) != 1:
-        found = ", ".join(str(m) for m in matches) or "none"
-        raise ValueError(
-            f"split '{split}' is not a file, and {data_path}/splits/*/{split}_files.txt matched {found}: "
-            "pass a split file path"
-        )
-    return matches[0]
-
-
-def evaluate_model(
-    model_path: str | Path,
-    data_path: str | Path,
-    split: str | Path = "test",
-    median_scaling: bool = True,
-    backend: str = "torch",
-    progress: bool = True,
-) -> dict[str, float]:
-    """Eigen-protocol metrics of a model (.pt, .onnx or .engine) over a split with ground-truth depth.
-
-    Each image goes through :class:`DepthEstimator`, exactly as in serving, at the image's own resolution.
-    Returns the per-image mean of every metric plus ``images`` and, with median scaling, ``scale_mean`` and
-    ``scale_std`` (the spread of per-image ratios shows how consistent the model's scale is).
-    """
-    from ssim_depth_core.config import DataConfig
-    from ssim_depth_core.data.sources import open_sequences
-    from ssim_depth_core.data.triplets import build_samples
-    from ssim_depth_core.runtime.estimator import DepthEstimator
-
-    sequences = open_sequences(data_path, DataConfig())
-    samples = build_samples(sequences, [0], resolve_split(data_path, split))
-    estimator = DepthEstimator(model_path, backend=backend)
-    accumulator = MetricsAccumulator()
-    for sequence_index, frame in tqdm(samples, desc="evaluate", disable=not progress, dynamic_ncols=True):
-        sequence = sequences[sequence_index]
-        gt = sequence.depth(frame)
-        if gt is None:
-            raise ValueError(f"{sequence.name} frame {frame}: no ground-truth depth to evaluate against")
-        metrics, ratio = evaluate_depth(gt, estimator(sequence.image(frame)), median_scaling=median_scaling)
-        accumulator.add(metrics, ratio if median_scaling else None)
-    if not len(accumulator):
-        raise ValueError(f"split '{split}' selected no frames of {data_path}")
-    result = accumulator.mean()
-    result["images"] = len(accumulator)
-    if median_scaling:
-        stats = accumulator.scale_stats()
-        result["scale_mean"], result["scale_std"] = stats["mean"], stats["std"]
-    return result

@@ -3,12 +3,12 @@ import math
 import numpy as np
 import pytest
 
+from ssim_depth_core.apps.evaluate import format_table
 from ssim_depth_core.evaluation import (
     METRIC_NAMES,
     MetricsAccumulator,
     compute_depth_metrics,
     evaluate_depth,
-    format_table,
     garg_crop_mask,
 )
 

@@ -10,15 +10,10 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
+from ssim_depth_core.artifact import read_metadata
 from ssim_depth_core.checkpoint import load_depth_net
 from ssim_depth_core.config import ModelConfig, to_dict
-from ssim_depth_core.export.onnx import (
-    ExportValidationError,
-    _validate,
-    check_tensorrt_ops,
-    export_onnx,
-    read_metadata,
-)
+from ssim_depth_core.export.onnx import ExportValidationError, _validate, check_tensorrt_ops, export_onnx
 from ssim_depth_core.models import MonodepthModel
 
 HEIGHT, WIDTH = 64, 96

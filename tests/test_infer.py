@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from skimage import data
 
+from ssim_depth_core.apps.cli import main
+from ssim_depth_core.apps.infer import run_inference
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.cli import main
 from ssim_depth_core.data.bagio import CameraBagWriter
+from ssim_depth_core.imaging import colorize_depth
 from ssim_depth_core.runtime import DepthEstimator
-from ssim_depth_core.runtime.infer import run_inference
-from ssim_depth_core.runtime.visualize import colorize_depth
 
 HEIGHT, WIDTH = 80, 120  # frames: not the network's 64x96, same 2:3 aspect ratio
 MAGMA = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_MAGMA)[:, 0]  # level -> BGR

@@ -17,8 +17,8 @@ from ssim_depth_core.data.kitti_raw import (
     parse_kitti_timestamp,
     read_split,
 )
-from ssim_depth_core.data.sequence import FrameError
 from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.imaging import FrameError
 
 DATE = "2011_09_26"
 DRIVE = "2011_09_26_drive_0001_sync"

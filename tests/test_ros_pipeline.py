@@ -22,8 +22,8 @@ from ssim_depth.pipeline import PipelineError, run_pipeline
 
 from ssim_depth_core.data.rosbag import RosbagSequence
 from ssim_depth_core.data.synthetic import generate_dataset
+from ssim_depth_core.imaging import colorize_depth
 from ssim_depth_core.runtime import DepthEstimator
-from ssim_depth_core.runtime.visualize import colorize_depth
 
 FRAMES, WIDTH, HEIGHT = 6, 128, 64
 POINT_STRIDE = 2  # the node's default

@@ -18,9 +18,9 @@ from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.bagio import STORAGE_PLUGINS, camera_info_message, default_typestore, header
 from ssim_depth_core.data.rosbag import RosbagSequence, is_rosbag
-from ssim_depth_core.data.sequence import FrameError
 from ssim_depth_core.data.sources import open_sequences
 from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
+from ssim_depth_core.imaging import FrameError
 
 TYPESTORE = default_typestore()
 T = TYPESTORE.types

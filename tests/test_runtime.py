@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from skimage import data
 
-from ssim_depth_core.export.tensorrt import tensorrt_available
+from ssim_depth_core.accelerator import tensorrt_available
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TorchBackend, create_backend
 
 HEIGHT, WIDTH = 64, 96

@@ -11,13 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from ssim_depth_core.export.tensorrt import (
-    TensorRTUnavailableError,
-    build_engine,
-    engine_cache_key,
-    engine_sidecar_path,
-    tensorrt_available,
-)
+from ssim_depth_core.accelerator import TensorRTUnavailableError, tensorrt_available
+from ssim_depth_core.artifact import engine_sidecar_path
+from ssim_depth_core.export.tensorrt import build_engine, engine_cache_key
 from ssim_depth_core.runtime.backends import TensorRTBackend, TorchBackend, create_backend
 from ssim_depth_core.runtime.estimator import DepthEstimator
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from ssim_depth_core.cli import main
+from ssim_depth_core.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["export", *sys.argv[1:]]))

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ssim_depth_core.camera import Intrinsics
@@ -29,8 +28,6 @@ from ssim_depth_core.camera import Intrinsics
 KITTI_FX, KITTI_FY, KITTI_CX, KITTI_CY = 721.5377, 721.5377, 609.5593, 172.854
 KITTI_WIDTH, KITTI_HEIGHT = 1242, 375
 EARTH_RADIUS = 6378137.0  # the sphere KITTI's devkit (and pykitti) use for the Mercator projection
-DEPTH_SCALE = 256.0  # depth-benchmark PNGs store metres * 256
-MAX_PNG_DEPTH = 65535 / DEPTH_SCALE
 OXTS_FIELDS = (
     "lat lon alt roll pitch yaw vn ve vf vl vu ax ay az af al au wx wy wz wf wl wu "
     "pos_accuracy vel_accuracy navstat numsats posmode velmode orimode"
@@ -279,24 +276,6 @@ def write_oxts(directory: Path, packets: np.ndarray) -> None:
         floats = [f"{v:.14g}" for v in packet[:3]] + [f"{v:.10g}" for v in packet[3:25]]
         ints = [str(int(v)) for v in packet[25:]]
         (data / f"{index:010d}.txt").write_text(" ".join(floats + ints) + "\n")
-
-
-def encode_depth_png(depth: np.ndarray) -> np.ndarray:
-    """H x W metres (0 or non-finite = invalid) -> uint16 metres * 256 as the KITTI depth benchmark stores it.
-
-    Depths beyond 255.996 m do not fit and are stored as invalid.
-    """
-    depth = np.asarray(depth, dtype=np.float64)
-    valid = np.isfinite(depth) & (depth > 0) & (depth <= MAX_PNG_DEPTH)
-    return np.where(valid, np.round(np.where(valid, depth, 0.0) * DEPTH_SCALE), 0).astype(np.uint16)
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write an RGB uint8 (H x W x 3) or single-channel uint16 image as PNG; raises naming the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), data):
-        raise OSError(f"{path}: could not write PNG")
 
 
 def write_velodyne(path: Path, points: np.ndarray) -> None:

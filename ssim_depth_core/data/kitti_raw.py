@@ -14,42 +14,17 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.sequence import FrameError, FrameSequence
+from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.imaging import read_depth_png, read_image
 
 logger = logging.getLogger(__name__)
 
 SIDE_TO_CAMERA = {"l": "02", "r": "03"}  # split-file side -> KITTI colour camera
 DEFAULT_SPACING_S = 0.1  # KITTI cameras run at 10 Hz
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
-
-
-def decode_image(data: bytes | np.ndarray, source: str) -> np.ndarray:
-    """Decode PNG/JPEG bytes to an H x W x 3 uint8 RGB array.
-
-    Raises :class:`FrameError` naming ``source`` when the bytes are empty, truncated or not an image.
-    """
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size == 0:
-        raise FrameError(f"{source}: empty image data")
-    # Some OpenCV builds decode a truncated JPEG into a grey-filled image with only a warning; a JPEG
-    # without its end-of-image marker (0xFFD9, which never occurs inside entropy-coded data) is truncated.
-    if buffer[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buffer[-32:].tobytes():
-        raise FrameError(f"{source}: truncated JPEG ({buffer.size} bytes, no end-of-image marker)")
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FrameError(f"{source}: cannot decode image ({buffer.size} bytes; truncated or not PNG/JPEG)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise FrameError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def parse_kitti_timestamp(text: str) -> float:
@@ -159,21 +134,14 @@ class KittiRawSequence(FrameSequence):
     def image(self, index: int) -> np.ndarray:
         self._check(index)
         path = self.image_path(index)
-        return decode_image(_read_bytes(path), str(path))
+        return read_image(path)
 
     def depth(self, index: int) -> np.ndarray | None:
         self._check(index)
         path = self.depth_dir / f"{index:010d}.png"
         if not path.is_file():
             return None
-        depth = cv2.imdecode(np.frombuffer(_read_bytes(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if depth is None:
-            raise FrameError(f"{path}: cannot decode depth PNG (truncated or not a PNG)")
-        if depth.dtype != np.uint16 or depth.ndim != 2:
-            raise FrameError(
-                f"{path}: expected a single-channel uint16 depth PNG, got {depth.dtype} {depth.shape}"
-            )
-        return depth.astype(np.float32) / 256.0
+        return read_depth_png(path)
 
     def pose(self, index: int) -> np.ndarray | None:
         self._check(index)

@@ -21,8 +21,8 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.kitti_raw import decode_image
-from ssim_depth_core.data.sequence import FrameError, FrameSequence
+from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.imaging import FrameError, decode_image
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,6 @@ import numpy as np
 from ssim_depth_core.camera import Intrinsics
 
 
-class FrameError(ValueError):
-    """A single frame could not be read (truncated file, undecodable message, missing file).
-
-    The message names the file or bag offset; datasets skip the frame and count it.
-    """
-
-
 class FrameSequence(ABC):
     """An ordered recording from one camera.
 
@@ -34,7 +27,7 @@ class FrameSequence(ABC):
 
     @abstractmethod
     def image(self, index: int) -> np.ndarray:
-        """Frame ``index`` as an H x W x 3 uint8 RGB array; raises :class:`FrameError` if unreadable."""
+        """Frame ``index`` as an H x W x 3 uint8 RGB array; raises ``imaging.FrameError`` if unreadable."""
 
     def depth(self, index: int) -> np.ndarray | None:
         """Ground-truth z-depth (H x W float32 metres, 0 = invalid) if the source has it, else None."""

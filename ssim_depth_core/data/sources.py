@@ -62,3 +62,17 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
         )
         for bag in bags
     ]
+
+
+def resolve_split(data_path: str | Path, split: str | Path) -> Path:
+    """A split file path as given, or the name ``split`` resolved as ``DATA/splits/*/<split>_files.txt``."""
+    if Path(split).is_file():
+        return Path(split)
+    matches = sorted(Path(data_path).glob(f"splits/*/{split}_files.txt"))
+    if len(matches) != 1:
+        found = ", ".join(str(m) for m in matches) or "none"
+        raise ValueError(
+            f"split '{split}' is not a file, and {data_path}/splits/*/{split}_files.txt matched {found}: "
+            "pass a split file path"
+        )
+    return matches[0]

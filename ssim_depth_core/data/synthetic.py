@@ -49,6 +49,7 @@ from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.geometry import ray_grid
+from ssim_depth_core.imaging import encode_depth_png, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -1255,9 +1256,9 @@ def write_drive(
         for index in range(len(drive)):
             frame = drive.render(index)
             name = f"{index:010d}"
-            kl.write_png(out / f"image_{CAMERA}" / "data" / f"{name}.png", frame.rgb)
+            write_png(out / f"image_{CAMERA}" / "data" / f"{name}.png", frame.rgb)
             depth_png = out / "proj_depth" / "groundtruth" / f"image_{CAMERA}" / f"{name}.png"
-            kl.write_png(depth_png, kl.encode_depth_png(frame.depth))
+            write_png(depth_png, encode_depth_png(frame.depth))
             kl.write_velodyne(velo / "data" / f"{name}.bin", drive.scan(index))
             if bag_writer is not None:
                 bag_writer.write(frame.rgb, int(drive.stamps_ns[index]))

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset, default_collate
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.kitti_raw import SIDE_TO_CAMERA, kitti_sequence_name, read_split
-from ssim_depth_core.data.sequence import FrameError, FrameSequence
+from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.imaging import FrameError, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,6 @@ def build_samples(
     if dropped:
         logger.warning("%s: dropped %d entries without neighbours %s", split, dropped, list(frame_ids))
     return samples
-
-
-def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """H x W x 3 uint8 -> height x width x 3 uint8 (area interpolation)."""
-    if image.shape[:2] == (height, width):
-        return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def filter_static(

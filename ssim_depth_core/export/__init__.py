@@ -1,19 +1,10 @@
 """Serving export: checkpoint -> validated ONNX -> cached TensorRT engine."""
 
-from .onnx import (
-    ExportMetadata,
-    ExportValidationError,
-    check_tensorrt_ops,
-    export_onnx,
-    read_metadata,
-)
-from .tensorrt import (
-    EngineBuildError,
-    TensorRTUnavailableError,
-    build_engine,
-    engine_cache_key,
-    tensorrt_available,
-)
+from ssim_depth_core.accelerator import TensorRTUnavailableError, tensorrt_available
+from ssim_depth_core.artifact import ExportMetadata, read_metadata
+
+from .onnx import ExportValidationError, check_tensorrt_ops, export_onnx
+from .tensorrt import EngineBuildError, build_engine, engine_cache_key
 
 __all__ = [
     "EngineBuildError",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,13 @@ import onnx
 import torch
 import yaml
 
+from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata
 from ssim_depth_core.checkpoint import load_depth_net, write_atomic
 from ssim_depth_core.config import to_dict
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "disparity"
 # The torch.export-based exporter emits opset 18 natively (Pad-18); it cannot down-convert Pad to 17.
 MIN_OPSET = 18
 VALIDATION_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch, on a random input
@@ -61,57 +59,6 @@ _RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 
 class ExportValidationError(RuntimeError):
     """The exported graph is malformed or does not reproduce the PyTorch network."""
-
-
-@dataclass(frozen=True)
-class ExportMetadata:
-    """What a runtime needs to know about an exported depth network (stored as ONNX metadata props)."""
-
-    min_depth: float
-    max_depth: float
-    train_height: int
-    train_width: int
-    height: int  # export (network input) height
-    width: int
-    config_yaml: str  # the resolved training config
-
-    def to_props(self) -> dict[str, str]:
-        return {
-            "min_depth": repr(self.min_depth),
-            "max_depth": repr(self.max_depth),
-            "train_height": str(self.train_height),
-            "train_width": str(self.train_width),
-            "height": str(self.height),
-            "width": str(self.width),
-            "config": self.config_yaml,
-        }
-
-    @classmethod
-    def from_props(cls, props: dict[str, str], source: str | Path) -> ExportMetadata:
-        """Parse metadata props; ``source`` names the file in errors."""
-        keys = ("min_depth", "max_depth", "train_height", "train_width", "height", "width", "config")
-        missing = [k for k in keys if k not in props]
-        if missing:
-            raise ValueError(
-                f"{source}: missing metadata {', '.join(missing)}; export it with ssim_depth_core.export"
-            )
-        try:
-            return cls(
-                min_depth=float(props["min_depth"]),
-                max_depth=float(props["max_depth"]),
-                train_height=int(props["train_height"]),
-                train_width=int(props["train_width"]),
-                height=int(props["height"]),
-                width=int(props["width"]),
-                config_yaml=props["config"],
-            )
-        except ValueError as error:
-            raise ValueError(f"{source}: malformed metadata ({error})") from error
-
-
-def read_metadata(model: onnx.ModelProto, source: str | Path) -> ExportMetadata:
-    """The :class:`ExportMetadata` of a loaded ONNX model."""
-    return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
 
 
 def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:

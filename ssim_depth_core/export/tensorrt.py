@@ -19,6 +19,8 @@ from pathlib import Path
 
 import onnx
 
+from ssim_depth_core.accelerator import cuda_device, import_tensorrt
+from ssim_depth_core.artifact import engine_sidecar_path
 from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.export.onnx import check_tensorrt_ops
 
@@ -26,10 +28,6 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_CACHE_DIR = Path("~/.cache/ssim_depth/engines")
-
-
-class TensorRTUnavailableError(RuntimeError):
-    """TensorRT, pycuda or a CUDA GPU is missing."""
 
 
 class EngineBuildError(RuntimeError):
@@ -55,54 +53,6 @@ def engine_cache_key(
         f"precision={precision}\n"
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as error:
-        raise TensorRTUnavailableError(
-            "TensorRT is not installed: install the 'tensorrt' extra (pip install 'ssim-depth[tensorrt]') "
-            "or use the NVIDIA container / JetPack, or pick the onnxruntime or torch backend"
-        ) from error
-    return tensorrt
-
-
-def cuda_device():
-    """``(pycuda.driver, Device)`` for the current CUDA GPU (0; choose with CUDA_VISIBLE_DEVICES)."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as error:
-        raise TensorRTUnavailableError(
-            f"pycuda cannot be imported ({error}): install the 'tensorrt' extra "
-            "(pip install 'ssim-depth[tensorrt]') and check the NVIDIA driver"
-        ) from error
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except cuda.Error as error:
-        raise TensorRTUnavailableError(f"the CUDA driver is unavailable: {error}") from error
-    if count == 0:
-        raise TensorRTUnavailableError("no CUDA GPU is visible (CUDA_VISIBLE_DEVICES?)")
-    return cuda, cuda.Device(0)
-
-
-def tensorrt_available() -> bool:
-    """Whether TensorRT, pycuda and a CUDA GPU are all present."""
-    try:
-        import_tensorrt()
-        cuda_device()
-    except TensorRTUnavailableError as error:
-        logger.debug("TensorRT unavailable: %s", error)
-        return False
-    return True
-
-
-def engine_sidecar_path(engine_path: str | Path) -> Path:
-    """The JSON file beside an engine that holds its model metadata."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
 
 
 def build_engine(

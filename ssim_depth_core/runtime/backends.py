@@ -25,15 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssim_depth_core.accelerator import cuda_device, import_tensorrt, tensorrt_available
+from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata, engine_sidecar_path
 from ssim_depth_core.checkpoint import load_depth_net
-from ssim_depth_core.export.onnx import INPUT_NAME, OUTPUT_NAME, ExportMetadata
-from ssim_depth_core.export.tensorrt import (
-    build_engine,
-    cuda_device,
-    engine_sidecar_path,
-    import_tensorrt,
-    tensorrt_available,
-)
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
 
 logger = logging.getLogger(__name__)
@@ -346,6 +340,8 @@ def create_backend(
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(model_path, device=device)
     if suffix == ".onnx":
+        from ssim_depth_core.export.tensorrt import build_engine  # the engine cache: built once per GPU
+
         model_path = build_engine(model_path, precision=precision, cache_dir=cache_dir)
     return TensorRTBackend(model_path)
 

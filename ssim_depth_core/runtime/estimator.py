@@ -1,6 +1,6 @@
 """DepthEstimator: camera image in, metric depth map out, on any backend.
 
-Pre-processing is the training pipeline's: ``data.triplets.resize_image`` to the network size (area
+Pre-processing is the training pipeline's: ``imaging.resize_image`` to the network size (area
 interpolation), channel order to RGB, /255, HWC -> CHW, written straight into the batch. Post-processing:
 ``geometry.disparity_to_depth`` (the training formula) at the network size, with the metric ``depth_scale``
 folded into the range: ``s / (1/max + (1/min - 1/max) d) = 1 / (1/(s max) + (1/(s min) - 1/(s max)) d)``. For
@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ssim_depth_core.data.triplets import resize_image
 from ssim_depth_core.geometry import disparity_to_depth
+from ssim_depth_core.imaging import resize_image
 from ssim_depth_core.runtime.backends import Backend, create_backend
 
 # encoding -> whether the channels must be reversed to get RGB (the ROS names are accepted as aliases)

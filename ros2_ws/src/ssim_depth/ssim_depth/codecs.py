@@ -18,7 +18,7 @@ from std_msgs.msg import Header
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import image_from_message
-from ssim_depth_core.runtime.visualize import colorize_depth
+from ssim_depth_core.imaging import colorize_depth
 
 
 class ImageDecodeError(ValueError):
@@ -86,7 +86,7 @@ def image_msg_to_depth(msg: Image) -> np.ndarray:
 
 
 def preview_image_msg(depth: np.ndarray, header: Header, colormap: int = cv2.COLORMAP_MAGMA) -> Image:
-    """(H, W) depth -> bgr8 preview Image of :func:`ssim_depth_core.runtime.visualize.colorize_depth`."""
+    """(H, W) depth -> bgr8 preview Image of :func:`ssim_depth_core.imaging.colorize_depth`."""
     return _image_msg(colorize_depth(depth, colormap), header, "bgr8")
 
 

@@ -1,7 +1,7 @@
 """``record``: write a depth node's outputs to a folder, with end-to-end latency statistics.
 
 Output folder:
-    depth/%06d.png      colourised inverse depth by :func:`ssim_depth_core.runtime.visualize.colorize_depth`,
+    depth/%06d.png      colourised inverse depth by :func:`ssim_depth_core.imaging.colorize_depth`,
                         as the node's ``depth/preview`` (so the files equal the preview; it is not subscribed)
     depth_raw/%06d.png  uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI benchmark PNG)
     points.ply          the last point cloud received, finite points only (binary PLY)
@@ -47,9 +47,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from ssim_depth.codecs import image_msg_to_depth
-from ssim_depth_core.data.kitti_layout import encode_depth_png, write_png
+from ssim_depth_core.imaging import colorize_depth, encode_depth_png, write_png
 from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData, write_ply
-from ssim_depth_core.runtime.visualize import colorize_depth
 
 # Best effort with a deep queue is compatible with reliable and best-effort camera publishers alike.
 INPUT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)

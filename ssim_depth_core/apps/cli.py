@@ -1,4 +1,4 @@
-"""The ``ssim-depth`` console script: synth, train, evaluate, export, infer, play.
+"""The ``ssim-depth`` console script: synth, train, evaluate, export, infer.
 
 Each verb parses its arguments and calls the library; the scripts in ``training/`` call the same verbs.
 """
@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ssim_depth_core.evaluation import evaluate_model, format_table
+    from ssim_depth_core.apps.evaluate import evaluate_model, format_table
 
     metrics = evaluate_model(
         args.checkpoint,
@@ -91,7 +91,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _infer(args: argparse.Namespace) -> None:
-    from ssim_depth_core.runtime.infer import run_inference
+    from ssim_depth_core.apps.infer import run_inference
 
     summary = run_inference(
         args.model,
@@ -111,18 +111,6 @@ def _infer(args: argparse.Namespace) -> None:
         f"mean {latency['mean']:.2f} ms"
     )
     print(f"outputs and summary.json in {args.out}")
-
-
-def _play(args: argparse.Namespace) -> None:
-    try:
-        from ssim_depth.play import play
-    except ImportError as error:
-        raise RuntimeError(
-            f"'ssim-depth play' needs rclpy (pip extra 'ros') and the ssim_depth ROS package "
-            f"(make install, or colcon build + source ros2_ws/install/setup.bash): {error}"
-        ) from error
-    count = play(args.bag, args.rate, args.loop, args.image_topic, args.camera_info_topic)
-    print(f"published {count} messages from {args.bag}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,13 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(run=_infer)
 
-    play = verbs.add_parser("play", help="publish a rosbag2's camera topics with rclpy at recorded timing")
-    play.add_argument("bag", type=Path, help="bag directory or .mcap/.db3 file")
-    play.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
-    play.add_argument("--loop", action="store_true", help="start over at the end until interrupted")
-    play.add_argument("--image-topic", help="image topic (default: auto-detect)")
-    play.add_argument("--camera-info-topic", help="CameraInfo topic (default: auto-detect)")
-    play.set_defaults(run=_play)
     return parser
 
 

@@ -32,13 +32,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.kitti_layout import encode_depth_png, write_png
-from ssim_depth_core.data.kitti_raw import _read_bytes, decode_image
 from ssim_depth_core.data.rosbag import RosbagSequence, _fit_intrinsics, is_rosbag
-from ssim_depth_core.data.sequence import FrameError
+from ssim_depth_core.imaging import FrameError, colorize_depth, encode_depth_png, read_image, write_png
 from ssim_depth_core.runtime.estimator import DepthEstimator
 from ssim_depth_core.runtime.pointcloud import depth_to_pointcloud, write_ply
-from ssim_depth_core.runtime.visualize import colorize_depth
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +72,7 @@ def _image_frames(paths: Sequence[Path]) -> Iterator[Frame]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    return decode_image(_read_bytes(path), str(path))
+    return read_image(path)
 
 
 def _video_frames(capture: cv2.VideoCapture, path: Path) -> Iterator[Frame]:

@@ -1,0 +1,1 @@
+"""Applications above the library: the ``ssim-depth`` command line, offline inference, evaluation."""

@@ -1,0 +1,74 @@
+"""The model-file contract shared by export and runtime: tensor names and the metadata a model carries.
+
+An exported depth network takes ``image`` (B, 3, H, W) float32 RGB in [0, 1] and returns ``disparity``
+(B, 1, H, W), the sigmoid disparity that ``geometry.disparity_to_depth`` maps to metres. What a runtime needs
+beyond the graph (depth range, training and export resolution, the training config) travels as ONNX metadata
+props, and for a TensorRT engine, which cannot carry them, in a JSON sidecar beside the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "disparity"
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What a runtime needs to know about an exported depth network (stored as ONNX metadata props)."""
+
+    min_depth: float
+    max_depth: float
+    train_height: int
+    train_width: int
+    height: int  # export (network input) height
+    width: int
+    config_yaml: str  # the resolved training config
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            "min_depth": repr(self.min_depth),
+            "max_depth": repr(self.max_depth),
+            "train_height": str(self.train_height),
+            "train_width": str(self.train_width),
+            "height": str(self.height),
+            "width": str(self.width),
+            "config": self.config_yaml,
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str | Path) -> ExportMetadata:
+        """Parse metadata props; ``source`` names the file in errors."""
+        keys = ("min_depth", "max_depth", "train_height", "train_width", "height", "width", "config")
+        missing = [k for k in keys if k not in props]
+        if missing:
+            raise ValueError(
+                f"{source}: missing metadata {', '.join(missing)}; export it with ssim_depth_core.export"
+            )
+        try:
+            return cls(
+                min_depth=float(props["min_depth"]),
+                max_depth=float(props["max_depth"]),
+                train_height=int(props["train_height"]),
+                train_width=int(props["train_width"]),
+                height=int(props["height"]),
+                width=int(props["width"]),
+                config_yaml=props["config"],
+            )
+        except ValueError as error:
+            raise ValueError(f"{source}: malformed metadata ({error})") from error
+
+
+def read_metadata(model: onnx.ModelProto, source: str | Path) -> ExportMetadata:
+    """The :class:`ExportMetadata` of a loaded ONNX model."""
+    return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+def engine_sidecar_path(engine_path: str | Path) -> Path:
+    """The JSON file beside an engine that holds its model metadata."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
