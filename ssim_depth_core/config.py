@@ -1,7 +1,8 @@
 """Typed training configuration: nested dataclasses loaded from YAML, overridable with ``key=value``.
 
 Every knob has a default and a type here; YAML files and ``--set`` overrides only change values. Unknown
-keys and values of the wrong type are rejected with the offending key named.
+keys, values of the wrong type and string choices outside their ``Literal`` are rejected at load time with
+the offending key (and the allowed values) named.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,9 +24,7 @@ class ModelConfig:
     pose_num_layers: int = 18  # ResNet depth of the pose encoder
     pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
     scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss
-    padding_mode: str = (
-        "reflection"  # decoder conv padding: reflection | zeros (zeros exports to any TensorRT)
-    )
+    padding_mode: Literal["reflection", "zeros"] = "reflection"  # zeros exports to any TensorRT version
     min_depth: float = 0.1  # metres; disparity 1 maps here
     max_depth: float = 100.0  # metres; disparity 0 maps here
     # The pose net sees the frames area-downsampled by this integer factor: 1 as published; 2 quarters the
@@ -37,7 +37,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    ssim_form: str = "additive"  # conventional | exponent | additive
+    ssim_form: Literal["conventional", "exponent", "additive"] = "additive"
     ssim_weights: list[float] = field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])  # additive w_l, w_c, w_s
     ssim_exponents: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # exponent a, b, g
     ssim_window: int = 3  # odd box-window size of the SSIM local statistics
@@ -59,8 +59,13 @@ class DataConfig:
     height: int = 192  # network input height (multiple of 32)
     width: int = 640  # network input width (multiple of 32)
     frame_ids: list[int] = field(default_factory=lambda: [0, -1, 1])  # target first, then source offsets
-    train_split: str = ""  # split file of training samples; empty = every usable frame of every sequence
-    val_split: str = ""  # split file of validation samples; empty = no validation pass
+    # Split file of the training samples (a path, or a name resolved as DATA/splits/*/<name>_files.txt);
+    # empty = the dataset's own DATA/splits/*/train_files.txt when it has one, else every usable frame of
+    # every sequence; "none" = no split file: every usable frame of every sequence.
+    train_split: str = ""
+    # Split file of the validation samples, as train_split; empty = the dataset's DATA/splits/*/val_files.txt
+    # when it has one, else no validation pass; "none" = no validation pass.
+    val_split: str = ""
     image_topic: str = ""  # rosbag2 image topic; empty = auto-detect when unambiguous
     camera_info_topic: str = ""  # rosbag2 CameraInfo topic; empty = auto-detect
     intrinsics: list[float] = field(default_factory=list)  # fx fy cx cy width height when a source lacks them
@@ -79,6 +84,17 @@ class DataConfig:
     cache_frames: bool = False
 
 
+def check_frame_ids(frame_ids: Sequence[int]) -> list[int]:
+    """``frame_ids`` as a list, checked: the target 0 first, then at least one source offset, all distinct."""
+    frame_ids = list(frame_ids)
+    if len(frame_ids) < 2 or frame_ids[0] != 0 or len(set(frame_ids)) != len(frame_ids):
+        raise ValueError(
+            "frame_ids must start with the target 0 followed by at least one source: distinct non-zero "
+            f"offsets, got {frame_ids}"
+        )
+    return frame_ids
+
+
 @dataclass
 class OptimConfig:
     batch_size: int = 12
@@ -86,7 +102,7 @@ class OptimConfig:
     epochs: int = 20
     # step: learning_rate, times lr_gamma after lr_step_epochs epochs (the published recipe);
     # cosine: a half cosine from learning_rate at the start to 0 at the end of `epochs`, set every step.
-    lr_schedule: str = "step"
+    lr_schedule: Literal["step", "cosine"] = "step"
     lr_step_epochs: int = 15
     lr_gamma: float = 0.1
     weight_decay: float = 0.0
@@ -97,9 +113,8 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = (
-        "auto"  # auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, none on CPU) | none | bf16 | fp16
-    )
+    # auto: bf16 on CUDA with bf16 support, fp16 on other CUDA, none on a CPU
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # on CUDA only
     log_every: int = 10  # steps between TensorBoard scalar writes
     preview_every: int = 200  # steps between TensorBoard image previews
@@ -159,6 +174,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ValueError(f"config '{key}' must be a mapping, got {value!r}")
         key_type, item = typing.get_args(hint)
         return {_coerce(key_type, k, key): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            allowed = ", ".join(repr(choice) for choice in choices)
+            raise ValueError(f"config '{key}' must be one of {allowed}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"config '{key}': union types are not supported")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):

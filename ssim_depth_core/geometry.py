@@ -2,11 +2,13 @@
 
 Conventions: camera optical frame (REP 103: x right, y down, z forward); pixel (u, v) integer coordinates
 at pixel centres, so pixel 0 maps to -1 and pixel W-1 to +1 in ``grid_sample`` with ``align_corners=True``.
-Poses are 4x4 homogeneous transforms acting on column vectors.
+Poses are 4x4 homogeneous transforms acting on column vectors. The rotation maths of training (axis-angle,
+torch) and of the data writers (z-y-x Euler angles and rotation logs, float64 NumPy) live here.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +37,48 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*axis_angle.shape[:-1], 3, 3)
     eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(skew)
     return eye + sin_term[..., None] * skew + cos_term[..., None] * (skew @ skew)
+
+
+def matrix_to_axis_angle(rotation: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`axis_angle_to_matrix` (NumPy) for angles below pi: (..., 3, 3) -> (..., 3)."""
+    cos = np.clip((np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    angle = np.arccos(cos)
+    axis = np.stack(
+        [
+            rotation[..., 2, 1] - rotation[..., 1, 2],
+            rotation[..., 0, 2] - rotation[..., 2, 0],
+            rotation[..., 1, 0] - rotation[..., 0, 1],
+        ],
+        -1,
+    )
+    sinc = np.where(angle < 1e-8, 1.0, np.sin(angle) / np.maximum(angle, 1e-300))
+    return axis / (2.0 * sinc[..., None])
+
+
+def euler_zyx_to_matrix(
+    yaw: np.ndarray | float, pitch: np.ndarray | float = 0.0, roll: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """Rz(yaw) Ry(pitch) Rx(roll) (the OXTS/vehicle convention) of broadcastable angles -> (..., 3, 3)."""
+    yaw, pitch, roll = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (yaw, pitch, roll)))
+    cy, sy = np.cos(yaw), np.sin(yaw)
+    cp, sp = np.cos(pitch), np.sin(pitch)
+    cr, sr = np.cos(roll), np.sin(roll)
+    return np.stack(
+        [
+            np.stack([cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr], -1),
+            np.stack([sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr], -1),
+            np.stack([-sp, cp * sr, cp * cr], -1),
+        ],
+        -2,
+    )
+
+
+def matrix_to_euler_zyx(rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of :func:`euler_zyx_to_matrix` for pitch in (-pi/2, pi/2): (..., 3, 3) -> yaw, pitch, roll."""
+    yaw = np.arctan2(rotation[..., 1, 0], rotation[..., 0, 0])
+    pitch = -np.arcsin(np.clip(rotation[..., 2, 0], -1.0, 1.0))
+    roll = np.arctan2(rotation[..., 2, 1], rotation[..., 2, 2])
+    return yaw, pitch, roll
 
 
 def pose_to_matrix(axis_angle: torch.Tensor, translation: torch.Tensor, invert: bool = False) -> torch.Tensor:

@@ -15,6 +15,9 @@ from ssim_depth_core.geometry import (
     backproject,
     depth_to_disparity,
     disparity_to_depth,
+    euler_zyx_to_matrix,
+    matrix_to_axis_angle,
+    matrix_to_euler_zyx,
     pose_to_matrix,
     project_to_grid,
     ray_grid,
@@ -83,6 +86,39 @@ def test_axis_angle_gradients_finite_and_correct(scale):
     assert torch.isfinite(vector.grad).all()
     if scale > 0:
         assert torch.autograd.gradcheck(axis_angle_to_matrix, (vector.detach().requires_grad_(),))
+
+
+def test_matrix_to_axis_angle_matches_scipy_below_pi():
+    rng = np.random.default_rng(3)
+    directions = rng.normal(size=(6, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    angles = np.array([0.0, 1e-9, 1e-5, 0.1, 1.5, 3.0])
+    vectors = np.concatenate([rng.uniform(-1.5, 1.5, size=(64, 3)), directions * angles[:, None]])
+    matrices = Rotation.from_rotvec(vectors).as_matrix()
+    np.testing.assert_allclose(matrix_to_axis_angle(matrices), vectors, atol=1e-8)
+    np.testing.assert_allclose(
+        matrix_to_axis_angle(matrices.reshape(2, 35, 3, 3)), vectors.reshape(2, 35, 3), atol=1e-8
+    )
+    round_trip = axis_angle_to_matrix(torch.from_numpy(matrix_to_axis_angle(matrices))).numpy()
+    np.testing.assert_allclose(round_trip, matrices, atol=1e-12)
+
+
+def test_euler_zyx_matches_scipy_intrinsic_zyx_and_inverts():
+    rng = np.random.default_rng(4)
+    yaw = rng.uniform(-np.pi, np.pi, 50)
+    pitch = rng.uniform(-1.5, 1.5, 50)
+    roll = rng.uniform(-np.pi, np.pi, 50)
+    expected = Rotation.from_euler("ZYX", np.stack([yaw, pitch, roll], -1)).as_matrix()  # Rz Ry Rx
+    matrices = euler_zyx_to_matrix(yaw, pitch, roll)
+    np.testing.assert_allclose(matrices, expected, atol=1e-12)
+    for got, angle in zip(matrix_to_euler_zyx(matrices), (yaw, pitch, roll), strict=True):
+        np.testing.assert_allclose(got, angle, atol=1e-9)
+    # pitch and roll default to 0 and broadcast against the yaw
+    np.testing.assert_allclose(
+        euler_zyx_to_matrix(0.7), Rotation.from_euler("z", 0.7).as_matrix(), atol=1e-15
+    )
+    np.testing.assert_array_equal(euler_zyx_to_matrix(yaw), euler_zyx_to_matrix(yaw, np.zeros(50), 0.0))
+    assert euler_zyx_to_matrix(yaw.reshape(5, 10), 0.1).shape == (5, 10, 3, 3)
 
 
 def test_pose_to_matrix_matches_scipy_and_inverse():

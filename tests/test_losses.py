@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -191,6 +192,13 @@ def test_unknown_term_is_rejected_with_the_known_ones_listed():
     config = LossConfig(weights={"photometric": 1.0, "depth_structure": 0.1})
     with pytest.raises(ValueError, match=r"depth_structure.*known terms: photometric, smoothness"):
         Objective(config, frame_ids=[0, -1, 1], scales=[0])
+
+
+@pytest.mark.parametrize("frame_ids", [[-1, 0, 1], [0], [0, 1, 1], [0, -1, 0]])
+def test_objective_rejects_bad_frame_ids(frame_ids):
+    expected = f"frame_ids must start with the target 0.*got {re.escape(str(frame_ids))}"
+    with pytest.raises(ValueError, match=expected):
+        Objective(LossConfig(), frame_ids=frame_ids, scales=[0])
 
 
 def test_a_registered_term_plugs_in_without_other_changes(monkeypatch):

@@ -18,6 +18,7 @@ from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data import synthetic as syn
 from ssim_depth_core.data.bagio import KITTI_CAMERA_INFO_TOPIC, KITTI_IMAGE_TOPIC, CameraBagWriter
+from ssim_depth_core.data.synthetic.textures import _periodic_component, _photo
 from ssim_depth_core.geometry import ray_grid, warp
 
 SEED, FRAMES, WIDTH, HEIGHT = 7, 8, 208, 64
@@ -296,8 +297,8 @@ def test_texture_lookup_matches_scipy_bilinear_with_wrap() -> None:
 
 
 def test_periodic_component_tiles_seamlessly() -> None:
-    image = syn._photo("camera")[:128, :128]
-    periodic = syn._periodic_component(image)
+    image = _photo("camera")[:128, :128]
+    periodic = _periodic_component(image)
 
     def seam(x: np.ndarray) -> float:  # jump across the wrap-around border vs. a typical neighbour step
         return np.abs(x[:, 0] - x[:, -1]).mean() / np.abs(np.diff(x, axis=1)).mean()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.geometry import euler_zyx_to_matrix, matrix_to_axis_angle, matrix_to_euler_zyx
 
 # P_rect_02 of the KITTI raw 2011_09_26 calibration, for 1242 x 375 rectified images.
 KITTI_FX, KITTI_FY, KITTI_CX, KITTI_CY = 721.5377, 721.5377, 609.5593, 172.854
@@ -46,34 +47,6 @@ def rigid(rotation: np.ndarray, translation: Sequence[float]) -> np.ndarray:
     transform[:3, :3] = rotation
     transform[:3, 3] = translation
     return transform
-
-
-def rotation_zyx(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray) -> np.ndarray:
-    """OXTS orientation Rz(yaw) Ry(pitch) Rx(roll) for arrays of angles -> (..., 3, 3)."""
-    cy, sy, cp, sp, cr, sr = (
-        np.cos(yaw),
-        np.sin(yaw),
-        np.cos(pitch),
-        np.sin(pitch),
-        np.cos(roll),
-        np.sin(roll),
-    )
-    return np.stack(
-        [
-            np.stack([cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr], -1),
-            np.stack([sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr], -1),
-            np.stack([-sp, cp * sr, cp * cr], -1),
-        ],
-        -2,
-    )
-
-
-def euler_zyx(rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inverse of :func:`rotation_zyx` for pitch in (-pi/2, pi/2): (..., 3, 3) -> (yaw, pitch, roll)."""
-    yaw = np.arctan2(rotation[..., 1, 0], rotation[..., 0, 0])
-    pitch = -np.arcsin(np.clip(rotation[..., 2, 0], -1.0, 1.0))
-    roll = np.arctan2(rotation[..., 2, 1], rotation[..., 2, 2])
-    return yaw, pitch, roll
 
 
 @dataclass(frozen=True)
@@ -198,22 +171,6 @@ def enu_to_latlon(
     return lat, lon
 
 
-def _rotation_log(rotation: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotations -> (..., 3) rotation vectors (angles well below pi)."""
-    cos = np.clip((np.trace(rotation, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
-    angle = np.arccos(cos)
-    axis = np.stack(
-        [
-            rotation[..., 2, 1] - rotation[..., 1, 2],
-            rotation[..., 0, 2] - rotation[..., 2, 0],
-            rotation[..., 1, 0] - rotation[..., 0, 1],
-        ],
-        -1,
-    )
-    sinc = np.where(angle < 1e-8, 1.0, np.sin(angle) / np.maximum(angle, 1e-300))
-    return axis / (2.0 * sinc[..., None])
-
-
 def oxts_packets(T_enu_imu: np.ndarray, dt: float, lat0: float, lon0: float, alt0: float) -> np.ndarray:
     """OXTS packets (N, 30) for IMU poses in a local East-North-Up frame sampled every ``dt`` seconds.
 
@@ -226,15 +183,15 @@ def oxts_packets(T_enu_imu: np.ndarray, dt: float, lat0: float, lon0: float, alt
         raise ValueError(f"need at least 2 poses to derive OXTS velocities, got {n}")
     R, p = T_enu_imu[:, :3, :3], T_enu_imu[:, :3, 3]
     lat, lon = enu_to_latlon(p[:, 0], p[:, 1], lat0, lon0)
-    yaw, pitch, roll = euler_zyx(R)
+    yaw, pitch, roll = matrix_to_euler_zyx(R)
 
     velocity = np.gradient(p, dt, axis=0)
     acceleration = np.gradient(velocity, dt, axis=0)
     specific_force = acceleration + np.array([0.0, 0.0, GRAVITY])
     prev, nxt = np.maximum(np.arange(n) - 1, 0), np.minimum(np.arange(n) + 1, n - 1)
     steps = (nxt - prev)[:, None] * dt
-    omega_body = _rotation_log(np.swapaxes(R[prev], -1, -2) @ R[nxt]) / steps
-    heading_T = np.swapaxes(rotation_zyx(yaw, np.zeros(n), np.zeros(n)), -1, -2)
+    omega_body = matrix_to_axis_angle(np.swapaxes(R[prev], -1, -2) @ R[nxt]) / steps
+    heading_T = np.swapaxes(euler_zyx_to_matrix(yaw), -1, -2)
 
     def level(v: np.ndarray) -> np.ndarray:
         return np.einsum("nij,nj->ni", heading_T, v)

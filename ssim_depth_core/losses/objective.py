@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssim_depth_core.config import LossConfig
+from ssim_depth_core.config import LossConfig, check_frame_ids
 from ssim_depth_core.losses.photometric import min_reprojection_loss, reprojection_error
 from ssim_depth_core.losses.smoothness import edge_aware_smoothness
 from ssim_depth_core.losses.ssim import SSIMLoss
@@ -70,16 +70,13 @@ class Objective(nn.Module):
         self.weights = {name: float(w) for name, w in loss_config.weights.items() if w != 0}
         if not self.weights:
             raise ValueError(f"loss.weights gives no term a non-zero weight: {loss_config.weights}")
-        frame_ids = list(frame_ids)
-        if len(frame_ids) < 2 or frame_ids[0] != 0:
-            raise ValueError(f"frame_ids must start with the target 0 and name a source, got {frame_ids}")
         if not scales:
             raise ValueError("scales must name at least one output scale")
         if loss_config.automask_warmup_steps < 0:
             warmup = loss_config.automask_warmup_steps
             raise ValueError(f"loss.automask_warmup_steps must be >= 0, got {warmup}")
         self.config = loss_config
-        self.frame_ids = frame_ids
+        self.frame_ids = check_frame_ids(frame_ids)
         self.scales = list(scales)
         self.seed = seed
         self.ssim = SSIMLoss(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_frame_ids
 from ..geometry import disparity_to_depth, pose_to_matrix, warp
 from .conv_grad import use_small_map_weight_grad
 from .depth import DepthNet
@@ -27,18 +27,7 @@ class MonodepthModel(nn.Module):
 
     def __init__(self, model_config: ModelConfig, frame_ids: Sequence[int]) -> None:
         super().__init__()
-        frame_ids = list(frame_ids)
-        if (
-            len(frame_ids) < 2
-            or frame_ids[0] != 0
-            or 0 in frame_ids[1:]
-            or len(set(frame_ids)) != len(frame_ids)
-        ):
-            raise ValueError(
-                f"frame_ids must start with the target 0 followed by distinct non-zero source offsets, "
-                f"got {frame_ids}"
-            )
-        self.frame_ids = frame_ids
+        self.frame_ids = check_frame_ids(frame_ids)
         self.min_depth = model_config.min_depth
         self.max_depth = model_config.max_depth
         self.depth_net = DepthNet(

@@ -1,0 +1,116 @@
+"""One synthetic drive as a :class:`FrameSequence`: poses, timestamps, OXTS, frames rendered on demand."""
+
+from __future__ import annotations
+
+import calendar
+import functools
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from ssim_depth_core.data import kitti_layout as kl
+from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.data.synthetic.lidar import MAX_GT_DEPTH, render_lidar
+from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec, StreetScene, build_scene, make_trajectory
+from ssim_depth_core.data.synthetic.shading import render_camera
+from ssim_depth_core.geometry import euler_zyx_to_matrix
+
+FRAME_RATE = 10.0
+
+
+def _date(seed: int) -> datetime:
+    """Recording date of a dataset: one per seed (2001-01-01 + seed days), so datasets of different seeds can
+    share a root; never a date of the real KITTI release (2011), so synthetic drives never collide with it."""
+    return datetime(2001, 1, 1) + timedelta(days=seed % 3650)
+
+
+@dataclass
+class RenderedFrame:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray  # (H, W) float32 metres, 0 = invalid (sky, beyond MAX_GT_DEPTH)
+    ids: np.ndarray  # (H, W) int64: -1 sky, 0 ground, b + 1 box b (see SyntheticDrive.dynamic_ids)
+
+
+class SyntheticDrive(FrameSequence):
+    """One synthetic drive, rendered on demand (deterministic in ``spec``).
+
+    Poses, timestamps and OXTS are ready at construction; the scene (textures) is built on first render.
+
+    Attributes:
+        T_world_imu, T_world_cam, T_world_velo: (F, 4, 4) poses in the street frame.
+        poses: (F, 4, 4) camera-02-to-world with world = camera 02 at frame 0 (the poses file).
+    """
+
+    def __init__(self, spec: DriveSpec, width: int = 416, height: int = 128, antialias: bool = True) -> None:
+        if spec.frames < 2:
+            raise ValueError(f"a drive needs at least 2 frames, got {spec.frames}")
+        self.spec, self.antialias = spec, antialias
+        self.rig = kl.KittiRig()
+        self.date = _date(spec.seed).strftime("%Y_%m_%d")
+        self.drive_folder = kl.drive_folder_name(self.date, spec.index + 1)
+        self.name = f"{self.date}/{self.drive_folder}/image_{CAMERA}"
+        self.intrinsics = kl.kitti_intrinsics(width, height)
+        rng = np.random.default_rng([spec.seed, spec.index])
+        self.road_half_width = rng.uniform(3.2, 4.5)
+        self.trajectory = make_trajectory(rng, spec.frames, -self.road_half_width / 2, spec.standstill)
+        self.start = _date(spec.seed).replace(
+            hour=12,
+            minute=spec.index * 7 % 60,
+            second=int(rng.integers(60)),
+            microsecond=int(rng.integers(10**6)),
+        )
+        self._scene_rng = rng  # the rest of the stream lays out the scene, on first use
+        self.offsets_ns = np.arange(spec.frames, dtype=np.int64) * int(1e9 / FRAME_RATE)
+        start_ns = calendar.timegm(self.start.timetuple()) * 1_000_000_000 + self.start.microsecond * 1000
+        self.stamps_ns = start_ns + self.offsets_ns  # UTC, as KITTI timestamps are read
+        self.timestamps = self.stamps_ns / 1e9
+        self.T_world_imu = self.trajectory.T_scene_imu
+        self.T_world_cam = self.T_world_imu @ np.linalg.inv(self.rig.T_cam_imu(CAMERA))
+        self.T_world_velo = self.T_world_imu @ np.linalg.inv(self.rig.T_velo_imu)
+        self.poses = np.linalg.inv(self.T_world_cam[0]) @ self.T_world_cam
+        self._cache: tuple[int, RenderedFrame] | None = None
+
+    @functools.cached_property
+    def scene(self) -> StreetScene:
+        return build_scene(self._scene_rng, self.spec, self.trajectory, self.road_half_width)
+
+    @property
+    def dynamic_ids(self) -> set[int]:
+        """Hit ids (see :class:`RenderedFrame`) of the moving boxes."""
+        first = len(self.scene.static) + 1
+        return set(range(first, first + len(self.scene.dynamic)))
+
+    def render(self, index: int) -> RenderedFrame:
+        """Image, ground-truth depth and hit ids of frame ``index`` (the last frame is cached)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: frame {index} out of range [0, {len(self)})")
+        if self._cache is None or self._cache[0] != index:
+            rgb, depth, ids = render_camera(
+                self.scene, index, self.T_world_cam[index], self.intrinsics, self.antialias
+            )
+            depth = np.where(np.isfinite(depth) & (depth <= MAX_GT_DEPTH), depth, 0).astype(np.float32)
+            self._cache = index, RenderedFrame((rgb * 255 + 0.5).astype(np.uint8), depth, ids)
+        return self._cache[1]
+
+    def image(self, index: int) -> np.ndarray:
+        return self.render(index).rgb
+
+    def depth(self, index: int) -> np.ndarray:
+        return self.render(index).depth
+
+    def pose(self, index: int) -> np.ndarray:
+        return self.poses[index].copy()
+
+    def scan(self, index: int) -> np.ndarray:
+        """Velodyne scan of frame ``index``: (N, 4) float32 in the velodyne frame."""
+        return render_lidar(self.scene, index, self.T_world_velo[index])
+
+    def oxts(self) -> np.ndarray:
+        """(F, 30) OXTS packets; the street runs along a random compass heading near Karlsruhe."""
+        rng = np.random.default_rng([self.spec.seed, self.spec.index, 1])
+        T_enu_world = kl.rigid(euler_zyx_to_matrix(rng.uniform(-np.pi, np.pi)), (0.0, 0.0, 0.0))
+        lat0, lon0 = round(49.0 + rng.uniform(-0.02, 0.02), 10), round(8.4 + rng.uniform(-0.03, 0.03), 10)
+        T_enu_imu = T_enu_world @ self.T_world_imu
+        T_enu_imu[:, :3, 3] -= T_enu_imu[0, :3, 3]
+        return kl.oxts_packets(T_enu_imu, 1.0 / FRAME_RATE, lat0, lon0, 115.0 + rng.uniform(-5, 5))

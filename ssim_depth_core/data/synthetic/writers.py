@@ -1,0 +1,204 @@
+"""Writing synthetic drives to disk: the KITTI raw layout, split files and rosbag2, drives in parallel."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ssim_depth_core.data import kitti_layout as kl
+from ssim_depth_core.data.synthetic.drive import FRAME_RATE, SyntheticDrive
+from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec
+from ssim_depth_core.imaging import encode_depth_png, write_png
+
+logger = logging.getLogger(__name__)
+
+BAG_STORAGES = ("mcap", "sqlite3", "none")
+
+
+def write_calibration(root: Path, drive: SyntheticDrive) -> None:
+    """The three calibration files of the drive's date folder."""
+    date_dir = root / drive.date
+    calib_time = datetime.strptime(drive.date, "%Y_%m_%d").replace(hour=9)
+    date_dir.mkdir(parents=True, exist_ok=True)
+    kl.write_calib_cam_to_cam(date_dir / "calib_cam_to_cam.txt", drive.intrinsics, drive.rig, calib_time)
+    kl.write_calib_velo_to_cam(date_dir / "calib_velo_to_cam.txt", drive.rig, calib_time)
+    kl.write_calib_imu_to_velo(date_dir / "calib_imu_to_velo.txt", drive.rig, calib_time)
+
+
+def write_drive(
+    drive: SyntheticDrive,
+    root: Path,
+    bag: str = "mcap",
+    on_frame: Callable[[], object] | None = None,
+    calibration: bool = True,
+) -> Path:
+    """Write ``drive`` under ``root`` in the KITTI raw layout (+ a rosbag2 under ``root/bags``).
+
+    ``on_frame`` is called after each frame (progress); ``calibration=False`` leaves the date folder's
+    calibration files to the caller (parallel writers of one date).
+    """
+    if bag not in BAG_STORAGES:
+        raise ValueError(f"bag must be one of {BAG_STORAGES}, got '{bag}'")
+    if calibration:
+        write_calibration(root, drive)
+    out = root / drive.date / drive.drive_folder
+    if (
+        out / f"poses_cam_{CAMERA}.txt"
+    ).is_file():  # an earlier synthetic drive (real KITTI has no such file)
+        logger.info("replacing existing synthetic drive %s", out)
+        shutil.rmtree(out)
+    offsets = drive.offsets_ns
+    half_sweep = int(0.5e9 / FRAME_RATE)
+    kl.write_timestamps(out / f"image_{CAMERA}" / "timestamps.txt", drive.start, offsets)
+    kl.write_timestamps(out / "oxts" / "timestamps.txt", drive.start, offsets)
+    velo = out / "velodyne_points"
+    kl.write_timestamps(velo / "timestamps.txt", drive.start, offsets)
+    kl.write_timestamps(velo / "timestamps_start.txt", drive.start, offsets - half_sweep)
+    kl.write_timestamps(velo / "timestamps_end.txt", drive.start, offsets + half_sweep)
+    kl.write_oxts(out / "oxts", drive.oxts())
+    kl.write_poses(out / f"poses_cam_{CAMERA}.txt", drive.poses)
+
+    with contextlib.ExitStack() as stack:
+        bag_writer = None
+        if bag != "none":
+            from ssim_depth_core.data.bagio import CameraBagWriter  # noqa: PLC0415  (rosbags only when asked)
+
+            bag_dir = root / "bags" / drive.drive_folder
+            if bag_dir.exists():
+                if not (bag_dir / "metadata.yaml").is_file():
+                    raise FileExistsError(
+                        f"{bag_dir}: exists and is not a rosbag2 directory; not overwriting it"
+                    )
+                logger.info("replacing existing bag %s", bag_dir)
+                shutil.rmtree(bag_dir)
+            bag_dir.parent.mkdir(parents=True, exist_ok=True)
+            bag_writer = stack.enter_context(CameraBagWriter(bag_dir, drive.intrinsics, storage=bag))
+        for index in range(len(drive)):
+            frame = drive.render(index)
+            name = f"{index:010d}"
+            write_png(out / f"image_{CAMERA}" / "data" / f"{name}.png", frame.rgb)
+            depth_png = out / "proj_depth" / "groundtruth" / f"image_{CAMERA}" / f"{name}.png"
+            write_png(depth_png, encode_depth_png(frame.depth))
+            kl.write_velodyne(velo / "data" / f"{name}.bin", drive.scan(index))
+            if bag_writer is not None:
+                bag_writer.write(frame.rgb, int(drive.stamps_ns[index]))
+            if on_frame is not None:
+                on_frame()
+    return out
+
+
+def split_entries(drives: list[SyntheticDrive]) -> dict[str, list[tuple[str, int]]]:
+    """Train/val/test split of a dataset's drives (frames 0 and last excluded: triplets need neighbours).
+
+    The last drive is held out: it is the test split, and also the validation split unless there are at
+    least three drives, when the second-to-last is validation. With a single drive every split is that drive.
+    """
+
+    def frames(drive: SyntheticDrive) -> list[tuple[str, int]]:
+        return [(f"{drive.date}/{drive.drive_folder}", i) for i in range(1, len(drive) - 1)]
+
+    test = frames(drives[-1])
+    val = frames(drives[-2]) if len(drives) >= 3 else test
+    train = [entry for drive in drives[: -2 if len(drives) >= 3 else -1] for entry in frames(drive)] or test
+    return {"train": train, "val": val, "test": test}
+
+
+def _write_drive_task(spec: DriveSpec, width: int, height: int, root: Path, bag: str, ticks: Any) -> None:
+    """Worker process body: one drive, single-threaded torch (the processes share the cores)."""
+    torch.set_num_threads(1)
+    write_drive(
+        SyntheticDrive(spec, width, height), root, bag, on_frame=lambda: ticks.put(1), calibration=False
+    )
+
+
+def generate_dataset(
+    out_dir: str | Path,
+    seed: int,
+    drives: int = 2,
+    frames: int = 60,
+    width: int = 416,
+    height: int = 128,
+    bag: str = "mcap",
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Render ``drives`` synthetic drives of ``frames`` frames at ``width`` x ``height`` into ``out_dir``.
+
+    Writes the KITTI raw layout under ``out_dir/<date>`` (date = 2001-01-01 + seed days), split files under
+    ``out_dir/splits/synthetic/{train,val,test}_files.txt`` and, unless ``bag == "none"``, one rosbag2
+    (``mcap`` or ``sqlite3``) per drive under ``out_dir/bags/<drive folder>``. Deterministic in ``seed``
+    (and independent of ``workers``: drives are rendered in parallel processes, one per CPU core by default).
+    Returns ``out_dir``.
+    """
+    if drives < 1:
+        raise ValueError(f"drives must be >= 1, got {drives}")
+    if frames < 3:
+        raise ValueError(f"frames must be >= 3 (triplets need neighbours), got {frames}")
+    if bag not in BAG_STORAGES:
+        raise ValueError(f"bag must be one of {BAG_STORAGES}, got '{bag}'")
+    root = Path(out_dir)
+    specs = [DriveSpec.for_dataset(seed, index, drives, frames) for index in range(drives)]
+    made = [SyntheticDrive(spec, width, height) for spec in specs]
+    for drive in made:
+        logger.info(
+            "drive %s: %d frames at %dx%d, %.0f m, lead car %s, standstill %s, oncoming cars %s",
+            drive.drive_folder, frames, width, height, drive.trajectory.distance[-1],
+            drive.spec.lead_vehicle, drive.spec.standstill, drive.spec.oncoming,
+        )  # fmt: skip
+    workers = min(drives, os.cpu_count() or 1) if workers is None else max(1, min(workers, drives))
+    with tqdm(total=drives * frames, desc="synthetic frames", unit="frame", disable=not progress) as bar:
+        if workers == 1:
+            with _single_threaded_torch():
+                for drive in made:
+                    write_drive(drive, root, bag, on_frame=bar.update)
+        else:
+            write_calibration(root, made[0])
+            _write_in_parallel(specs, width, height, root, bag, workers, bar)
+    if drives == 1:
+        logger.warning("a single drive is used for training, validation and test alike")
+    for split, entries in split_entries(made).items():
+        kl.write_split(root / "splits" / "synthetic" / f"{split}_files.txt", entries)
+    logger.info("synthetic dataset (seed %d) written to %s", seed, root)
+    return root
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    """Render with one torch thread: the renderer's tensors are small (~50k elements), so a second thread
+    gains ~10 %, while on a busy machine oversubscribed threads can slow it down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_in_parallel(
+    specs: list[DriveSpec], width: int, height: int, root: Path, bag: str, workers: int, bar: tqdm
+) -> None:
+    """One drive per task in ``workers`` spawned processes; frame ticks come back through a queue."""
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        ticks = manager.Queue()
+        tasks = [pool.submit(_write_drive_task, spec, width, height, root, bag, ticks) for spec in specs]
+        while not all(task.done() for task in tasks) or not ticks.empty():
+            try:
+                ticks.get(timeout=0.2)
+                bar.update()
+            except queue.Empty:
+                pass
+        for task in tasks:
+            task.result()  # re-raise a worker's error here
