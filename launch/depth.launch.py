@@ -6,7 +6,8 @@
 
 ``model`` and ``backend`` override the parameters file only when given. With ``compressed: true`` in the
 parameters the node subscribes ``<image>/compressed``. The default topics are those of the synthetic drives
-and of the common KITTI-to-rosbag2 converters, so ``ssim-depth play BAG`` feeds the node as launched. The
+and of the common KITTI-to-rosbag2 converters, so ``ros2 run ssim_depth play BAG`` (or
+``PYTHONPATH=ros2_ws/src/ssim_depth python -m ssim_depth.tools.play BAG``) feeds the node as launched. The
 shipped RViz config shows ``/depth/preview`` and ``/points`` in the ``camera_color_left`` frame (the
 synthetic drives'); see rviz/depth.rviz to change it.
 """

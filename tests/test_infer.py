@@ -1,4 +1,4 @@
-"""``ssim-depth infer`` (runtime.infer) on image folders, videos and rosbag2, and the depth colouriser."""
+"""``ssim-depth infer`` (apps.infer) on image folders, videos and rosbag2, and the depth colouriser."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from skimage import data
 from ssim_depth_core.apps.cli import main
 from ssim_depth_core.apps.infer import run_inference
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.bagio import CameraBagWriter
+from ssim_depth_core.data.bagio import KITTI_IMAGE_TOPIC, CameraBagWriter
 from ssim_depth_core.imaging import colorize_depth
 from ssim_depth_core.runtime import DepthEstimator
 
@@ -92,15 +92,15 @@ def test_colorize_depth_rejects_bad_arguments(depth, kwargs, message):
 # ------------------------------------------------------------------------------------------ run_inference
 def test_image_folder_writes_colour_and_raw_depth_of_each_frame(random_checkpoint, estimator, tmp_path):
     frames = _frames(3)
-    _write_images(tmp_path / "images", frames)
+    paths = _write_images(tmp_path / "images", frames)
     summary = run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
 
-    for i, frame in enumerate(frames):
+    for path, frame in zip(paths, frames, strict=True):
         expected = estimator(frame)
-        colour = cv2.imread(str(tmp_path / "out" / "depth" / f"{i:06d}.png"))
+        colour = cv2.imread(str(tmp_path / "out" / "depth" / path.name))  # images/x.png -> depth/x.png
         assert colour.shape == (HEIGHT, WIDTH, 3)
         np.testing.assert_array_equal(colour, colorize_depth(expected))
-        raw = _raw_depth(tmp_path / "out" / "depth_raw" / f"{i:06d}.png")
+        raw = _raw_depth(tmp_path / "out" / "depth_raw" / path.name)
         assert raw.shape == (HEIGHT, WIDTH)
         np.testing.assert_allclose(raw, expected, rtol=0, atol=0.5 / 256 + 1e-6)  # rounding to 1/256 m
     assert not (tmp_path / "out" / "clouds").exists()
@@ -128,8 +128,9 @@ def test_unreadable_images_are_skipped_and_counted(random_checkpoint, tmp_path, 
         summary = run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
     assert (summary["frames"], summary["skipped"], summary["skipped_frames"]) == (2, 1, [str(paths[1])])
     assert str(paths[1]) in caplog.text
-    # files keep the input position: the gap shows which frame was lost
-    assert sorted(p.name for p in (tmp_path / "out" / "depth").iterdir()) == ["000000.png", "000002.png"]
+    # files keep the input names: the missing one shows which frame was lost
+    assert sorted(p.name for p in (tmp_path / "out" / "depth").iterdir()) == [paths[0].name, paths[2].name]
+    assert [entry["file"] for entry in summary["frame_sources"]] == [str(paths[0]), str(paths[2])]
 
     for path in paths:
         path.write_bytes(b"not an image")
@@ -197,7 +198,7 @@ def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estim
     v, u = np.mgrid[0:HEIGHT, 0:WIDTH]
 
     def cloud_xyz(out):
-        cloud = open(out / "clouds" / "000000.ply", "rb").read()
+        cloud = open(out / "clouds" / f"{path.stem}.ply", "rb").read()
         header, body = cloud.split(b"end_header\n")
         assert b"element vertex 9600" in header and b"property uchar red" in header
         vertices = np.frombuffer(body, np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]))
@@ -226,6 +227,60 @@ def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estim
                                      "width": WIDTH, "height": HEIGHT}  # fmt: skip
     expected = np.stack([(u - 59.5) / focal * depth, (v - 39.5) / focal * depth, depth], -1).reshape(-1, 3)
     np.testing.assert_allclose(cloud_xyz(tmp_path / "guessed"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_output_names_map_back_to_the_inputs(random_checkpoint, estimator, tmp_path):
+    """Every output file's name leads, through summary.json's frame_sources, to the frame it was made from."""
+    frames = _frames(3)
+    folder = tmp_path / "kitti" / "image_02" / "data"
+    folder.parent.mkdir(parents=True)
+    folder.mkdir()
+    numbers = [12, 3, 40]  # KITTI-style names, not in list order
+    for number, frame in zip(numbers, frames, strict=True):
+        assert cv2.imwrite(str(folder / f"{number:010d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    summary = run_inference(random_checkpoint, folder, out, pointcloud="ply", progress=False)
+    names = [f"{number:010d}" for number in sorted(numbers)]
+    assert summary["frame_sources"] == [{"name": name, "file": str(folder / f"{name}.png")} for name in names]
+    assert sorted(p.name for p in (out / "depth_raw").iterdir()) == [f"{name}.png" for name in names]
+    assert sorted(p.name for p in (out / "clouds").iterdir()) == [f"{name}.ply" for name in names]
+    for entry in summary["frame_sources"]:
+        frame = frames[numbers.index(int(entry["name"]))]  # the frame written as this input file
+        np.testing.assert_allclose(
+            _raw_depth(out / "depth_raw" / f"{entry['name']}.png"), estimator(frame), atol=0.5 / 256 + 1e-6
+        )
+
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (WIDTH, HEIGHT))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    summary = run_inference(random_checkpoint, video, tmp_path / "video", progress=False)
+    assert summary["frame_sources"] == [{"name": f"{i:06d}", "frame": i} for i in range(3)]
+
+    stamps = [1_000_000_000 + i * 100_000_000 for i in (2, 0, 1)]  # written out of stamp order
+    with CameraBagWriter(tmp_path / "bag", Intrinsics(70.0, 70.0, 59.5, 39.5, WIDTH, HEIGHT)) as bag:
+        for stamp, frame in zip(stamps, frames, strict=True):
+            bag.write(frame, stamp)
+    summary = run_inference(random_checkpoint, tmp_path / "bag", tmp_path / "bag_out", progress=False)
+    assert summary["frame_sources"] == [
+        {"name": f"{i:06d}", "topic": KITTI_IMAGE_TOPIC, "stamp_s": pytest.approx(1.0 + i * 0.1, abs=1e-9)}
+        for i in range(3)
+    ]
+    for entry in summary["frame_sources"]:  # header-stamp order: 000000 is the frame stamped 1.0 s
+        frame = frames[stamps.index(round(entry["stamp_s"] * 1e9))]
+        np.testing.assert_allclose(
+            _raw_depth(tmp_path / "bag_out" / "depth_raw" / f"{entry['name']}.png"),
+            estimator(frame),
+            atol=0.5 / 256 + 1e-6,
+        )
+
+
+def test_images_that_would_share_output_names_are_refused(random_checkpoint, tmp_path):
+    (path,) = _write_images(tmp_path / "images", _frames(1))
+    path.with_suffix(".jpg").write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=r"frame_000\.jpg and frame_000\.png would both write depth/"):
+        run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
 
 
 def test_bad_arguments_are_named(random_checkpoint, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import cv2
 import numpy as np
 import onnxruntime as ort
@@ -9,7 +11,11 @@ import pytest
 from skimage import data
 
 from ssim_depth_core.accelerator import tensorrt_available
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.imaging import colorize_depth
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TorchBackend, create_backend
+from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
+from ssim_depth_core.runtime.latency import FrameStats, latency_stats
 
 HEIGHT, WIDTH = 64, 96
 MIN_DEPTH, MAX_DEPTH = 0.5, 80.0
@@ -172,6 +178,140 @@ def test_estimator_rejects_bad_input(torch_estimator, astronaut):
         DepthEstimator(torch_estimator.backend, depth_scale=0.0)
     with pytest.raises(ValueError, match="min_depth < max_depth"):
         DepthEstimator(torch_estimator.backend, min_depth=10.0, max_depth=1.0)
+
+
+# ------------------------------------------------------------------------------------------ frame pipeline
+@pytest.fixture(scope="module")
+def pipeline(models):
+    """A frame pipeline on the checkpoint with the torch backend at the input resolution."""
+    return FramePipeline(ModelSettings(models[0], "torch"))
+
+
+def test_range_masking_sets_nan_exactly_outside_the_open_interval(pipeline, torch_estimator, astronaut):
+    reference = torch_estimator(astronaut)
+    low, high = np.quantile(reference, [0.2, 0.7])
+    low, high = float(reference.flat[np.abs(reference - low).argmin()]), float(high)  # low is a depth value
+    depth = pipeline(astronaut, options=FrameOptions(range_min=low, range_max=high)).depth
+    outside = (reference <= low) | (reference >= high)
+    assert (reference == low).any() and 0 < outside.mean() < 1  # the boundary itself is invalid
+    np.testing.assert_array_equal(np.isnan(depth), outside)
+    np.testing.assert_array_equal(depth[~outside], reference[~outside])
+    only_min = pipeline(astronaut, options=FrameOptions(range_min=low)).depth  # range_max 0: no upper limit
+    np.testing.assert_array_equal(np.isnan(only_min), reference <= low)
+    assert not np.isnan(pipeline(astronaut).depth).any()
+
+
+def test_camera_choice_scaled_to_the_output(models, astronaut):
+    """Output at the network's 96x64 from a 480x320 frame: every camera is scaled by 0.2 (hand-computed)."""
+    network = FramePipeline(ModelSettings(models[0], "torch", output_resolution="network"))
+    camera = Intrinsics(400.0, 420.0, 239.5, 159.5, 480, 320)
+    # (c + 0.5) * 0.2 - 0.5: pixel centres at integer coordinates
+    expected = Intrinsics(80.0, 84.0, 47.5, 31.5, 96, 64)
+    fallback = FrameOptions(fallback_camera=(400.0, 420.0, 239.5, 159.5), points=True)
+
+    given = network(astronaut, camera, FrameOptions(points=True))
+    assert given.depth.shape == (64, 96) and astuple(given.intrinsics) == pytest.approx(astuple(expected))
+    from_fallback = network(astronaut, None, fallback)  # fallback values are at the frame's 480x320
+    assert astuple(from_fallback.intrinsics) == pytest.approx(astuple(expected))
+    half = Intrinsics(200.0, 210.0, 119.5, 79.5, 240, 160)  # the same camera at half the size
+    # a frame's own camera beats the fallback
+    preferred = network(astronaut, half, FrameOptions(fallback_camera=(1.0, 1.0, 0.0, 0.0)))
+    assert astuple(preferred.intrinsics) == pytest.approx(astuple(expected))
+    without = network(astronaut, options=FrameOptions(points=True))
+    assert without.intrinsics is None and without.cloud is None
+
+    # the cloud is the output-size depth through the scaled camera, coloured by the frame resized with
+    # INTER_AREA to the output size
+    cloud = given.cloud.points
+    v, u = np.mgrid[0:64, 0:96]
+    z = given.depth
+    np.testing.assert_allclose(cloud["z"], z, rtol=1e-6)
+    np.testing.assert_allclose(cloud["x"], (u - 47.5) * z / 80.0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cloud["y"], (v - 31.5) * z / 84.0, rtol=1e-5, atol=1e-6)
+    bits = cloud["rgb"].view("<u4")
+    rgb = np.stack([(bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF], axis=-1)
+    np.testing.assert_array_equal(rgb, cv2.resize(astronaut, (96, 64), interpolation=cv2.INTER_AREA))
+    assert given.preview is None
+
+
+def test_cloud_options_and_preview(pipeline, torch_estimator, astronaut):
+    camera = Intrinsics(400.0, 420.0, 239.5, 159.5, 480, 320)
+    reference = torch_estimator(astronaut)
+    limit = float(np.median(reference))
+    options = FrameOptions(range_max=limit, points=True, point_stride=4, organized_points=False, preview=True)
+    frame = pipeline(astronaut, camera, options)
+    assert frame.intrinsics is camera  # already at the output size: not rescaled
+    kept = reference[::4, ::4] < limit
+    assert frame.cloud.points.shape == (1, int(kept.sum())) and frame.cloud.is_dense
+    np.testing.assert_allclose(frame.cloud.points["z"][0], reference[::4, ::4][kept], rtol=1e-6)
+    np.testing.assert_array_equal(frame.preview, colorize_depth(frame.depth))
+    assert not frame.preview[~(reference < limit)].any()  # NaN (masked) pixels are black
+
+
+def test_configure_rebuilds_on_the_open_backend_unless_the_model_changes(models, astronaut):
+    checkpoint, onnx_path = models
+    settings = ModelSettings(checkpoint, "torch")
+    pipeline = FramePipeline(settings)
+    backend, depth = pipeline.estimator.backend, pipeline(astronaut).depth
+
+    assert not pipeline.configure(ModelSettings(str(checkpoint), "torch"))  # equal settings: nothing to do
+    assert pipeline.configure(ModelSettings(checkpoint, "torch", depth_scale=2.0))
+    assert pipeline.estimator.backend is backend
+    np.testing.assert_allclose(pipeline(astronaut).depth, 2.0 * depth, rtol=1e-5)
+    assert pipeline.configure(ModelSettings(checkpoint, "torch", output_resolution="network"))
+    assert pipeline.estimator.backend is backend and pipeline(astronaut).depth.shape == (HEIGHT, WIDTH)
+
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        pipeline.configure(ModelSettings(checkpoint.parent / "missing.onnx", "onnxruntime"))
+    assert pipeline.estimator.backend is backend  # a failed switch keeps the previous model
+    assert pipeline.settings.output_resolution == "network"
+
+    assert pipeline.configure(ModelSettings(onnx_path, "onnxruntime"))
+    assert isinstance(pipeline.estimator.backend, OnnxRuntimeBackend)
+    np.testing.assert_allclose(pipeline(astronaut).depth, depth, rtol=1e-3)
+    pipeline.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ModelSettings("m.onnx", "openvino"), "backend 'openvino' is not one of"),
+        (lambda: ModelSettings("m.onnx", output_resolution="half"), "output_resolution 'half'"),
+        (lambda: ModelSettings("m.onnx", min_depth=20.0, max_depth=10.0), "min_depth 20.0 must be <"),
+        (lambda: FrameOptions(range_min=5.0, range_max=5.0), "range_min 5.0 must be < range_max 5.0"),
+        (lambda: FrameOptions(range_min=-1.0), "must be >= 0"),
+        (lambda: FrameOptions(point_stride=0), "point_stride must be a positive integer, got 0"),
+        (lambda: FrameOptions(fallback_camera=(0.0, 1.0, 2.0, 3.0)), "fx, fy > 0"),
+    ],
+)
+def test_settings_reject_bad_values(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# ------------------------------------------------------------------------------------------------ latency
+def test_latency_stats_hand_computed():
+    # linear interpolation: p50 of 1..4 = 2.5; p95 at rank 0.95 * 3 = 2.85 -> 3 + 0.85 * (4 - 3) = 3.85
+    stats = latency_stats([4.0, 1.0, 3.0, 2.0], (50, 95))
+    assert (stats.count, stats.mean, stats.max) == (4, 2.5, 4.0)
+    assert stats.percentiles == pytest.approx({50: 2.5, 95: 3.85})
+    empty = latency_stats([], (50, 90, 99))
+    assert (empty.count, empty.mean, empty.max) == (0, None, None)
+    assert empty.percentiles == {50: None, 90: None, 99: None}
+
+
+def test_frame_stats_window_line():
+    stats = FrameStats()
+    stats.add(received=5, dropped=2, rejected=1)
+    for latency_s in (0.010, 0.020, 0.030):
+        stats.frame_done(latency_s)
+    line = stats.take_window()
+    # mean 20 ms, p50 20 ms, p95 = 20 + 0.9 * 10 = 29 ms
+    assert "latency mean 20.0 ms, p50 20.0 ms, p95 29.0 ms, 2 dropped in the last" in line
+    assert line.endswith("totals: processed 3, dropped 2, rejected 1")
+    assert (stats.received, stats.processed, stats.dropped, stats.rejected, stats.failed) == (5, 3, 2, 1, 0)
+    idle = stats.take_window()
+    assert idle.startswith("no frames processed in the last") and "(0 dropped)" in idle
 
 
 @pytest.mark.gpu

@@ -1,19 +1,22 @@
 """``ssim-depth infer``: depth for every frame of an image folder, a video or a rosbag2, written to a folder.
 
-Output folder (files of an earlier run are overwritten):
-    depth/%06d.png       colourised inverse depth at the input frame's size (``visualize.colorize_depth``,
-                         the function behind the node's ``depth/preview``)
-    depth_raw/%06d.png   uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI depth benchmark)
-    clouds/%06d.ply      with ``pointcloud="ply"``: binary PLY of the frame's points in the camera optical
+Every frame goes through the serving frame pipeline (:class:`~ssim_depth_core.runtime.frames.FramePipeline`,
+the one behind the ROS node). Output folder (files of an earlier run are overwritten):
+    depth/NAME.png       colourised inverse depth at the input frame's size (``imaging.colorize_depth``, the
+                         function behind the node's ``depth/preview``)
+    depth_raw/NAME.png   uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI depth benchmark)
+    clouds/NAME.ply      with ``pointcloud="ply"``: binary PLY of the frame's points in the camera optical
                          frame, coloured by the frame (``pointcloud.depth_to_pointcloud``)
-    summary.json         frame counts, skipped frames, estimator latency percentiles, model, intrinsics
+    summary.json         frame counts, skipped frames, latency percentiles, model, intrinsics, and
+                         ``frame_sources``: for every NAME the input it came from
 
-``%06d`` is the frame's position in the input (sorted file list, video frame number, bag frame in header-stamp
-order), so an unreadable frame leaves a gap in the numbering and every file traces back to its input.
+NAME is the input file's name without its suffix for images (``images/0000000012.png`` ->
+``depth/0000000012.png``), and the frame's position ``%06d`` for a video (decoding order) or a rosbag2
+(header-stamp order), whose ``frame_sources`` entries give the video frame index, or the bag topic and
+header stamp. An unreadable frame is skipped (named in ``skipped_frames``) and writes nothing.
 
-Latency is the wall time of one :class:`~ssim_depth_core.runtime.estimator.DepthEstimator` call (resize,
-network, depth conversion at the input size), measured after one untimed warm-up call; decoding and writing
-are not included.
+Latency is the wall time of one frame through the frame pipeline (inference at the input size, plus the point
+cloud when written), measured after one untimed warm-up frame; decoding and writing are not included.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -33,9 +37,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import RosbagSequence, _fit_intrinsics, is_rosbag
-from ssim_depth_core.imaging import FrameError, colorize_depth, encode_depth_png, read_image, write_png
-from ssim_depth_core.runtime.estimator import DepthEstimator
-from ssim_depth_core.runtime.pointcloud import depth_to_pointcloud, write_ply
+from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
+from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
+from ssim_depth_core.runtime.latency import latency_stats
+from ssim_depth_core.runtime.pointcloud import write_ply
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +50,14 @@ POINTCLOUD_FORMATS = ("ply",)
 GUESSED_FOCAL_RATIO = 0.58  # fx / width of KITTI's rectified colour camera (~ 81 degrees horizontal FOV)
 LATENCY_PERCENTILES = (50, 90, 99)
 
-# (name for messages, callable returning the frame as H x W x 3 uint8 RGB or raising FrameError)
-Frame = tuple[str, Callable[[], np.ndarray]]
+
+class Frame(NamedTuple):
+    """One input frame, not yet read."""
+
+    label: str  # names the frame in messages and skipped_frames
+    name: str  # stem of its output files
+    source: dict[str, str | int | float]  # where it came from, for summary.json's frame_sources
+    read: Callable[[], np.ndarray]  # returns (H, W, 3) uint8 RGB or raises FrameError
 
 
 @dataclass
@@ -68,11 +79,19 @@ def guess_intrinsics(width: int, height: int) -> Intrinsics:
 
 def _image_frames(paths: Sequence[Path]) -> Iterator[Frame]:
     for path in paths:
-        yield str(path), functools.partial(_read_image, path)
+        yield Frame(str(path), path.stem, {"file": str(path)}, functools.partial(read_image, path))
 
 
-def _read_image(path: Path) -> np.ndarray:
-    return read_image(path)
+def _check_unique_names(paths: Sequence[Path], folder: Path) -> None:
+    """Raise when two images would write the same output files (same name, different suffixes)."""
+    first: dict[str, Path] = {}
+    for path in paths:
+        other = first.setdefault(path.stem, path)
+        if other is not path:
+            raise ValueError(
+                f"{folder}: {other.name} and {path.name} would both write depth/{path.stem}.png; "
+                "move one of them out of the folder"
+            )
 
 
 def _video_frames(capture: cv2.VideoCapture, path: Path) -> Iterator[Frame]:
@@ -80,7 +99,8 @@ def _video_frames(capture: cv2.VideoCapture, path: Path) -> Iterator[Frame]:
     try:
         index = 0
         while capture.grab():
-            yield f"{path} frame {index}", functools.partial(_retrieve, capture, path, index)
+            read = functools.partial(_retrieve, capture, path, index)
+            yield Frame(f"{path} frame {index}", f"{index:06d}", {"frame": index}, read)
             index += 1
     finally:
         capture.release()
@@ -96,7 +116,9 @@ def _retrieve(capture: cv2.VideoCapture, path: Path, index: int) -> np.ndarray:
 def _bag_frames(sequence: RosbagSequence) -> Iterator[Frame]:
     try:
         for index in range(len(sequence)):
-            yield f"{sequence.name} frame {index}", functools.partial(sequence.image, index)
+            source = {"topic": sequence.image_topic, "stamp_s": float(sequence.timestamps[index])}
+            read = functools.partial(sequence.image, index)
+            yield Frame(f"{sequence.name} frame {index}", f"{index:06d}", source, read)
     finally:
         sequence.close()
 
@@ -116,6 +138,7 @@ def _open_input(path: Path, image_topic: str | None) -> _Input:
             raise ValueError(
                 f"{path}: a folder with neither images ({'/'.join(IMAGE_SUFFIXES)}) nor a rosbag2 in it"
             )
+        _check_unique_names(paths, path)
         return _Input("images", len(paths), _image_frames(paths))
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
@@ -130,17 +153,6 @@ def _open_input(path: Path, image_topic: str | None) -> _Input:
         f"{path}: unknown input type {suffix!r}; expected a folder of images, an image "
         f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(VIDEO_SUFFIXES)}) or a rosbag2 (.mcap/.db3 or "
         "bag folder)"
-    )
-
-
-def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
-    """p50, p90, p99 and mean of per-frame latencies in ms (None when there are none)."""
-    keys = [f"p{p}" for p in LATENCY_PERCENTILES] + ["mean"]
-    if len(latencies_ms) == 0:
-        return dict.fromkeys(keys)
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    return dict(
-        zip(keys, [*np.percentile(values, LATENCY_PERCENTILES).tolist(), float(values.mean())], strict=True)
     )
 
 
@@ -164,7 +176,7 @@ def run_inference(
         out_dir: output folder (created).
         backend: runtime backend, "auto", "tensorrt", "onnxruntime" or "torch".
         pointcloud: None, or "ply" to write one point cloud per frame.
-        stride: point clouds keep every ``stride``-th pixel in both axes.
+        stride: point clouds keep every ``stride``-th pixel in both axes (a positive integer).
         intrinsics: camera of an image folder or video, for the point clouds: an :class:`Intrinsics`, or
             (fx, fy, cx, cy) at the first frame's resolution; frames of another size of the same aspect ratio
             get them rescaled. Default: :func:`guess_intrinsics` (with a warning). A rosbag2's intrinsics
@@ -174,7 +186,9 @@ def run_inference(
 
     Returns:
         The content of ``summary.json``: frames, skipped, skipped_frames, latency_ms (p50, p90, p99, mean),
-        input, input_kind, model, backend, network_size, intrinsics (of the first cloud, or None), outputs.
+        input, input_kind, model, backend, network_size, intrinsics (of the first cloud, or None), outputs,
+        frame_sources (one dict per written frame: its output ``name`` and ``file``, or video ``frame``
+        index, or bag ``topic`` and header ``stamp_s``).
 
     Raises:
         ValueError: bad arguments, an unreadable input, or no readable frame at all (summary.json is written
@@ -183,8 +197,7 @@ def run_inference(
     input_path, out_dir = Path(input_path), Path(out_dir)
     if pointcloud is not None and pointcloud not in POINTCLOUD_FORMATS:
         raise ValueError(f"unknown point-cloud format {pointcloud!r}; expected one of {POINTCLOUD_FORMATS}")
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    options = FrameOptions(points=pointcloud is not None, point_stride=stride, organized_points=False)
     if intrinsics is not None and not isinstance(intrinsics, Intrinsics):
         if len(intrinsics) != 4:
             raise ValueError(f"intrinsics must be an Intrinsics or (fx, fy, cx, cy), got {intrinsics!r}")
@@ -215,51 +228,57 @@ def run_inference(
     for folder in outputs.values():
         folder.mkdir(parents=True, exist_ok=True)
 
-    estimator = DepthEstimator(model, backend=backend)
+    pipeline = FramePipeline(ModelSettings(model, backend))
     latencies_ms: list[float] = []
     skipped: list[str] = []
+    sources: list[dict] = []
     first_camera: Intrinsics | None = None
     bar = tqdm(source.frames, total=source.total, unit="frame", desc="infer", disable=not progress)
     try:
         with logging_redirect_tqdm():
-            for index, (name, read) in enumerate(bar):
+            for frame in bar:
                 try:
-                    image = read()
+                    image = frame.read()
                 except FrameError as err:
                     logger.warning("skipping unreadable frame: %s", err)
-                    skipped.append(name)
+                    skipped.append(frame.label)
                     continue
-                if not latencies_ms:
-                    estimator(image)  # warm-up: lazy initialisation must not count as latency
-                start = time.perf_counter()
-                depth = estimator(image)
-                latencies_ms.append((time.perf_counter() - start) * 1e3)
-
-                file_name = f"{index:06d}.png"
-                colour = cv2.cvtColor(colorize_depth(depth), cv2.COLOR_BGR2RGB)
-                write_png(outputs["depth"] / file_name, colour)
-                write_png(outputs["depth_raw"] / file_name, encode_depth_png(depth))
+                camera = None
                 if pointcloud is not None:
-                    height, width = depth.shape
+                    height, width = image.shape[:2]
                     if base is None and intrinsics is not None:
                         base = Intrinsics(*(float(v) for v in intrinsics), width, height)
                     if base is None:
                         camera = guess_intrinsics(width, height)
                     else:
-                        camera = _fit_intrinsics(base, (width, height), name)
-                    first_camera = camera if first_camera is None else first_camera
-                    cloud = depth_to_pointcloud(depth, camera, image, stride=stride, organized=False)
-                    write_ply(outputs["clouds"] / f"{index:06d}.ply", cloud)
+                        camera = _fit_intrinsics(base, (width, height), frame.label)
+                if not latencies_ms:
+                    pipeline(image, camera, options)  # warm-up: lazy initialisation must not count as latency
+                start = time.perf_counter()
+                result = pipeline(image, camera, options)
+                latencies_ms.append((time.perf_counter() - start) * 1e3)
+
+                write_depth_pngs(out_dir, f"{frame.name}.png", result.depth)
+                if result.cloud is not None:
+                    write_ply(outputs["clouds"] / f"{frame.name}.ply", result.cloud)
+                    if first_camera is None:
+                        first_camera = result.intrinsics
+                sources.append({"name": frame.name, **frame.source})
     finally:
         bar.close()
         source.frames.close()
-        estimator.backend.close()
+        pipeline.close()
 
+    latency = latency_stats(latencies_ms, LATENCY_PERCENTILES)
+    estimator = pipeline.estimator
     summary = {
         "frames": len(latencies_ms),
         "skipped": len(skipped),
         "skipped_frames": skipped,
-        "latency_ms": latency_summary(latencies_ms),
+        "latency_ms": {
+            **{f"p{p}": value for p, value in latency.percentiles.items()},
+            "mean": latency.mean,
+        },
         "input": str(input_path),
         "input_kind": source.kind,
         "model": str(model),
@@ -267,6 +286,7 @@ def run_inference(
         "network_size": list(estimator.input_size),
         "intrinsics": None if first_camera is None else {"source": camera_source, **asdict(first_camera)},
         "outputs": {key: str(folder) for key, folder in outputs.items()},
+        "frame_sources": sources,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not latencies_ms:

@@ -26,7 +26,7 @@ def _files(folder: Path, pattern: str) -> list[str]:
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=[PACKAGE],
+    packages=[PACKAGE, f"{PACKAGE}.tools"],
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -43,9 +43,9 @@ setup(
     entry_points={
         "console_scripts": [
             "depth_node = ssim_depth.node:main",
-            "play = ssim_depth.play:main",
-            "record = ssim_depth.record:main",
-            "pipeline = ssim_depth.pipeline:main",
+            "play = ssim_depth.tools.play:main",
+            "record = ssim_depth.tools.record:main",
+            "pipeline = ssim_depth.tools.pipeline:main",
         ],
     },
 )

@@ -1,24 +1,23 @@
-"""sensor_msgs <-> NumPy conversions for the depth node.
+"""sensor_msgs <-> NumPy conversions: every message conversion of the package, both ways.
 
 Colour images are decoded by the library's message decoder (:func:`ssim_depth_core.data.rosbag.
 image_from_message`), the one training uses on recorded bags, so a frame decodes identically when served
-and when trained on. ``cv_bridge`` is not needed; where it is installed, ``tests/test_ros_codecs.py`` checks
-that it decodes to the same arrays. Every malformed message raises :class:`ImageDecodeError` naming the
-field and what was expected.
+and when trained on. ``cv_bridge`` is not needed; where it is installed, ``test/test_ros_codecs.py`` checks
+that it decodes to the same arrays. Every malformed message raises :class:`ImageDecodeError` (a
+ValueError for PointCloud2 and CameraInfo) naming the field and what was expected.
 """
 
 from __future__ import annotations
 
 import sys
 
-import cv2
 import numpy as np
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import image_from_message
-from ssim_depth_core.imaging import colorize_depth
+from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData
 
 
 class ImageDecodeError(ValueError):
@@ -39,6 +38,11 @@ def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
         return image_from_message(msg)
     except ValueError as err:
         raise ImageDecodeError(f"{what}: {err}") from None
+
+
+def stamp_ns(msg) -> int:
+    """The header stamp of a message in nanoseconds."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def _check_layout(msg: Image, bytes_per_pixel: int) -> None:
@@ -85,9 +89,71 @@ def image_msg_to_depth(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(rows).view(">f4" if msg.is_bigendian else "<f4").astype(np.float32)
 
 
-def preview_image_msg(depth: np.ndarray, header: Header, colormap: int = cv2.COLORMAP_MAGMA) -> Image:
-    """(H, W) depth -> bgr8 preview Image of :func:`ssim_depth_core.imaging.colorize_depth`."""
-    return _image_msg(colorize_depth(depth, colormap), header, "bgr8")
+def preview_image_msg(preview: np.ndarray, header: Header) -> Image:
+    """(H, W, 3) uint8 BGR preview (:func:`ssim_depth_core.imaging.colorize_depth`) -> bgr8 Image."""
+    if preview.ndim != 3 or preview.shape[2] != 3 or preview.dtype != np.uint8:
+        raise ValueError(f"preview must be (H, W, 3) uint8 BGR, got {preview.dtype} of shape {preview.shape}")
+    return _image_msg(preview, header, "bgr8")
+
+
+def cloud_to_pointcloud2_msg(cloud: PointCloudData, header: Header) -> PointCloud2:
+    """A :class:`PointCloudData` as PointCloud2 with ``header`` (its bytes and field table as they are)."""
+    return PointCloud2(
+        header=header,
+        height=cloud.height,
+        width=cloud.width,
+        fields=[
+            PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in cloud.fields
+        ],
+        is_bigendian=False,
+        point_step=cloud.point_step,
+        row_step=cloud.row_step,
+        data=cloud.tobytes(),
+        is_dense=cloud.is_dense,
+    )
+
+
+def pointcloud2_msg_to_cloud(msg: PointCloud2) -> PointCloudData:
+    """The x, y, z (and rgb) fields of a little-endian float32 PointCloud2 as :class:`PointCloudData`;
+    other fields are skipped."""
+    fields = {f.name: f for f in msg.fields if f.name in ("x", "y", "z", "rgb")}
+    problem = None
+    if msg.is_bigendian:
+        problem = "big-endian data"
+    elif not {"x", "y", "z"} <= fields.keys():
+        problem = f"fields {[f.name for f in msg.fields]} lack one of x, y, z"
+    elif any(f.datatype != FLOAT32 or f.count != 1 for f in fields.values()):
+        problem = "x, y, z and rgb must be single FLOAT32 (datatype 7) values"
+    elif msg.row_step != msg.point_step * msg.width or len(msg.data) != msg.row_step * msg.height:
+        problem = (
+            f"data length {len(msg.data)}, row_step {msg.row_step} do not match {msg.height} rows of "
+            f"{msg.width} points of {msg.point_step} bytes"
+        )
+    if problem:
+        raise ValueError(f"PointCloud2 ({msg.width}x{msg.height}): {problem}")
+    dtype = np.dtype(
+        {
+            "names": list(fields),
+            "formats": ["<f4"] * len(fields),
+            "offsets": [f.offset for f in fields.values()],
+            "itemsize": msg.point_step,
+        }
+    )
+    points = np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, msg.width)
+    return PointCloudData(points=points, is_dense=bool(msg.is_dense))
+
+
+def intrinsics_from_camera_info(info: CameraInfo, width: int, height: int) -> Intrinsics:
+    """The pinhole camera of ``info`` (P when set, else K) at the CameraInfo's image size, or at ``width`` x
+    ``height`` (the image's) when that size is 0, as some drivers leave it.
+
+    Raises:
+        ValueError: K and P are both all zeros (an uncalibrated camera), or malformed.
+    """
+    sized = info.width > 0 and info.height > 0
+    return Intrinsics.from_camera_info(
+        info.k, info.width if sized else width, info.height if sized else height, info.p
+    )
 
 
 def scaled_camera_info(info: CameraInfo, width: int, height: int, header: Header) -> CameraInfo:

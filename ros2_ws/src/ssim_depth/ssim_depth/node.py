@@ -1,7 +1,8 @@
 """``depth_node``: sensor_msgs/Image in; metric depth, its CameraInfo, a point cloud and a preview out.
 
-A thin adapter: inference is :class:`ssim_depth_core.runtime.estimator.DepthEstimator`, the point cloud is
-:func:`ssim_depth_core.runtime.pointcloud.depth_to_pointcloud`; this module only converts messages.
+A message adapter: everything per frame (inference, range masking, camera choice, point cloud, preview) is
+:class:`ssim_depth_core.runtime.frames.FramePipeline`, every conversion is in :mod:`ssim_depth.codecs`; this
+module holds the parameters, subscriptions and publishers.
 
 Threading: the image subscription callback only stores the newest message (replacing an unprocessed one
 counts as a dropped frame) and wakes a worker thread, which decodes, infers and publishes. The executor is
@@ -16,14 +17,11 @@ Topics (all relative, remappable; outputs carry the input header):
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import cv2
-import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
@@ -32,22 +30,22 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from sensor_msgs.msg import PointField as PointFieldMsg
 
 from ssim_depth.codecs import (
     ImageDecodeError,
     camera_info_from_intrinsics,
+    cloud_to_pointcloud2_msg,
     depth_to_image_msg,
     image_msg_to_rgb,
+    intrinsics_from_camera_info,
     preview_image_msg,
     scaled_camera_info,
 )
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.runtime.backends import BACKENDS, create_backend
-from ssim_depth_core.runtime.estimator import DepthEstimator
-from ssim_depth_core.runtime.pointcloud import depth_to_pointcloud
+from ssim_depth_core.runtime.backends import BACKENDS
+from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
+from ssim_depth_core.runtime.latency import FrameStats
 
-OUTPUT_RESOLUTIONS = ("input", "network")
 WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings
 OUTPUT_QOS = QoSProfile(depth=5)  # reliable: RViz and rosbag2 defaults can subscribe
 
@@ -73,6 +71,28 @@ class DepthParams:
     cx: float = 0.0
     cy: float = 0.0
     stats_period: float = 5.0
+
+    def model_settings(self) -> ModelSettings:
+        """The frame pipeline's model settings (0 depth limits = the model's range); raises ValueError."""
+        return ModelSettings(
+            self.model_path,
+            self.backend,
+            min_depth=self.min_depth or None,
+            max_depth=self.max_depth or None,
+            depth_scale=self.depth_scale,
+            output_resolution=self.output_resolution,
+        )
+
+    def frame_options(self) -> FrameOptions:
+        """The frame pipeline's per-frame options; raises ValueError."""
+        return FrameOptions(
+            range_min=self.range_min,
+            range_max=self.range_max,
+            fallback_camera=(self.fx, self.fy, self.cx, self.cy) if self.fx > 0 else None,
+            points=self.publish_points,
+            point_stride=self.point_stride,
+            preview=self.publish_preview,
+        )
 
 
 def _float_range(low: float, high: float) -> dict:
@@ -113,9 +133,6 @@ _DESCRIPTORS = {
     "stats_period": ("seconds between latency/throughput log lines; 0 = off", _float_range(0, 3600)),
 }
 
-# Changing any of these rebuilds the estimator (the backend is reopened only for the first two).
-_ESTIMATOR_PARAMS = {"model_path", "backend", "min_depth", "max_depth", "depth_scale", "output_resolution"}
-
 
 def validate_params(params: DepthParams) -> str | None:
     """The first problem with a parameter set (cross-field rules the descriptors cannot express), or None."""
@@ -123,55 +140,14 @@ def validate_params(params: DepthParams) -> str | None:
         return "model_path is empty: set it to a .engine, .onnx or .pt file (launch argument model:=...)"
     if not Path(params.model_path).is_file():
         return f"model_path '{params.model_path}' is not a file"
-    if params.backend not in BACKENDS:
-        return f"backend '{params.backend}' is not one of {', '.join(BACKENDS)}"
-    if params.output_resolution not in OUTPUT_RESOLUTIONS:
-        return f"output_resolution '{params.output_resolution}' is not one of {', '.join(OUTPUT_RESOLUTIONS)}"
-    if params.min_depth and params.max_depth and params.min_depth >= params.max_depth:
-        return f"min_depth {params.min_depth} must be < max_depth {params.max_depth}"
-    if params.range_max and params.range_min >= params.range_max:
-        return f"range_min {params.range_min} must be < range_max {params.range_max}"
     if (params.fx > 0) != (params.fy > 0):
         return f"set both fx and fy (> 0) or neither, got fx={params.fx}, fy={params.fy}"
+    try:
+        params.model_settings()
+        params.frame_options()
+    except ValueError as error:
+        return str(error)
     return None
-
-
-class _Stats:
-    """Latency and throughput over one logging period, plus totals; thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.received = self.processed = self.dropped = self.rejected = self.failed = 0
-        self._latencies: list[float] = []
-        self._window_start = time.monotonic()
-        self._window_dropped = 0
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, count in counts.items():
-                setattr(self, name, getattr(self, name) + count)
-            self._window_dropped += counts.get("dropped", 0)
-
-    def frame_done(self, latency_s: float) -> None:
-        with self._lock:
-            self.processed += 1
-            self._latencies.append(latency_s)
-
-    def take_window(self) -> str:
-        """A log line for the period since the last call, then a fresh period."""
-        with self._lock:
-            latencies, self._latencies = np.asarray(self._latencies) * 1e3, []
-            dropped, self._window_dropped = self._window_dropped, 0
-            now, elapsed = time.monotonic(), time.monotonic() - self._window_start
-            self._window_start = now
-            totals = f"totals: processed {self.processed}, dropped {self.dropped}, rejected {self.rejected}"
-        if latencies.size == 0:
-            return f"no frames processed in the last {elapsed:.1f} s ({dropped} dropped); {totals}"
-        p50, p95 = np.percentile(latencies, [50, 95])
-        return (
-            f"{latencies.size / elapsed:.1f} fps, latency mean {latencies.mean():.1f} ms, p50 {p50:.1f} ms, "
-            f"p95 {p95:.1f} ms, {dropped} dropped in the last {elapsed:.1f} s; {totals}"
-        )
 
 
 class DepthNode(Node):
@@ -189,13 +165,13 @@ class DepthNode(Node):
             problem = validate_params(self.params)
             if problem:
                 raise ValueError(f"{self.get_fully_qualified_name()}: {problem}")
-            self._estimator = self._build_estimator(self.params, backend=None)
+            self._pipeline = FramePipeline(self.params.model_settings())
         except BaseException:
             Node.destroy_node(self)  # nothing of ours to stop yet
             raise
         self._reload = False
 
-        self.stats = _Stats()
+        self.stats = FrameStats()
         self._cond = threading.Condition()
         self._pending: tuple[Image | CompressedImage, float] | None = None
         self._stopping = False
@@ -222,11 +198,11 @@ class DepthNode(Node):
         self.add_post_set_parameters_callback(self._apply_new_params)
         self._worker = threading.Thread(target=self._work, name="depth_worker", daemon=True)
         self._worker.start()
-        backend = self._estimator.backend
+        estimator = self._pipeline.estimator
         self.get_logger().info(
-            f"serving {self.params.model_path} on {backend.name} at {backend.input_size[1]}x"
-            f"{backend.input_size[0]}, depth range [{self._estimator.min_depth}, "
-            f"{self._estimator.max_depth}] m; input {self._image_topic}"
+            f"serving {self.params.model_path} on {estimator.backend.name} at {estimator.input_size[1]}x"
+            f"{estimator.input_size[0]}, depth range [{estimator.min_depth}, {estimator.max_depth}] m; "
+            f"input {self._image_topic}"
         )
 
     # ----------------------------------------------------------------------------------------- parameters
@@ -249,40 +225,26 @@ class DepthNode(Node):
         return SetParametersResult(successful=problem is None, reason=problem or "")
 
     def _apply_new_params(self, parameters: list[Parameter]) -> None:
-        names = {p.name for p in parameters}
         previous, self.params = self.params, self._read_params({})
-        if names & _ESTIMATOR_PARAMS:
-            self._reload = True
+        if self.params.model_settings() != previous.model_settings():
+            self._reload = True  # applied by the worker, between frames
         if self.params.stats_period != previous.stats_period:
             self._start_stats_timer(self.params.stats_period)
 
-    def _build_estimator(self, params: DepthParams, backend) -> DepthEstimator:
-        """A DepthEstimator for ``params``, reusing an open backend when given."""
-        backend = backend or create_backend(params.model_path, params.backend)
-        self._model_key = (params.model_path, params.backend)
-        return DepthEstimator(
-            backend,
-            min_depth=params.min_depth or None,
-            max_depth=params.max_depth or None,
-            depth_scale=params.depth_scale,
-            output_size=backend.input_size if params.output_resolution == "network" else None,
-        )
-
-    def _reload_estimator(self) -> None:
+    def _reconfigure(self) -> None:
         """Apply changed model parameters (worker thread); the backend is reopened only for a new model."""
         self._reload = False
-        params, old = self.params, self._estimator
-        same_model = (params.model_path, params.backend) == self._model_key
+        settings = self.params.model_settings()
         try:
-            self._estimator = self._build_estimator(params, old.backend if same_model else None)
+            rebuilt = self._pipeline.configure(settings)
         except (ValueError, RuntimeError, OSError) as error:
             self.get_logger().error(
                 f"cannot apply the new model parameters, keeping the previous model: {error}"
             )
             return
-        if not same_model:
-            old.backend.close()
-        self.get_logger().info(f"estimator rebuilt: {params.model_path} on {self._estimator.backend.name}")
+        if rebuilt:
+            backend = self._pipeline.estimator.backend
+            self.get_logger().info(f"estimator rebuilt: {settings.model_path} on {backend.name}")
 
     def _start_stats_timer(self, period: float) -> None:
         if self._stats_timer is not None:
@@ -334,76 +296,47 @@ class DepthNode(Node):
             )
             return
         if self._reload:
-            self._reload_estimator()
+            self._reconfigure()
         params, header = self.params, msg.header
-        depth = self._estimator(rgb)
-        if params.range_min or params.range_max:
-            upper = params.range_max or math.inf
-            depth[~((depth > params.range_min) & (depth < upper))] = np.nan
-        self._depth_pub.publish(depth_to_image_msg(depth, header))
-
-        height, width = depth.shape
-        intrinsics, info = self._intrinsics(rgb.shape[1], rgb.shape[0])
-        if intrinsics is not None:
-            intrinsics = intrinsics.scaled(width, height)
+        camera, info = self._camera(rgb.shape[1], rgb.shape[0])
+        frame = self._pipeline(rgb, camera, params.frame_options())
+        self._depth_pub.publish(depth_to_image_msg(frame.depth, header))
+        if frame.intrinsics is None:
+            self.get_logger().warning(
+                "no camera_info yet and fx/fy/cx/cy unset: publishing depth only (no points, no camera_info)",
+                throttle_duration_sec=WARN_PERIOD_S,
+            )
+        else:
+            height, width = frame.depth.shape
             self._info_pub.publish(
                 scaled_camera_info(info, width, height, header)
                 if info is not None
-                else camera_info_from_intrinsics(intrinsics, header)
+                else camera_info_from_intrinsics(frame.intrinsics, header)
             )
-        if params.publish_points and intrinsics is not None:
-            colour = (
-                rgb
-                if rgb.shape[:2] == depth.shape
-                else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-            )
-            cloud = depth_to_pointcloud(depth, intrinsics, colour, stride=params.point_stride)
-            self._points_pub.publish(
-                PointCloud2(
-                    header=header,
-                    height=cloud.height,
-                    width=cloud.width,
-                    fields=[
-                        PointFieldMsg(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-                        for f in cloud.fields
-                    ],
-                    is_bigendian=False,
-                    point_step=cloud.point_step,
-                    row_step=cloud.row_step,
-                    data=cloud.tobytes(),
-                    is_dense=cloud.is_dense,
-                )
-            )
-        if params.publish_preview:
-            self._preview_pub.publish(preview_image_msg(depth, header))
+        if frame.cloud is not None:
+            self._points_pub.publish(cloud_to_pointcloud2_msg(frame.cloud, header))
+        if frame.preview is not None:
+            self._preview_pub.publish(preview_image_msg(frame.preview, header))
         self.stats.frame_done(time.monotonic() - received)
 
-    def _intrinsics(self, width: int, height: int) -> tuple[Intrinsics | None, CameraInfo | None]:
-        """Camera of the input image: latest camera_info, else the fx/fy/cx/cy parameters, else None.
+    def _camera(self, width: int, height: int) -> tuple[Intrinsics | None, CameraInfo | None]:
+        """The latest camera_info as intrinsics (None when none arrived or it is unusable), and the message
+        itself when it can be rescaled for depth/camera_info (it states its image size), else None.
 
-        Returns the intrinsics at (width, height) and the CameraInfo they came from (None for parameters).
+        ``width`` x ``height`` is the image's size, assumed for a camera_info without one.
         """
         info = self._camera_info
-        if info is not None:
-            sized = info.width > 0 and info.height > 0  # some drivers leave the size 0: assume the image's
-            try:
-                intrinsics = Intrinsics.from_camera_info(
-                    info.k, info.width if sized else width, info.height if sized else height, info.p
-                )
-            except ValueError as error:
-                self.get_logger().warning(
-                    f"ignoring camera_info: {error}", throttle_duration_sec=WARN_PERIOD_S
-                )
-            else:
-                return intrinsics.scaled(width, height), info if sized else None
-        params = self.params
-        if params.fx > 0:
-            return Intrinsics(params.fx, params.fy, params.cx, params.cy, width, height), None
-        self.get_logger().warning(
-            "no camera_info yet and fx/fy/cx/cy unset: publishing depth only (no points, no camera_info)",
-            throttle_duration_sec=WARN_PERIOD_S,
-        )
-        return None, None
+        if info is None:
+            return None, None
+        try:
+            camera = intrinsics_from_camera_info(info, width, height)
+        except ValueError as error:
+            self.get_logger().warning(
+                f"ignoring camera_info on {self._info_sub.topic_name}: {error}",
+                throttle_duration_sec=WARN_PERIOD_S,
+            )
+            return None, None
+        return camera, info if info.width > 0 and info.height > 0 else None
 
     def destroy_node(self) -> None:
         with self._cond:
@@ -411,7 +344,7 @@ class DepthNode(Node):
             self._cond.notify()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join()
-        self._estimator.backend.close()
+        self._pipeline.close()
         super().destroy_node()
 
 

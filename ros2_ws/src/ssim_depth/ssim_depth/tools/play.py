@@ -101,7 +101,7 @@ def play(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``ros2 run ssim_depth play`` (also behind ``ssim-depth play``)."""
+    """``ros2 run ssim_depth play`` (or ``python -m ssim_depth.tools.play``)."""
     parser = argparse.ArgumentParser(prog="play", description=__doc__.splitlines()[0])
     parser.add_argument("bag", type=Path, help="rosbag2 directory or .mcap/.db3 file")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
@@ -117,3 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"play: {error}\n")
     print(f"published {count} messages")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,21 +10,25 @@ import pytest
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
 
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from skimage import data
 from ssim_depth.codecs import (
     ImageDecodeError,
     camera_info_from_intrinsics,
-    colorize_depth,
+    cloud_to_pointcloud2_msg,
     depth_to_image_msg,
     image_msg_to_depth,
     image_msg_to_rgb,
+    intrinsics_from_camera_info,
+    pointcloud2_msg_to_cloud,
     preview_image_msg,
     scaled_camera_info,
 )
 from std_msgs.msg import Header
 
 from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.imaging import colorize_depth
+from ssim_depth_core.runtime.pointcloud import depth_to_pointcloud, unpack_rgb
 
 PAD = 5  # bytes of row padding in the padded variants
 
@@ -127,7 +131,7 @@ def test_depth_decoder_honours_padding_and_byte_order(depth, big_endian):
 
 
 def test_preview_is_colormapped_inverse_depth(depth):
-    msg = preview_image_msg(depth, Header(frame_id="cam"))
+    msg = preview_image_msg(colorize_depth(depth), Header(frame_id="cam"))
     assert (msg.encoding, msg.height, msg.width, msg.step) == ("bgr8", 7, 9, 27)
     preview = np.frombuffer(msg.data, np.uint8).reshape(7, 9, 3)
     lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_MAGMA)[:, 0]
@@ -166,3 +170,62 @@ def test_camera_info_scaling_and_construction():
     np.testing.assert_array_equal(built.r, np.eye(3).ravel())
     with pytest.raises(ValueError, match="no image size"):
         scaled_camera_info(CameraInfo(), 96, 64, header)
+
+
+def test_camera_info_to_intrinsics_prefers_p_and_assumes_the_image_size_when_unset():
+    info = CameraInfo(width=120, height=80)
+    info.k = [100.0, 0.0, 60.0, 0.0, 110.0, 40.0, 0.0, 0.0, 1.0]
+    assert intrinsics_from_camera_info(info, 999, 999) == Intrinsics(100.0, 110.0, 60.0, 40.0, 120, 80)
+    info.p = [90.0, 0.0, 55.0, -12.0, 0.0, 95.0, 35.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # rectified: P wins
+    assert intrinsics_from_camera_info(info, 999, 999) == Intrinsics(90.0, 95.0, 55.0, 35.0, 120, 80)
+    info.width = info.height = 0  # a driver that leaves the size unset: the image's is assumed
+    assert intrinsics_from_camera_info(info, 60, 40) == Intrinsics(90.0, 95.0, 55.0, 35.0, 60, 40)
+    with pytest.raises(ValueError, match="uncalibrated"):
+        intrinsics_from_camera_info(CameraInfo(width=120, height=80), 120, 80)
+
+
+def test_point_cloud_round_trip_hand_checked(depth):
+    """depth -> cloud -> PointCloud2 -> cloud: a hand-computed point, the header and every byte survive."""
+    camera = Intrinsics(10.0, 12.0, 4.0, 3.0, 9, 7)
+    colour = np.arange(7 * 9 * 3, dtype=np.uint8).reshape(7, 9, 3)
+    cloud = depth_to_pointcloud(depth, camera, colour, stride=2)
+    header = Header(frame_id="camera_color_left")
+    msg = cloud_to_pointcloud2_msg(cloud, header)
+    assert (msg.header, msg.height, msg.width, msg.point_step, msg.row_step) == (header, 4, 5, 16, 80)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        ("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgb", 12, 7, 1)
+    ]  # fmt: skip
+    assert not msg.is_bigendian and not msg.is_dense  # depth[6, 0] is NaN and kept (organised)
+
+    decoded = pointcloud2_msg_to_cloud(msg)
+    assert decoded.tobytes() == cloud.tobytes() and decoded.is_dense == cloud.is_dense
+    point = decoded.points[1, 2]  # pixel (u, v) = (4, 2): x = (4 - 4) z / 10, y = (2 - 3) z / 12
+    z = depth[2, 4]
+    np.testing.assert_allclose([point["x"], point["y"], point["z"]], [0.0, -z / 12.0, z], rtol=1e-6)
+    np.testing.assert_array_equal(unpack_rgb(decoded.points["rgb"])[1, 2], colour[2, 4])
+    assert np.isnan(decoded.points[3, 0]["z"])
+
+
+def test_malformed_point_clouds_are_named():
+    fields = [PointField(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")]
+    good = PointCloud2(height=1, width=2, fields=fields, point_step=12, row_step=24, data=bytes(24))
+    assert pointcloud2_msg_to_cloud(good).points.shape == (1, 2)
+    float64_z = PointField(name="z", offset=8, datatype=8, count=1)
+    cases = [
+        (PointCloud2(height=1, width=2, fields=fields[:2], point_step=12, row_step=24, data=bytes(24)),
+         r"lack one of x, y, z"),
+        (PointCloud2(height=1, width=2, fields=fields, point_step=12, row_step=24, data=bytes(23)),
+         r"data length 23"),
+        (PointCloud2(height=1, width=2, fields=fields, point_step=12, row_step=24, data=bytes(24),
+                     is_bigendian=True), "big-endian"),
+        (PointCloud2(height=1, width=2, fields=[*fields[:2], float64_z], point_step=12, row_step=24,
+                     data=bytes(24)), "FLOAT32"),
+    ]  # fmt: skip
+    for msg, message in cases:
+        with pytest.raises(ValueError, match=rf"PointCloud2 \(2x1\): .*{message}"):
+            pointcloud2_msg_to_cloud(msg)
+
+
+def test_preview_rejects_a_depth_map():
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 BGR"):
+        preview_image_msg(np.ones((3, 4), np.float32), Header())

@@ -30,7 +30,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from skimage import data
 from ssim_depth.codecs import image_msg_to_depth
 from ssim_depth.node import DepthNode
-from ssim_depth.play import play
+from ssim_depth.tools.play import play
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.bagio import CameraBagWriter
@@ -364,6 +364,19 @@ def test_parameter_validation(graph, model, ros, tmp_path):
                 Parameter("point_stride", value=0),
             ],
         )
+
+
+def test_model_parameter_changes_apply_on_the_open_backend(graph, estimator, photo):
+    g = graph(publish_points=False, publish_preview=False)
+    np.testing.assert_allclose(
+        image_msg_to_depth(g.request(image_msg(photo))["depth"]), estimator(photo), rtol=1e-5
+    )
+    backend = g.node._pipeline.estimator.backend
+    (result,) = g.node.set_parameters([Parameter("depth_scale", value=2.5)])
+    assert result.successful
+    depth = image_msg_to_depth(g.request(image_msg(photo))["depth"])
+    np.testing.assert_allclose(depth, 2.5 * estimator(photo), rtol=1e-5)
+    assert g.node._pipeline.estimator.backend is backend  # only a new model file or backend reopens it
 
 
 def test_player_publishes_the_recorded_messages(ros, tmp_path, photo):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = ROOT / "ros2_ws" / "src" / "ssim_depth"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+ROOT = PACKAGE_DIR.parents[2]  # the repository: ROOT/ros2_ws/src/ssim_depth
 LAUNCH_FILE = ROOT / "launch" / "depth.launch.py"
 COLCON = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which("colcon")
 
@@ -42,6 +42,8 @@ def test_colcon_install_tree(install):
     for path in (
         install / "lib" / "ssim_depth" / "depth_node",
         install / "lib" / "ssim_depth" / "play",
+        install / "lib" / "ssim_depth" / "record",
+        install / "lib" / "ssim_depth" / "pipeline",
         install / "share" / "ament_index" / "resource_index" / "packages" / "ssim_depth",
         share / "package.xml",
         share / "launch" / "depth.launch.py",
@@ -53,6 +55,7 @@ def test_colcon_install_tree(install):
     assert (share / "launch" / "depth.launch.py").read_bytes() == LAUNCH_FILE.read_bytes()
     site = list((install / "lib").glob("python3*/site-packages/ssim_depth/node.py"))
     assert len(site) == 1, "the ssim_depth Python package is not installed"
+    assert (site[0].parent / "tools" / "pipeline.py").is_file(), "ssim_depth.tools is not installed"
     # colcon must not leave build artefacts in the source tree
     assert not list(PACKAGE_DIR.glob("*.egg-info")) and not (PACKAGE_DIR / "build").exists()
 
@@ -73,6 +76,21 @@ def test_installed_node_rejects_missing_model_with_the_shipped_params(install):
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "model_path is empty" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("tool", ["play", "record", "pipeline"])
+def test_installed_tools_start(install, tool):
+    """Each tool's console script finds its module in the installed tree (``ros2 run ssim_depth TOOL``)."""
+    pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
+    site = next((install / "lib").glob("python3*/site-packages"))
+    python_path = os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=python_path)
+    result = subprocess.run(
+        [sys.executable, str(install / "lib" / "ssim_depth" / tool), "--help"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"usage: {tool}" in result.stdout
 
 
 def test_params_file_matches_the_node_defaults():

@@ -3,7 +3,8 @@
 Output folder:
     depth/%06d.png      colourised inverse depth by :func:`ssim_depth_core.imaging.colorize_depth`,
                         as the node's ``depth/preview`` (so the files equal the preview; it is not subscribed)
-    depth_raw/%06d.png  uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI benchmark PNG)
+    depth_raw/%06d.png  uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI benchmark PNG);
+                        both written by :func:`ssim_depth_core.imaging.write_depth_pngs`
     points.ply          the last point cloud received, finite points only (binary PLY)
     frames.csv          per depth frame: index (the PNG number), header stamp (ns), latency (ms, empty if
                         its input frame was not heard)
@@ -38,17 +39,16 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from ssim_depth.codecs import image_msg_to_depth
-from ssim_depth_core.imaging import colorize_depth, encode_depth_png, write_png
-from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData, write_ply
+from ssim_depth.codecs import image_msg_to_depth, pointcloud2_msg_to_cloud, stamp_ns
+from ssim_depth_core.imaging import write_depth_pngs
+from ssim_depth_core.runtime.latency import latency_stats
+from ssim_depth_core.runtime.pointcloud import write_ply
 
 # Best effort with a deep queue is compatible with reliable and best-effort camera publishers alike.
 INPUT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -58,55 +58,6 @@ LATENCY_METHOD = (
     "header stamp at the recorder (DDS reception timestamp); one host clock"
 )
 _STOP = object()
-
-
-def stamp_ns(msg) -> int:
-    """A message's header stamp in nanoseconds."""
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
-def latency_stats(latencies_ms: list[float]) -> dict[str, float | int | None]:
-    """count, mean, p50, p95 and max of per-frame latencies in ms (None when there are none)."""
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    if values.size == 0:
-        return {"count": 0, "mean_ms": None, "p50_ms": None, "p95_ms": None, "max_ms": None}
-    p50, p95 = np.percentile(values, [50, 95])
-    return {
-        "count": int(values.size),
-        "mean_ms": float(values.mean()),
-        "p50_ms": float(p50),
-        "p95_ms": float(p95),
-        "max_ms": float(values.max()),
-    }
-
-
-def cloud_from_msg(msg: PointCloud2) -> PointCloudData:
-    """The x, y, z (and rgb) fields of a little-endian float32 PointCloud2 as :class:`PointCloudData`."""
-    fields = {f.name: f for f in msg.fields if f.name in ("x", "y", "z", "rgb")}
-    problem = None
-    if msg.is_bigendian:
-        problem = "big-endian data"
-    elif not {"x", "y", "z"} <= fields.keys():
-        problem = f"fields {[f.name for f in msg.fields]} lack one of x, y, z"
-    elif any(f.datatype != FLOAT32 or f.count != 1 for f in fields.values()):
-        problem = "x, y, z and rgb must be single FLOAT32 (datatype 7) values"
-    elif msg.row_step != msg.point_step * msg.width or len(msg.data) != msg.row_step * msg.height:
-        problem = (
-            f"data length {len(msg.data)}, row_step {msg.row_step} do not match {msg.height} rows of "
-            f"{msg.width} points of {msg.point_step} bytes"
-        )
-    if problem:
-        raise ValueError(f"PointCloud2 ({msg.width}x{msg.height}): {problem}")
-    dtype = np.dtype(
-        {
-            "names": list(fields),
-            "formats": ["<f4"] * len(fields),
-            "offsets": [f.offset for f in fields.values()],
-            "itemsize": msg.point_step,
-        }
-    )
-    points = np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, msg.width)
-    return PointCloudData(points=points, is_dense=bool(msg.is_dense))
 
 
 class DepthRecorder(Node):
@@ -196,9 +147,7 @@ class DepthRecorder(Node):
     def _write_depth(self, msg: Image, published_ns: int, received_ns: int) -> None:
         depth = image_msg_to_depth(msg)
         stamp, index = stamp_ns(msg), len(self._frames)
-        name = f"{index:06d}.png"
-        write_png(self.out_dir / "depth_raw" / name, encode_depth_png(depth))
-        write_png(self.out_dir / "depth" / name, cv2.cvtColor(colorize_depth(depth), cv2.COLOR_BGR2RGB))
+        write_depth_pngs(self.out_dir, f"{index:06d}.png", depth)
         with self._cond:
             published = self._published_ns.pop(stamp, None)
             latency = None if published is None else (received_ns - published) * 1e-6
@@ -250,13 +199,20 @@ class DepthRecorder(Node):
         }
         points = None
         if self._last_cloud is not None:
-            count = write_ply(paths["points"], cloud_from_msg(self._last_cloud))
+            count = write_ply(paths["points"], pointcloud2_msg_to_cloud(self._last_cloud))
             points = {"count": count, "stamp_ns": stamp_ns(self._last_cloud)}
         with open(paths["frames"], "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "stamp_ns", "latency_ms"])
             writer.writerows((i, s, "" if lat is None else f"{lat:.3f}") for i, s, lat in self._frames)
-        stats = latency_stats([lat for _, _, lat in self._frames if lat is not None])
+        latency = latency_stats([lat for _, _, lat in self._frames if lat is not None])
+        stats = {
+            "count": latency.count,
+            "mean_ms": latency.mean,
+            "p50_ms": latency.percentiles[50],
+            "p95_ms": latency.percentiles[95],
+            "max_ms": latency.max,
+        }
         stats.update(
             method=LATENCY_METHOD,
             frames_published=self.images,

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
 
-from ssim_depth.pipeline import PipelineError, run_pipeline
+from ssim_depth.tools.pipeline import PipelineError, run_pipeline
 
 from ssim_depth_core.data.rosbag import RosbagSequence
 from ssim_depth_core.data.synthetic import generate_dataset

@@ -1,9 +1,9 @@
 """``pipeline``: serve a model on a recorded drive end to end and write what the node publishes to a folder.
 
-The depth node runs as a separate process (as it would on a robot), fed by :func:`ssim_depth.play.play`
-replaying the bag once in this process; a :class:`ssim_depth.record.DepthRecorder` in this process writes
-depth PNGs, the last point cloud and latency statistics (layout and latency definition in
-:mod:`ssim_depth.record`). All of it runs on a random ROS domain with discovery limited to localhost, so
+The depth node runs as a separate process (as it would on a robot), fed by :func:`ssim_depth.tools.play.play`
+replaying the bag once in this process; a :class:`ssim_depth.tools.record.DepthRecorder` in this process
+writes depth PNGs, the last point cloud and latency statistics (layout and latency definition in
+:mod:`ssim_depth.tools.record`). All of it runs on a random ROS domain with discovery limited to localhost, so
 nothing else on the network hears it or disturbs it.
 
 Publishers and subscribers discover each other asynchronously, and DDS drops what a subscriber receives
@@ -44,8 +44,8 @@ from rclpy.serialization import deserialize_message
 
 import ssim_depth
 import ssim_depth_core
-from ssim_depth.play import MESSAGE_CLASSES, play
-from ssim_depth.record import DepthRecorder
+from ssim_depth.tools.play import MESSAGE_CLASSES, play
+from ssim_depth.tools.record import DepthRecorder
 from ssim_depth_core.data.rosbag import (
     COMPRESSED_TYPE,
     open_reader,

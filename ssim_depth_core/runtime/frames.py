@@ -1,0 +1,207 @@
+"""The frame pipeline: an RGB frame (+ its camera) -> metric depth, the camera at the depth's resolution, a
+point cloud and a preview.
+
+Everything a depth server does beyond converting messages, shared by the ROS node and offline inference:
+
+- the estimator's lifecycle: built from :class:`ModelSettings`, rebuilt by :meth:`FramePipeline.configure`
+  (reusing the open backend unless the model file or the backend changed), closed by
+  :meth:`FramePipeline.close`;
+- range masking: depths outside the open interval (range_min, range_max) become NaN (REP 117);
+- the camera: the frame's own intrinsics (any resolution), else the fallback (fx, fy, cx, cy) at the frame's
+  resolution, else none; scaled to the depth's resolution (a plain resize, :meth:`Intrinsics.scaled`);
+- the point cloud (:func:`~ssim_depth_core.runtime.pointcloud.depth_to_pointcloud`), coloured by the frame
+  resized (``cv2.INTER_AREA``) to the depth's resolution, and the preview
+  (:func:`~ssim_depth_core.imaging.colorize_depth`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import cv2
+import numpy as np
+
+from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.imaging import colorize_depth
+from ssim_depth_core.runtime.backends import BACKENDS, Backend, create_backend
+from ssim_depth_core.runtime.estimator import DepthEstimator
+from ssim_depth_core.runtime.pointcloud import PointCloudData, depth_to_pointcloud
+
+OutputResolution = Literal["input", "network"]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the estimator is built from.
+
+    Attributes:
+        model_path: ``.engine``, ``.onnx`` or ``.pt`` file (stored as a string).
+        backend: "auto", "tensorrt", "onnxruntime" or "torch".
+        min_depth, max_depth: network depth range in metres; None = the model's training range.
+        depth_scale: metric scale factor multiplying every depth.
+        output_resolution: "input" (depth at each frame's size) or "network" (at the network's size).
+    """
+
+    model_path: str | Path
+    backend: str = "auto"
+    min_depth: float | None = None
+    max_depth: float | None = None
+    depth_scale: float = 1.0
+    output_resolution: OutputResolution = "input"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "model_path", str(self.model_path)
+        )  # "m.onnx" and Path("m.onnx") are one model
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
+        choices = get_args(OutputResolution)
+        if self.output_resolution not in choices:
+            raise ValueError(
+                f"output_resolution '{self.output_resolution}' is not one of {', '.join(choices)}"
+            )
+        if self.min_depth is not None and self.max_depth is not None and self.min_depth >= self.max_depth:
+            raise ValueError(f"min_depth {self.min_depth} must be < max_depth {self.max_depth}")
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    """What a frame yields besides its depth.
+
+    Attributes:
+        range_min, range_max: depths <= range_min or >= range_max become NaN; 0 = no limit.
+        fallback_camera: (fx, fy, cx, cy) in pixels at the input frame's resolution, used for frames that come
+            without intrinsics; None = such frames have no camera (no point cloud).
+        points: compute the point cloud (only with a camera).
+        point_stride: the cloud keeps every n-th pixel in both axes.
+        organized_points: the cloud keeps the pixel grid with NaN for invalid pixels (True) or holds only the
+            valid points (False).
+        preview: colourise the depth.
+    """
+
+    range_min: float = 0.0
+    range_max: float = 0.0
+    fallback_camera: tuple[float, float, float, float] | None = None
+    points: bool = False
+    point_stride: int = 1
+    organized_points: bool = True
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        if self.range_min < 0 or self.range_max < 0:
+            raise ValueError(f"range_min and range_max must be >= 0, got {self.range_min}, {self.range_max}")
+        if self.range_max and self.range_min >= self.range_max:
+            raise ValueError(f"range_min {self.range_min} must be < range_max {self.range_max}")
+        if not isinstance(self.point_stride, int) or self.point_stride < 1:
+            raise ValueError(f"point_stride must be a positive integer, got {self.point_stride!r}")
+        if self.fallback_camera is not None and (
+            len(self.fallback_camera) != 4 or min(self.fallback_camera[:2]) <= 0
+        ):
+            raise ValueError(
+                f"fallback_camera must be (fx, fy, cx, cy) with fx, fy > 0, got {self.fallback_camera}"
+            )
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """One processed frame of (h, w) pixels: the input frame's size, or the network's ("network" output).
+
+    Attributes:
+        depth: (h, w) float32 depth in metres, NaN = invalid.
+        intrinsics: the camera of ``depth`` (width w, height h), or None when the frame had none.
+        cloud: the point cloud of ``depth`` when requested and a camera is known, else None.
+        preview: (h, w, 3) uint8 BGR colourised inverse depth when requested, else None.
+    """
+
+    depth: np.ndarray
+    intrinsics: Intrinsics | None
+    cloud: PointCloudData | None
+    preview: np.ndarray | None
+
+
+class FramePipeline:
+    """RGB frames -> :class:`DepthFrame` through one :class:`DepthEstimator` (see the module docstring).
+
+    Not thread-safe: configure and process frames from one thread.
+
+    Raises:
+        ValueError, RuntimeError, OSError: the model cannot be opened (from :func:`create_backend`).
+    """
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.estimator = _build_estimator(settings, None)
+        self.settings = settings
+
+    def configure(self, settings: ModelSettings) -> bool:
+        """Switch to ``settings``; returns whether the estimator was rebuilt (any setting changed).
+
+        The open backend is reused unless ``model_path`` or ``backend`` changed; then the new model is opened
+        first and the old backend closed after. If that raises, the pipeline keeps its previous model.
+        """
+        if settings == self.settings:
+            return False
+        old, previous = self.estimator, self.settings
+        same_model = (settings.model_path, settings.backend) == (previous.model_path, previous.backend)
+        self.estimator = _build_estimator(settings, old.backend if same_model else None)
+        self.settings = settings
+        if not same_model:
+            old.backend.close()
+        return True
+
+    def __call__(
+        self, rgb: np.ndarray, camera: Intrinsics | None = None, options: FrameOptions = FrameOptions()
+    ) -> DepthFrame:
+        """Process one frame.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB.
+            camera: intrinsics of ``rgb`` at any resolution (rescaled to the depth's); None = use
+                ``options.fallback_camera`` at (W, H), if set.
+            options: range limits, fallback camera, which of cloud and preview to make.
+        """
+        depth = self.estimator(rgb)
+        if options.range_min or options.range_max:
+            upper = options.range_max or math.inf
+            depth[~((depth > options.range_min) & (depth < upper))] = np.nan
+        height, width = depth.shape
+        if camera is None and options.fallback_camera is not None:
+            camera = Intrinsics(*options.fallback_camera, rgb.shape[1], rgb.shape[0])
+        if camera is not None and (camera.width, camera.height) != (width, height):
+            camera = camera.scaled(width, height)
+        cloud = None
+        if options.points and camera is not None:
+            colour = (
+                rgb
+                if rgb.shape[:2] == depth.shape
+                else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+            )
+            cloud = depth_to_pointcloud(
+                depth, camera, colour, stride=options.point_stride, organized=options.organized_points
+            )
+        preview = colorize_depth(depth) if options.preview else None
+        return DepthFrame(depth=depth, intrinsics=camera, cloud=cloud, preview=preview)
+
+    def close(self) -> None:
+        """Close the backend."""
+        self.estimator.backend.close()
+
+    def __enter__(self) -> FramePipeline:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _build_estimator(settings: ModelSettings, backend: Backend | None) -> DepthEstimator:
+    """A DepthEstimator for ``settings`` on ``backend``, or on a newly opened one when None."""
+    backend = backend or create_backend(settings.model_path, settings.backend)
+    return DepthEstimator(
+        backend,
+        min_depth=settings.min_depth,
+        max_depth=settings.max_depth,
+        depth_scale=settings.depth_scale,
+        output_size=backend.input_size if settings.output_resolution == "network" else None,
+    )
