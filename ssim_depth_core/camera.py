@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,29 @@ class Intrinsics:
             int(width),
             int(height),
         )
+
+    def fitted(self, width: int, height: int, source: str) -> Intrinsics:
+        """These intrinsics at an image of ``width`` x ``height``: rescaled when only the resolution differs.
+
+        Raises ValueError naming ``source`` when the aspect ratio differs by more than 1 % (a crop, or the
+        wrong camera), since a plain rescale would then be wrong.
+        """
+        if (self.width, self.height) == (width, height):
+            return self
+        if abs(self.width / self.height - width / height) > 0.01 * width / height:
+            raise ValueError(
+                f"{source}: intrinsics are for {self.width}x{self.height} but the images are "
+                f"{width}x{height} (a different aspect ratio)"
+            )
+        logger.info(
+            "%s: rescaling intrinsics from %dx%d to the image size %dx%d",
+            source,
+            self.width,
+            self.height,
+            width,
+            height,
+        )
+        return self.scaled(width, height)
 
     @property
     def matrix(self) -> np.ndarray:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.rosbag import RosbagSequence, _fit_intrinsics, is_rosbag
+from ssim_depth_core.data.rosbag import RosbagSequence, is_rosbag
 from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
 from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
 from ssim_depth_core.runtime.latency import latency_stats
@@ -251,7 +251,7 @@ def run_inference(
                     if base is None:
                         camera = guess_intrinsics(width, height)
                     else:
-                        camera = _fit_intrinsics(base, (width, height), frame.label)
+                        camera = base.fitted(width, height, source=frame.label)
                 if not latencies_ms:
                     pipeline(image, camera, options)  # warm-up: lazy initialisation must not count as latency
                 start = time.perf_counter()

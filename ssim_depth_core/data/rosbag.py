@@ -190,7 +190,7 @@ class RosbagSequence(FrameSequence):
                 intrinsics = self._camera_info(reader, topics[info_topic].connections, info_topic)
         finally:
             reader.close()
-        self.intrinsics = _fit_intrinsics(intrinsics, size, self.name)
+        self.intrinsics = intrinsics.fitted(*size, source=self.name)
 
     def _index(self, reader: AnyReader, connections: list[Any]) -> tuple[int, int]:
         """Header stamps and lookup keys of every image message; returns the (width, height) of the first."""
@@ -287,24 +287,3 @@ class RosbagSequence(FrameSequence):
             return image_from_message(reader.deserialize(raw, connection.msgtype))
         except (AnyReaderError, ValueError) as err:  # FrameError from decoding included: add where it was
             raise FrameError(f"{where}: {err}") from None
-
-
-def _fit_intrinsics(intrinsics: Intrinsics, size: tuple[int, int], name: str) -> Intrinsics:
-    """Intrinsics at the image size: rescaled when only the resolution differs, an error otherwise."""
-    width, height = size
-    if (intrinsics.width, intrinsics.height) == (width, height):
-        return intrinsics
-    if abs(intrinsics.width / intrinsics.height - width / height) > 0.01 * width / height:
-        raise ValueError(
-            f"{name}: intrinsics are for {intrinsics.width}x{intrinsics.height} but the images are "
-            f"{width}x{height} (a different aspect ratio)"
-        )
-    logger.info(
-        "%s: rescaling intrinsics from %dx%d to the image size %dx%d",
-        name,
-        intrinsics.width,
-        intrinsics.height,
-        width,
-        height,
-    )
-    return intrinsics.scaled(width, height)
