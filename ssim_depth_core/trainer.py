@@ -10,6 +10,7 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,15 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from ssim_depth_core.checkpoint import load_checkpoint, save_atomic
 from ssim_depth_core.config import OptimConfig, TrainConfig, to_dict
-from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
 from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.models.monodepth import MonodepthModel
+from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,31 @@ def resolve_device(name: str, context: DistributedContext) -> torch.device:
 
 def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for config ``amp`` on this device (None = full precision)."""
-    if name not in ("auto", "none", "bf16", "fp16"):
-        raise ValueError(f"config 'amp' must be auto, none, bf16 or fp16, got '{name}'")
     if device.type != "cuda" or name == "none":
         return None
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if name == "bf16" else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Refuse a non-empty run folder unless ``resume`` (continue that run) or ``overwrite``, for which rank 0
+    removes the old checkpoints and TensorBoard events so that two runs never mix."""
+    if resume and overwrite:
+        raise ValueError(
+            "--resume continues the run in the output folder and --overwrite replaces it: pass one"
+        )
+    if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{out_dir} is not empty (an earlier run?): pass --resume to continue that run, or --overwrite "
+            "to start a new one there (its checkpoints and TensorBoard events are removed)"
+        )
+    if is_main:
+        for name in ("checkpoints", "tensorboard"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        log.warning("--overwrite: removed the earlier checkpoints and TensorBoard events of %s", out_dir)
 
 
 def learning_rate(optim: OptimConfig, progress: float) -> float:
@@ -114,10 +133,19 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Trains a :class:`MonodepthModel` with an :class:`Objective` on the sequences found at ``data_path``."""
 
-    def __init__(self, config: TrainConfig, data_path: str | Path, out_dir: str | Path, resume: bool = False):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data_path: str | Path,
+        out_dir: str | Path,
+        resume: bool = False,
+        overwrite: bool = False,
+    ):
         self.config = config
         self.out_dir = Path(out_dir)
         self.context = DistributedContext.from_env()
+        # before the process group forms: no rank has written into out_dir yet
+        prepare_run_dir(self.out_dir, resume, overwrite, self.context.is_main)
         if self.context.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.device = resolve_device(config.device, self.context)
@@ -129,14 +157,35 @@ class Trainer:
         if not sequences:
             raise ValueError(f"no sequences found under {data_path}")
         frame_ids = config.data.frame_ids
-        train_samples = build_samples(sequences, frame_ids, config.data.train_split or None)
+        train_split = select_split(data_path, config.data.train_split, "train")
+        train_samples = build_samples(sequences, frame_ids, train_split)
         if not train_samples:
             raise ValueError(f"{data_path}: no training samples (every frame needs neighbours {frame_ids})")
         self.train_set = TripletDataset(sequences, train_samples, config.data, train=True, seed=config.seed)
+        if train_split is not None:
+            log.info("training on %d samples of %s", len(self.train_set), train_split)
+        else:
+            log.info(
+                "no train split (%s): training on every usable frame of %d sequences, %d samples",
+                _no_split_reason(config.data.train_split, data_path, "train"),
+                len(sequences),
+                len(self.train_set),
+            )
         self.val_set = None
-        if config.data.val_split:
-            val_samples = build_samples(sequences, frame_ids, config.data.val_split)
+        val_split = select_split(data_path, config.data.val_split, "val")
+        if val_split is not None:
+            val_samples = build_samples(sequences, frame_ids, val_split)
+            if not val_samples:
+                raise ValueError(f"{val_split}: no validation samples with neighbours {frame_ids}")
             self.val_set = TripletDataset(sequences, val_samples, config.data, train=False, seed=config.seed)
+            log.info(
+                "validating on %d samples of %s; best.pt keeps the best weights", len(self.val_set), val_split
+            )
+        else:
+            log.info(
+                "no validation split (%s): no validation pass; best.pt will hold the last weights",
+                _no_split_reason(config.data.val_split, data_path, "val"),
+            )
         self.sampler = ResumableSampler(
             self.train_set,
             num_replicas=self.context.world_size,
@@ -160,7 +209,6 @@ class Trainer:
             weight_decay=config.optim.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )
-        learning_rate(config.optim, 0.0)  # a bad schedule name fails here, not after the first batch
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.network = self.model
         if self.context.world_size > 1:
@@ -258,6 +306,9 @@ class Trainer:
                 self.epoch_batches = 0
             metrics = self.validate()
             self.save_checkpoint("last.pt")
+        if self.val_set is None and self.context.is_main:
+            path = self.save_checkpoint("best.pt")
+            log.info("no validation split: %s holds the last weights (step %d)", path, self.step)
         if self.writer is not None:
             self.writer.flush()
         if self.context.world_size > 1:
@@ -270,29 +321,27 @@ class Trainer:
         self.train_set.set_epoch(self.epoch)
         self.sampler.skip = self.epoch_batches * self.config.optim.batch_size
         self.network.train()
-        bar = tqdm(
-            self.loader,
-            desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
-            disable=not self.context.is_main,
-            dynamic_ncols=True,
-        )
-        tic = time.perf_counter()
-        for batch in bar:
-            self.epoch_batches += 1
-            self.skipped_samples += batch.pop("skipped")
-            if not batch:  # every sample of this batch was unreadable
-                continue
-            loss, outputs = self._train_step(batch)
-            self.step += 1
-            rate = 1.0 / max(time.perf_counter() - tic, 1e-9)
+        description = f"epoch {self.epoch + 1}/{self.config.optim.epochs}"
+        with progress_bar(self.loader, desc=description, disable=not self.context.is_main) as bar:
             tic = time.perf_counter()
-            bar.set_postfix(loss=f"{loss.total.item():.4f}", it_s=f"{rate:.2f}", skipped=self.skipped_samples)
-            if self.writer is not None:
-                self._log(loss, outputs, batch, rate)
-            if self.step % self.config.checkpoint_every == 0:
-                self.save_checkpoint("last.pt")
-            if self._done() and self.epoch_batches < self.steps_per_epoch:
-                return False
+            for batch in bar:
+                self.epoch_batches += 1
+                self.skipped_samples += batch.pop("skipped")
+                if not batch:  # every sample of this batch was unreadable
+                    continue
+                loss, outputs = self._train_step(batch)
+                self.step += 1
+                rate = 1.0 / max(time.perf_counter() - tic, 1e-9)
+                tic = time.perf_counter()
+                bar.set_postfix(
+                    loss=f"{loss.total.item():.4f}", it_s=f"{rate:.2f}", skipped=self.skipped_samples
+                )
+                if self.writer is not None:
+                    self._log(loss, outputs, batch, rate)
+                if self.step % self.config.checkpoint_every == 0:
+                    self.save_checkpoint("last.pt")
+                if self._done() and self.epoch_batches < self.steps_per_epoch:
+                    return False
         return True
 
     def _train_step(self, batch: dict[str, Any]):
@@ -334,7 +383,7 @@ class Trainer:
         self.model.eval()
         accumulator = MetricsAccumulator()
         losses = []
-        for batch in tqdm(self._loader(self.val_set), desc="validate", leave=False, dynamic_ncols=True):
+        for batch in progress_bar(self._loader(self.val_set), desc="validate", leave=False):
             batch.pop("skipped")
             if not batch:
                 continue
@@ -363,6 +412,11 @@ class Trainer:
                 "validation at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items())
             )
         return result
+
+
+def _no_split_reason(split: str, data_path: str | Path, name: str) -> str:
+    """Why config value ``split`` selected no split file, for the log."""
+    return f"data.{name}_split={split}" if split else f"no {Path(data_path) / 'splits'}/*/{name}_files.txt"
 
 
 def _float32(outputs: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,13 @@
+import json
+import logging
 import math
 
 import numpy as np
 import pytest
 
+from ssim_depth_core.apps.cli import main
 from ssim_depth_core.apps.evaluate import format_table
+from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.evaluation import (
     METRIC_NAMES,
     MetricsAccumulator,
@@ -134,3 +138,22 @@ def test_format_table():
     header, values = format_table(metrics).splitlines()
     assert header.split(" | ") == [f"{n:>8}" for n in METRIC_NAMES]
     assert [float(v) for v in values.split("|")] == [0.116, 0.9, 4.87, 0.193, 0.871, 0.959, 0.981]
+
+
+def test_evaluate_chooses_the_backend_from_the_model_file(random_checkpoint, random_onnx, tmp_path, caplog):
+    data = generate_dataset(
+        tmp_path / "data", seed=3, drives=1, frames=4, width=96, height=64, bag="none", progress=False
+    )
+    results = {}
+    for model in (random_checkpoint, random_onnx):
+        out = tmp_path / f"{model.suffix[1:]}.json"
+        with caplog.at_level(logging.INFO, logger="ssim_depth_core.runtime.backends"):
+            assert (
+                main(["evaluate", "--checkpoint", str(model), "--data", str(data), "--json", str(out)]) == 0
+            )
+        results[model.suffix] = json.loads(out.read_text())
+    assert f"backend auto -> torch for {random_checkpoint}" in caplog.text
+    assert f"backend auto -> onnxruntime for {random_onnx}" in caplog.text
+    assert results[".onnx"]["images"] == results[".pt"]["images"] == 2  # frames 1 and 2 of the test split
+    for name in METRIC_NAMES:  # one network, two runtimes
+        assert results[".onnx"][name] == pytest.approx(results[".pt"][name], rel=1e-3, abs=1e-4), name

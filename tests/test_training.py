@@ -1,10 +1,13 @@
-"""The training loop on a tiny synthetic drive: logs, checkpoints, SIGKILL + resume, DDP, bad frames."""
+"""The training loop on a tiny synthetic drive: logs, checkpoints, SIGKILL + resume, DDP, bad frames, default
+splits, run folders, config choices, progress output in a log, model-file modes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,9 +18,10 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ssim_depth_core.checkpoint import load_checkpoint, load_depth_net
+from ssim_depth_core.checkpoint import load_checkpoint, load_depth_net, write_atomic
 from ssim_depth_core.config import OptimConfig, load_config
 from ssim_depth_core.data.synthetic import generate_dataset
+from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.trainer import Trainer, learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +44,14 @@ def drive(tmp_path_factory) -> Path:
     )
 
 
-def _train_command(data: Path, out: Path, *overrides: str, resume: bool = False) -> list[str]:
+def _train_command(
+    data: Path, out: Path, *overrides: str, resume: bool = False, overwrite: bool = False
+) -> list[str]:
     command = [sys.executable, str(ROOT / "training" / "train.py"), "--config", str(CONFIG)]
     command += ["--data", str(data), "--out", str(out)]
     for item in [*TINY, *overrides]:
         command += ["--set", item]
-    return command + (["--resume"] if resume else [])
+    return command + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
 
 
 def _parameters(path: Path) -> dict[str, torch.Tensor]:
@@ -195,3 +201,163 @@ def test_torchrun_two_processes_keep_identical_weights(drive, tmp_path):
     for name in rank0:
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
     assert any(not torch.equal(rank0[name], initial[name]) for name in rank0), "no step changed the weights"
+
+
+def _with_splits(drive: Path, root: Path, **splits: list[int]) -> Path:
+    """A copy of ``drive`` whose own split files (splits/synthetic/<name>_files.txt) hold the given frames."""
+    data = shutil.copytree(drive, root / "data")
+    date_drive = _split(drive, "train").read_text().split()[0]
+    for name, frames in splits.items():
+        (data / "splits" / "synthetic" / f"{name}_files.txt").write_text(
+            "".join(f"{date_drive} {frame} l\n" for frame in frames)
+        )
+    return data
+
+
+def test_the_datasets_own_splits_are_used_by_default(drive, tmp_path, caplog):
+    data = _with_splits(drive, tmp_path, train=[1, 2, 3, 4], val=[7, 8])
+    train_file, val_file = _split(data, "train"), _split(data, "val")
+    with caplog.at_level(logging.INFO, logger="ssim_depth_core.trainer"):
+        trainer = Trainer(load_config(CONFIG, TINY), data, tmp_path / "run")
+    assert sorted(trainer.train_set.samples) == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert sorted(trainer.val_set.samples) == [(0, 7), (0, 8)]
+    assert f"training on 4 samples of {train_file}" in caplog.text
+    assert f"validating on 2 samples of {val_file}" in caplog.text
+
+    # "none": no split file, every usable frame trains and nothing validates
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ssim_depth_core.trainer"):
+        trainer = Trainer(
+            load_config(CONFIG, [*TINY, "data.train_split=none", "data.val_split=none"]),
+            data,
+            tmp_path / "all",
+        )
+    assert len(trainer.train_set) == 8 and trainer.val_set is None
+    assert "no train split (data.train_split=none): training on every usable frame" in caplog.text
+    assert "no validation split (data.val_split=none)" in caplog.text
+
+    # explicit split names win over the defaults
+    trainer = Trainer(
+        load_config(CONFIG, [*TINY, "data.train_split=val", "data.val_split=train"]), data, tmp_path / "named"
+    )
+    assert sorted(trainer.train_set.samples) == [(0, 7), (0, 8)] and len(trainer.val_set) == 4
+
+    # two train splits: the default is ambiguous, and the error names both files
+    other = data / "splits" / "other" / "train_files.txt"
+    other.parent.mkdir()
+    shutil.copy(train_file, other)
+    with pytest.raises(ValueError, match=f"several train splits.*{other}.*data.train_split.*'none'"):
+        Trainer(load_config(CONFIG, TINY), data, tmp_path / "ambiguous")
+
+
+def test_without_validation_best_pt_holds_the_last_weights(drive, tmp_path, caplog):
+    data = shutil.copytree(drive, tmp_path / "data")
+    shutil.rmtree(data / "splits")
+    with caplog.at_level(logging.INFO, logger="ssim_depth_core.trainer"):
+        trainer = Trainer(load_config(CONFIG, [*TINY, "optim.max_steps=2"]), data, tmp_path / "run")
+        trainer.fit()
+    assert len(trainer.train_set) == 8 and trainer.val_set is None
+    assert f"no train split (no {data / 'splits'}/*/train_files.txt)" in caplog.text
+    assert f"no validation split (no {data / 'splits'}/*/val_files.txt)" in caplog.text
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert best["step"] == last["step"] == 2
+    for name, value in last["model"].items():
+        assert torch.equal(best["model"][name], value), name
+    assert "best.pt holds the last weights (step 2)" in caplog.text
+
+
+def _logged_steps(run: Path) -> list[int]:
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [event.step for event in events.Scalars("loss/total")]
+
+
+def test_a_run_folder_is_refused_unless_resumed_or_overwritten(drive, tmp_path):
+    run = tmp_path / "run"
+    Trainer(load_config(CONFIG, [*TINY, "optim.max_steps=1", "data.val_split=none"]), drive, run).fit()
+    before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+
+    refused = subprocess.run(_train_command(drive, run), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert f"{run} is not empty" in refused.stderr
+    assert "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+    both = subprocess.run(
+        _train_command(drive, run, resume=True, overwrite=True), capture_output=True, text=True, timeout=600
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+    # --overwrite: a new run from step 0 whose TensorBoard events are its own only. Its stderr is a pipe,
+    # so the progress bar writes plain lines: one at the start and one per step of the 4-step epoch.
+    replaced = subprocess.run(
+        _train_command(drive, run, "optim.epochs=1", "data.val_split=none", overwrite=True),
+        capture_output=True,
+        timeout=600,
+    )
+    assert replaced.returncode == 0, replaced.stderr.decode()[-4000:]
+    assert b"--overwrite: removed the earlier checkpoints and TensorBoard events" in replaced.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    assert _logged_steps(run) == [1, 2, 3, 4]
+    assert b"\r" not in replaced.stderr
+    bar_lines = [line for line in replaced.stderr.decode().splitlines() if line.startswith("epoch ")]
+    assert [line.split("|")[0] for line in bar_lines] == [f"epoch 1/1: {p:3d}%" for p in (0, 25, 50, 75, 100)]
+
+    # --resume continues that run
+    resumed = Trainer(
+        load_config(CONFIG, [*TINY, "optim.epochs=2", "data.val_split=none"]), drive, run, resume=True
+    )
+    assert resumed.step == 4
+    resumed.fit()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    assert _logged_steps(run) == list(range(1, 9))
+
+
+def test_progress_in_a_log_is_a_few_plain_lines(tmp_path):
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:  # a file, like a pipe, is not a terminal
+        with progress_bar(range(1000), file=log, desc="epoch 1/1") as bar:
+            for step in bar:
+                bar.set_postfix(loss=f"{1 / (step + 1):.4f}")  # no line of its own
+        for _ in progress_bar(range(50), file=log, desc="validate", leave=False):
+            pass  # a transient bar leaves nothing in a log
+        with progress_bar(file=log, total=7, desc="frames", unit="frame") as frames:
+            frames.update(7)
+    text = log_path.read_bytes().decode()
+    assert "\r" not in text and "validate" not in text
+    lines = text.splitlines()
+    assert [line[: len("epoch 1/1:  10%")] for line in lines[:11]] == [
+        f"epoch 1/1: {percent:3d}%" for percent in range(0, 101, 10)
+    ]
+    assert lines[10].startswith("epoch 1/1: 100%|##########| 1000/1000") and "loss=0.0010" in lines[10]
+    assert [line.split("|")[0] for line in lines[11:]] == ["frames:   0%", "frames: 100%"]
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("loss.ssim_form=ssim", "'conventional', 'exponent', 'additive'"),
+        ("amp=fp32", "'auto', 'none', 'bf16', 'fp16'"),
+        ("optim.lr_schedule=linear", "'step', 'cosine'"),
+        ("model.padding_mode=replicate", "'reflection', 'zeros'"),
+    ],
+)
+def test_string_choices_are_checked_at_load_time(override, allowed):
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=f"config '{key}' must be one of {allowed}, got '{value}'"):
+        load_config(CONFIG, [override])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_model_files_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "model.onnx", b"weights")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+    assert (tmp_path / "model.onnx").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "plain"]  # no temporary file left

@@ -1,6 +1,7 @@
-"""The ``ssim-depth`` console script: synth, train, evaluate, export, infer.
+"""Self-supervised monocular depth: synthetic drives, training, evaluation, export and inference.
 
-Each verb parses its arguments and calls the library; the scripts in ``training/`` call the same verbs.
+The ssim-depth console script. Each verb parses its arguments and calls the library; python
+training/train.py, evaluate.py and export.py run the same verbs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger("ssim_depth")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help when it has a default to show (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -51,7 +61,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.camera_info_topic:
         overrides.append(f"data.camera_info_topic={args.camera_info_topic}")
     config = load_config(args.config, overrides)
-    trainer = Trainer(config, args.data, args.out, resume=args.resume)
+    trainer = Trainer(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
     metrics = trainer.fit()
     if trainer.context.is_main:
         print(
@@ -113,33 +123,55 @@ def _infer(args: argparse.Namespace) -> None:
     print(f"outputs and summary.json in {args.out}")
 
 
+def _verb(verbs, name: str, summary: str) -> argparse.ArgumentParser:
+    return verbs.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssim-depth", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ssim-depth",
+        description=__doc__.splitlines()[0],
+        epilog="ssim-depth VERB --help lists the options of a verb.",
+        formatter_class=_HelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    synth = verbs.add_parser("synth", help="render synthetic drives in the KITTI raw layout (+ rosbag2)")
+    synth = _verb(verbs, "synth", "render synthetic drives in the KITTI raw layout (+ rosbag2)")
     synth.add_argument("--out", required=True, type=Path, help="output root")
     synth.add_argument("--seed", type=int, default=0, help="scene seed; every drive differs")
     synth.add_argument("--drives", type=int, default=2, help="number of drives")
     synth.add_argument("--frames", type=int, default=60, help="frames per drive")
-    synth.add_argument("--size", type=_size, default=(416, 128), help="WIDTHxHEIGHT of the images")
+    synth.add_argument("--size", type=_size, default="416x128", help="WIDTHxHEIGHT of the images")
     synth.add_argument("--bag", choices=["mcap", "sqlite3", "none"], default="mcap", help="rosbag2 storage")
     synth.set_defaults(run=_synth)
 
-    train = verbs.add_parser("train", help="self-supervised training")
+    train = _verb(verbs, "train", "self-supervised training")
     train.add_argument("--config", type=Path, required=True, help="YAML config (training/configs/*.yaml)")
     train.add_argument("--data", type=Path, required=True, help="KITTI-layout root or rosbag2 (dir or file)")
-    train.add_argument("--out", type=Path, required=True, help="run folder: config, checkpoints, TensorBoard")
+    train.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder: config, checkpoints, TensorBoard (new or empty unless --resume or --overwrite)",
+    )
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    run_folder = train.add_mutually_exclusive_group()
+    run_folder.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT from its checkpoints/last.pt"
+    )
+    run_folder.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a non-empty OUT: its checkpoints/ and tensorboard/ are removed first",
+    )
     train.add_argument("--image-topic", help="rosbag2 image topic (when the bag has several)")
     train.add_argument("--camera-info-topic", help="rosbag2 CameraInfo topic (when ambiguous)")
     train.set_defaults(run=_train)
 
-    evaluate = verbs.add_parser("evaluate", help="Eigen-protocol depth metrics against ground truth")
+    evaluate = _verb(verbs, "evaluate", "Eigen-protocol depth metrics against ground truth")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="model: .pt, .onnx or .engine")
     evaluate.add_argument("--data", type=Path, required=True, help="KITTI-layout root with ground truth")
     evaluate.add_argument(
@@ -150,20 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-median-scaling", action="store_true", help="metric model: no per-image scaling"
     )
     evaluate.add_argument(
-        "--backend", default="torch", help="runtime backend: auto|torch|onnxruntime|tensorrt"
+        "--backend",
+        default="auto",
+        help="runtime backend: auto (chosen from the model file) | torch | onnxruntime | tensorrt",
     )
     evaluate.set_defaults(run=_evaluate)
 
-    export = verbs.add_parser("export", help="export a checkpoint to ONNX (and a TensorRT engine)")
-    export.add_argument("--checkpoint", type=Path, required=True)
+    export = _verb(verbs, "export", "export a checkpoint to ONNX (and a TensorRT engine)")
+    export.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="trained checkpoint (.pt), e.g. OUT/checkpoints/best.pt",
+    )
     export.add_argument("--onnx", type=Path, required=True, help="output .onnx path")
-    export.add_argument("--height", type=int, help="input height (default: the training height)")
-    export.add_argument("--width", type=int, help="input width (default: the training width)")
+    export.add_argument("--height", type=int, help="network input height (default: the training height)")
+    export.add_argument("--width", type=int, help="network input width (default: the training width)")
     export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
-    export.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
+    export.add_argument(
+        "--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision"
+    )
     export.set_defaults(run=_export)
 
-    infer = verbs.add_parser("infer", help="depth maps (and point clouds) for images, a video or a rosbag2")
+    infer = _verb(verbs, "infer", "depth maps (and point clouds) for images, a video or a rosbag2")
     infer.add_argument("--model", type=Path, required=True, help="model: .pt, .onnx or .engine")
     infer.add_argument(
         "--input", type=Path, required=True, help="image folder (.png/.jpg), image, video file or rosbag2"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.triplets import build_samples
 from ssim_depth_core.evaluation import METRIC_NAMES, MetricsAccumulator, evaluate_depth
+from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
 
@@ -28,12 +27,13 @@ def evaluate_model(
     data_path: str | Path,
     split: str | Path = "test",
     median_scaling: bool = True,
-    backend: str = "torch",
+    backend: str = "auto",
     progress: bool = True,
 ) -> dict[str, float]:
     """Eigen-protocol metrics of a model (.pt, .onnx or .engine) over a split with ground-truth depth.
 
-    Each image goes through :class:`DepthEstimator`, exactly as in serving, at the image's own resolution.
+    Each image goes through :class:`DepthEstimator`, exactly as in serving, at the image's own resolution,
+    on ``backend`` ("auto": the one that fits the model file).
     Returns the per-image mean of every metric plus ``images`` and, with median scaling, ``scale_mean`` and
     ``scale_std`` (the spread of per-image ratios shows how consistent the model's scale is).
     """
@@ -41,7 +41,7 @@ def evaluate_model(
     samples = build_samples(sequences, [0], resolve_split(data_path, split))
     estimator = DepthEstimator(model_path, backend=backend)
     accumulator = MetricsAccumulator()
-    for sequence_index, frame in tqdm(samples, desc="evaluate", disable=not progress, dynamic_ncols=True):
+    for sequence_index, frame in progress_bar(samples, desc="evaluate", disable=not progress):
         sequence = sequences[sequence_index]
         gt = sequence.depth(frame)
         if gt is None:

@@ -64,11 +64,19 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
     ]
 
 
+NO_SPLIT = "none"  # data.train_split / val_split value: use no split file
+
+
+def _dataset_splits(data_path: str | Path, name: str) -> list[Path]:
+    """The dataset's own split files named ``name``: ``DATA/splits/*/<name>_files.txt``."""
+    return sorted(Path(data_path).glob(f"splits/*/{name}_files.txt"))
+
+
 def resolve_split(data_path: str | Path, split: str | Path) -> Path:
     """A split file path as given, or the name ``split`` resolved as ``DATA/splits/*/<split>_files.txt``."""
     if Path(split).is_file():
         return Path(split)
-    matches = sorted(Path(data_path).glob(f"splits/*/{split}_files.txt"))
+    matches = _dataset_splits(data_path, str(split))
     if len(matches) != 1:
         found = ", ".join(str(m) for m in matches) or "none"
         raise ValueError(
@@ -76,3 +84,22 @@ def resolve_split(data_path: str | Path, split: str | Path) -> Path:
             "pass a split file path"
         )
     return matches[0]
+
+
+def select_split(data_path: str | Path, split: str, name: str) -> Path | None:
+    """The split file that config value ``split`` (``data.train_split`` / ``val_split``) selects.
+
+    "none": None (no split file); empty: the dataset's own ``DATA/splits/*/<name>_files.txt`` when it has
+    one (None when it has none; an error when several match); else :func:`resolve_split`.
+    """
+    if split == NO_SPLIT:
+        return None
+    if split:
+        return resolve_split(data_path, split)
+    matches = _dataset_splits(data_path, name)
+    if len(matches) > 1:
+        raise ValueError(
+            f"{data_path} has several {name} splits ({', '.join(map(str, matches))}): set "
+            f"data.{name}_split to one of them, or to '{NO_SPLIT}' for no split"
+        )
+    return matches[0] if matches else None
