@@ -89,8 +89,8 @@ def check_frame_ids(frame_ids: Sequence[int]) -> list[int]:
     frame_ids = list(frame_ids)
     if len(frame_ids) < 2 or frame_ids[0] != 0 or len(set(frame_ids)) != len(frame_ids):
         raise ValueError(
-            "frame_ids must start with the target 0 followed by at least one source: distinct non-zero "
-            f"offsets, got {frame_ids}"
+            "frame_ids must start with the target frame 0, followed by at least one source: distinct "
+            f"non-zero offsets, got {frame_ids}"
         )
     return frame_ids
 

@@ -196,7 +196,7 @@ def test_unknown_term_is_rejected_with_the_known_ones_listed():
 
 @pytest.mark.parametrize("frame_ids", [[-1, 0, 1], [0], [0, 1, 1], [0, -1, 0]])
 def test_objective_rejects_bad_frame_ids(frame_ids):
-    expected = f"frame_ids must start with the target 0.*got {re.escape(str(frame_ids))}"
+    expected = f"frame_ids must start with the target frame 0.*got {re.escape(str(frame_ids))}"
     with pytest.raises(ValueError, match=expected):
         Objective(LossConfig(), frame_ids=frame_ids, scales=[0])
 

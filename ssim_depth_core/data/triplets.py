@@ -22,7 +22,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset, default_collate
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.config import DataConfig
+from ssim_depth_core.config import DataConfig, check_frame_ids
 from ssim_depth_core.data.kitti_raw import SIDE_TO_CAMERA, kitti_sequence_name, read_split
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.imaging import FrameError, resize_image
@@ -157,9 +157,7 @@ class TripletDataset(Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
-        self.frame_ids = list(data_config.frame_ids)
-        if not self.frame_ids or self.frame_ids[0] != 0:
-            raise ValueError(f"data.frame_ids must start with the target frame 0, got {self.frame_ids}")
+        self.frame_ids = check_frame_ids(data_config.frame_ids)
         divisor = 2 ** (NUM_SCALES - 1)
         if data_config.height % divisor or data_config.width % divisor:
             raise ValueError(
