@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_with_curve(config_path, overrides, data, heldout, out, minutes, eval_every):
-    """Train in chunks until ``minutes`` of training time; evaluate after each chunk. Returns the curve."""
-    config = load_config(config_path, overrides)
+    """Train in chunks until ``minutes`` of training time; evaluate after each chunk. Returns the curve.
+
+    Every training drive trains (no split: the held-out drive is of another data seed) and there is no
+    validation pass inside the budget, as in the published figures.
+    """
+    config = load_config(config_path, ["data.train_split=none", "data.val_split=none", *overrides])
     trainer = Trainer(config, data, out)
     curve = [{"step": 0, "minutes": 0.0, **evaluate(trainer.save_checkpoint("untrained.pt"), heldout)}]
     trained = 0.0

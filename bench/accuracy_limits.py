@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from accuracy import add_data_arguments, prepare_drives  # the sibling script bench/accuracy.py
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ssim_depth_core.apps.evaluate import evaluate_model
 from ssim_depth_core.checkpoint import save_atomic
@@ -36,6 +35,7 @@ from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
 from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.models.monodepth import MonodepthModel
+from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger("accuracy_limits")
 
@@ -101,7 +101,7 @@ def train_curve(model, config, data, heldout, out: Path, steps: int, eval_every:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.learning_rate, fused=True)
     checkpoint = out / "checkpoint.pt"
     curve, step, epoch, seconds = [], 0, 0, 0.0
-    bar = tqdm(total=steps, desc=out.name, dynamic_ncols=True)
+    bar = progress_bar(total=steps, desc=out.name)
     model.train()
     tic = time.perf_counter()
     while step < steps:

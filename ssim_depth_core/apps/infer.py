@@ -32,12 +32,12 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import RosbagSequence, is_rosbag
 from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
+from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
 from ssim_depth_core.runtime.latency import latency_stats
 from ssim_depth_core.runtime.pointcloud import write_ply
@@ -233,7 +233,7 @@ def run_inference(
     skipped: list[str] = []
     sources: list[dict] = []
     first_camera: Intrinsics | None = None
-    bar = tqdm(source.frames, total=source.total, unit="frame", desc="infer", disable=not progress)
+    bar = progress_bar(source.frames, total=source.total, unit="frame", desc="infer", disable=not progress)
     try:
         with logging_redirect_tqdm():
             for frame in bar:

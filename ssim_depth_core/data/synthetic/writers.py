@@ -21,6 +21,7 @@ from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data.synthetic.drive import FRAME_RATE, SyntheticDrive
 from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec
 from ssim_depth_core.imaging import encode_depth_png, write_png
+from ssim_depth_core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,9 @@ def generate_dataset(
             drive.spec.lead_vehicle, drive.spec.standstill, drive.spec.oncoming,
         )  # fmt: skip
     workers = min(drives, os.cpu_count() or 1) if workers is None else max(1, min(workers, drives))
-    with tqdm(total=drives * frames, desc="synthetic frames", unit="frame", disable=not progress) as bar:
+    with progress_bar(
+        total=drives * frames, desc="synthetic frames", unit="frame", disable=not progress
+    ) as bar:
         if workers == 1:
             with _single_threaded_torch():
                 for drive in made:
