@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import secrets
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,21 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by the trainer, with a clear error for a missing or foreign file."""
+    """Read a checkpoint written by the trainer, with a clear error for a missing or foreign file.
+
+    Model files are data: the file is unpickled with ``weights_only=True`` (tensors, plain containers,
+    numbers and strings), so a crafted checkpoint cannot run code; one that needs more is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: refused: this file needs arbitrary unpickling (objects beyond tensors, containers, "
+            f"numbers and strings), which could run code; ssim_depth checkpoints never do ({error})"
+        ) from error
     except Exception as error:  # torch raises several unrelated types for a corrupt or non-torch file
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
     missing = {"config", "model"} - set(state if isinstance(state, dict) else ())

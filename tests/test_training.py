@@ -361,3 +361,27 @@ def test_model_files_get_the_mode_a_plain_open_gives(tmp_path, umask):
     assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
     assert (tmp_path / "model.onnx").read_bytes() == b"weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "plain"]  # no temporary file left
+
+
+class _WritesAMarker:
+    """Unpickling this object calls Path.touch(marker): what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"config": {}, "model": {}, "payload": _WritesAMarker(marker)}, hostile)
+    with pytest.raises(ValueError, match=r"hostile\.pt: refused: this file needs arbitrary unpickling"):
+        load_checkpoint(hostile)
+    with pytest.raises(ValueError, match="refused"):
+        load_depth_net(hostile)
+    assert not marker.exists()
+    # The reference: plain pickle-based loading of the same file does run the payload.
+    torch.load(hostile, weights_only=False)
+    assert marker.exists()
