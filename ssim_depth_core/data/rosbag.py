@@ -3,7 +3,7 @@
 Indexing: the constructor reads the image topic once to learn each message's header stamp and keeps only
 (receive time, rank among messages with that receive time) per frame -- a few int64 a frame, never pixels.
 ``image(i)`` fetches that one message again through the storage's time index (the SQLite timestamp index,
-MCAP chunk indexes), so memory stays flat however long the bag is (about 1 ms a 640x192 frame). The open
+MCAP chunk indexes), so memory stays flat however long the bag is. The open
 reader is per process: the sequence pickles without it and reopens lazily, so DataLoader workers (fork or
 spawn) each get their own. An MCAP file without chunk indexes (e.g. a recording that was killed) is scanned
 on every access: slow; re-index it with ``ros2 bag reindex`` or ``mcap recover``.

@@ -2,9 +2,9 @@
 
 oneDNN (PyTorch's CPU convolution) accumulates a weight gradient in weight-sized buffers per thread and
 image, which costs more than the arithmetic when the output map is tiny and the weight large: a ResNet-18's
-512x512 3x3 convs at 1/32 scale (2x6 positions at 192x64) run forward + backward 2.7-4.8x slower than
-with an unfold + GEMM weight gradient (``bench/conv_grad.py``, docs/training.md). The gradient is the same,
-up to float rounding.
+512x512 3x3 convs at 1/32 scale (2x6 positions at 192x64) run forward + backward slower than with an
+unfold + GEMM weight gradient on some hosts (``bench/conv_grad.py`` measures it; figures in docs/training.md).
+The gradient is the same, up to float rounding.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Output positions per image at or below which the unfold weight gradient is used. bench/conv_grad.py on a
-# 2-core EPYC (torch 2.14): the 1/32-scale maps (3-12 positions) gain up to 2.7x; from 48 on, oneDNN is as
-# fast or faster.
+# Output positions per image at or below which the unfold weight gradient is used: the boundary between the
+# shapes that gain and those where oneDNN is as fast or faster in bench/conv_grad.py (docs/training.md).
 SMALL_MAP_POSITIONS = 32
 
 
