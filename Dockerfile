@@ -60,8 +60,8 @@ RUN if [ "${INSTALL_TENSORRT}" = "1" ]; then \
             pip3 install "tensorrt-cu12==${TENSORRT_VERSION}" pycuda; \
     fi
 
-# The library (its dependencies include onnxruntime and rosbags, which the node and the player use), then
-# the ROS package.
+# The library, distribution ssim-depth-core (its dependencies include onnxruntime and rosbags, which the node
+# and the player use), then the ROS package ssim_depth.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ssim_depth_core ./ssim_depth_core

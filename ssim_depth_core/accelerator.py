@@ -20,8 +20,9 @@ def import_tensorrt():
         import tensorrt
     except ImportError as error:
         raise TensorRTUnavailableError(
-            "TensorRT is not installed: install the 'tensorrt' extra (pip install 'ssim-depth[tensorrt]') "
-            "or use the NVIDIA container / JetPack, or pick the onnxruntime or torch backend"
+            "TensorRT is not installed: install the 'tensorrt' extra of ssim-depth-core (in a checkout: "
+            "pip install -e '.[tensorrt]') or use the NVIDIA container / JetPack, or pick the onnxruntime or "
+            "torch backend"
         ) from error
     return tensorrt
 
@@ -32,8 +33,8 @@ def cuda_device():
         import pycuda.driver as cuda
     except ImportError as error:
         raise TensorRTUnavailableError(
-            f"pycuda cannot be imported ({error}): install the 'tensorrt' extra "
-            "(pip install 'ssim-depth[tensorrt]') and check the NVIDIA driver"
+            f"pycuda cannot be imported ({error}): install the 'tensorrt' extra of ssim-depth-core "
+            "(in a checkout: pip install -e '.[tensorrt]') and check the NVIDIA driver"
         ) from error
     try:
         cuda.init()
