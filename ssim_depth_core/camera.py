@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,21 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# Focal lengths outside [MIN, MAX] x the image's larger side are not a camera but a corrupt calibration: the
+# pinhole field of view would exceed ~177.7 degrees (1e-30 puts every point at infinity) or be under ~0.06
+# degrees (every point on the optical axis).
+MIN_FOCAL_RATIO, MAX_FOCAL_RATIO = 0.01, 1000.0
+
 
 @dataclass(frozen=True)
 class Intrinsics:
     """Pinhole intrinsics in pixels for an image of ``width`` x ``height``.
 
-    Frozen and hashable, so it can key caches (e.g. the ray grid of point-cloud packing).
+    Frozen and hashable, so it can key caches (e.g. the ray grid of point-cloud packing). The constructor is
+    the one plausibility check of every camera (KITTI calib, CameraInfo, parameters): it raises ValueError
+    for a non-finite value, a focal length <= 0 or outside [MIN_FOCAL_RATIO, MAX_FOCAL_RATIO] x the larger
+    image side, or a principal point outside the image (pixel centres at integer coordinates: -0.5 <= cx <=
+    width - 0.5).
     """
 
     fx: float
@@ -27,11 +37,29 @@ class Intrinsics:
     width: int
     height: int
 
+    @staticmethod
+    def check_values(fx: float, fy: float, cx: float, cy: float) -> None:
+        """The checks that need no image size: finite values, positive focal lengths; raises ValueError."""
+        if not all(math.isfinite(v) for v in (fx, fy, cx, cy)):
+            raise ValueError(f"intrinsics must be finite numbers, got fx={fx}, fy={fy}, cx={cx}, cy={cy}")
+        if fx <= 0 or fy <= 0:
+            raise ValueError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
+
     def __post_init__(self) -> None:
-        if self.fx <= 0 or self.fy <= 0:
-            raise ValueError(f"focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
+        self.check_values(self.fx, self.fy, self.cx, self.cy)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        side = max(self.width, self.height)
+        if not all(MIN_FOCAL_RATIO * side <= f <= MAX_FOCAL_RATIO * side for f in (self.fx, self.fy)):
+            raise ValueError(
+                f"focal lengths fx={self.fx}, fy={self.fy} are implausible for a {self.width}x{self.height} "
+                f"image (expected {MIN_FOCAL_RATIO:g} to {MAX_FOCAL_RATIO:g} x {side} pixels)"
+            )
+        if not (-0.5 <= self.cx <= self.width - 0.5 and -0.5 <= self.cy <= self.height - 0.5):
+            raise ValueError(
+                f"principal point cx={self.cx}, cy={self.cy} lies outside the "
+                f"{self.width}x{self.height} image"
+            )
 
     @classmethod
     def from_matrix(cls, matrix: Sequence[float] | np.ndarray, width: int, height: int) -> Intrinsics:
@@ -52,13 +80,18 @@ class Intrinsics:
         """Build from sensor_msgs/CameraInfo fields.
 
         For a rectified image stream the projection matrix ``p`` is authoritative; ``k`` is used when ``p``
-        is absent or all zeros (an uncalibrated driver).
+        is absent or all zeros (an uncalibrated driver). ValueError names the matrix used (K or P).
         """
         if p is not None and np.any(np.asarray(p, dtype=np.float64) != 0):
-            return cls.from_matrix(p, width, height)
-        if not np.any(np.asarray(k, dtype=np.float64) != 0):
+            name, matrix = "P", p
+        elif np.any(np.asarray(k, dtype=np.float64) != 0):
+            name, matrix = "K", k
+        else:
             raise ValueError("CameraInfo has neither K nor P set (all zeros): the camera is uncalibrated")
-        return cls.from_matrix(k, width, height)
+        try:
+            return cls.from_matrix(matrix, width, height)
+        except ValueError as error:
+            raise ValueError(f"CameraInfo {name}: {error}") from None
 
     @classmethod
     def from_kitti_calib(cls, calib_cam_to_cam: str | Path, camera: str = "02") -> Intrinsics:
@@ -68,8 +101,11 @@ class Intrinsics:
         for key in (p_key, s_key):
             if key not in values:
                 raise ValueError(f"{calib_cam_to_cam}: missing '{key}'")
-        width, height = values[s_key]
-        return cls.from_matrix(values[p_key], int(round(width)), int(round(height)))
+        try:
+            width, height = (int(round(v)) for v in values[s_key])
+            return cls.from_matrix(values[p_key], width, height)
+        except (ValueError, OverflowError) as error:  # OverflowError: an infinite size
+            raise ValueError(f"{calib_cam_to_cam}: {p_key}, {s_key}: {error}") from None
 
     def scaled(self, width: int, height: int) -> Intrinsics:
         """The same camera resampled to ``width`` x ``height`` (a plain resize, no crop).

@@ -30,14 +30,70 @@ def read_file_bytes(path: Path) -> bytes:
         raise FrameError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
-def decode_image(data: bytes | np.ndarray, source: str) -> np.ndarray:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): not DHT (C4), JPG (C8), DAC (CC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def encoded_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """The (width, height) a PNG (IHDR) or JPEG (start-of-frame) header declares, read without decoding;
+    None when ``data`` is neither or its header is cut short."""
+    head = data if isinstance(data, bytes) else np.frombuffer(data, dtype=np.uint8).tobytes()
+    if head.startswith(PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(head):  # marker segments: 0xFF, marker, 2-byte length (including itself), payload
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no payload
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            if i + 9 > len(head):
+                return None
+            return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
+        i += 2 + int.from_bytes(head[i + 2 : i + 4], "big")
+    return None
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int, source: str) -> None:
+    """:class:`FrameError` naming ``source``, the size and the limit when width x height > max_pixels."""
+    if width * height > max_pixels:
+        raise FrameError(
+            f"{source}: {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
+        )
+
+
+def decode_image(data: bytes | np.ndarray, source: str, max_pixels: int | None = None) -> np.ndarray:
     """Decode PNG/JPEG bytes to an H x W x 3 uint8 RGB array.
 
-    Raises :class:`FrameError` naming ``source`` when the bytes are empty, truncated or not an image.
+    With ``max_pixels``, the size the header declares is checked before anything is decoded (a 50 KB PNG can
+    declare 20000 x 20000 pixels, 1.2 GB decoded), and data that is not PNG or JPEG is refused.
+
+    Raises :class:`FrameError` naming ``source`` when the bytes are empty, truncated, not an image or too
+    large.
     """
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise FrameError(f"{source}: empty image data")
+    if max_pixels is not None:
+        size = encoded_image_size(buffer)
+        if size is None:
+            raise FrameError(
+                f"{source}: not a PNG or JPEG with a readable header ({buffer.size} bytes); its size cannot "
+                "be checked before decoding"
+            )
+        check_pixel_count(*size, max_pixels, f"{source} (size from its header)")
     # Some OpenCV builds decode a truncated JPEG into a grey-filled image with only a warning; a JPEG
     # without its end-of-image marker (0xFFD9, which never occurs inside entropy-coded data) is truncated.
     if buffer[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buffer[-32:].tobytes():

@@ -316,6 +316,48 @@ def test_bad_intrinsics_raise():
         Intrinsics(-500, 500, 320, 240, 640, 480)
 
 
+def test_implausible_intrinsics_raise_naming_the_value():
+    nan, inf = float("nan"), float("inf")
+    cases = [
+        ((nan, 500, 320, 240), "finite.*fx=nan"),
+        ((500, inf, 320, 240), "finite.*fy=inf"),
+        ((500, 500, nan, 240), "finite.*cx=nan"),
+        ((1e-30, 500, 320, 240), "fx=1e-30, fy=500 are implausible for a 640x480"),
+        ((1e30, 1e30, 320, 240), "fx=1e\\+30.*implausible"),
+        ((500, 500, -3.0, 240), "principal point cx=-3.0.*outside the 640x480"),
+        ((500, 500, 320, 480), "principal point.*cy=480"),
+    ]
+    for (fx, fy, cx, cy), message in cases:
+        with pytest.raises(ValueError, match=message):
+            Intrinsics(fx, fy, cx, cy, 640, 480)
+    # The edges of the image's pixel area are accepted, and a resize keeps a valid camera valid.
+    edge = Intrinsics(500, 500, -0.5, 479.5, 640, 480)
+    assert edge.scaled(96, 64).cx == pytest.approx(-0.5) and edge.scaled(96, 64).cy == pytest.approx(63.5)
+
+
+def test_unusable_camera_info_and_calib_name_their_source(tmp_path):
+    k = [float("nan"), 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="CameraInfo K: intrinsics must be finite.*fx=nan"):
+        Intrinsics.from_camera_info(k, 640, 480)
+    p = [500.0, 0.0, 320.0, 0.0, 0.0, float("inf"), 240.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="CameraInfo P: .*fy=inf"):
+        Intrinsics.from_camera_info(k, 640, 480, p=p)
+    calib = tmp_path / "calib_cam_to_cam.txt"
+    calib.write_text("S_rect_02: 1242 375\nP_rect_02: nan 0 609.5 0 0 721.5 172.8 0 0 0 1 0\n")
+    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: P_rect_02, S_rect_02: .*fx=nan"):
+        Intrinsics.from_kitti_calib(calib)
+    calib.write_text("S_rect_02: inf 375\nP_rect_02: 721.5 0 609.5 0 0 721.5 172.8 0 0 0 1 0\n")
+    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: P_rect_02, S_rect_02"):
+        Intrinsics.from_kitti_calib(calib)
+
+
+def test_fitted_rescales_the_same_aspect_ratio_and_refuses_another():
+    camera = Intrinsics(200.0, 200.0, 119.5, 79.5, 240, 160)
+    assert camera.fitted(120, 80, source="/cam/camera_info") == camera.scaled(120, 80)
+    with pytest.raises(ValueError, match="/cam/camera_info: intrinsics are for 240x160 .* 120x120"):
+        camera.fitted(120, 120, source="/cam/camera_info")
+
+
 # --- disparity <-> depth ---------------------------------------------------------------------------------
 
 

@@ -201,7 +201,7 @@ def run_inference(
     if intrinsics is not None and not isinstance(intrinsics, Intrinsics):
         if len(intrinsics) != 4:
             raise ValueError(f"intrinsics must be an Intrinsics or (fx, fy, cx, cy), got {intrinsics!r}")
-        Intrinsics(*(float(v) for v in intrinsics), 1, 1)  # validates the values before any work is done
+        Intrinsics.check_values(*(float(v) for v in intrinsics))  # before any work is done
 
     if intrinsics is not None and is_rosbag(input_path):
         raise ValueError(

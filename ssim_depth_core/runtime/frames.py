@@ -8,7 +8,9 @@ Everything a depth server does beyond converting messages, shared by the ROS nod
   :meth:`FramePipeline.close`;
 - range masking: depths outside the open interval (range_min, range_max) become NaN (REP 117);
 - the camera: the frame's own intrinsics (any resolution), else the fallback (fx, fy, cx, cy) at the frame's
-  resolution, else none; scaled to the depth's resolution (a plain resize, :meth:`Intrinsics.scaled`);
+  resolution (none, with the reason in :attr:`DepthFrame.camera_problem`, when implausible for that size:
+  :class:`Intrinsics` checks), else none; scaled to the depth's resolution (a plain resize,
+  :meth:`Intrinsics.scaled`);
 - the point cloud (:func:`~ssim_depth_core.runtime.pointcloud.depth_to_pointcloud`), coloured by the frame
   resized (``cv2.INTER_AREA``) to the depth's resolution, and the preview
   (:func:`~ssim_depth_core.imaging.colorize_depth`).
@@ -97,12 +99,13 @@ class FrameOptions:
             raise ValueError(f"range_min {self.range_min} must be < range_max {self.range_max}")
         if not isinstance(self.point_stride, int) or self.point_stride < 1:
             raise ValueError(f"point_stride must be a positive integer, got {self.point_stride!r}")
-        if self.fallback_camera is not None and (
-            len(self.fallback_camera) != 4 or min(self.fallback_camera[:2]) <= 0
-        ):
-            raise ValueError(
-                f"fallback_camera must be (fx, fy, cx, cy) with fx, fy > 0, got {self.fallback_camera}"
-            )
+        if self.fallback_camera is not None:
+            if len(self.fallback_camera) != 4:
+                raise ValueError(f"fallback_camera must be (fx, fy, cx, cy), got {self.fallback_camera}")
+            try:
+                Intrinsics.check_values(*self.fallback_camera)
+            except ValueError as error:
+                raise ValueError(f"fallback_camera must be finite with fx, fy > 0: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,15 @@ class DepthFrame:
         intrinsics: the camera of ``depth`` (width w, height h), or None when the frame had none.
         cloud: the point cloud of ``depth`` when requested and a camera is known, else None.
         preview: (h, w, 3) uint8 BGR colourised inverse depth when requested, else None.
+        camera_problem: why the fallback camera was not used for this frame (implausible at its size), else
+            None.
     """
 
     depth: np.ndarray
     intrinsics: Intrinsics | None
     cloud: PointCloudData | None
     preview: np.ndarray | None
+    camera_problem: str | None = None
 
 
 class FramePipeline:
@@ -167,8 +173,12 @@ class FramePipeline:
             upper = options.range_max or math.inf
             depth[~((depth > options.range_min) & (depth < upper))] = np.nan
         height, width = depth.shape
+        problem = None
         if camera is None and options.fallback_camera is not None:
-            camera = Intrinsics(*options.fallback_camera, rgb.shape[1], rgb.shape[0])
+            try:
+                camera = Intrinsics(*options.fallback_camera, rgb.shape[1], rgb.shape[0])
+            except ValueError as error:
+                problem = f"fallback camera {options.fallback_camera}: {error}"
         if camera is not None and (camera.width, camera.height) != (width, height):
             camera = camera.scaled(width, height)
         cloud = None
@@ -182,7 +192,7 @@ class FramePipeline:
                 depth, camera, colour, stride=options.point_stride, organized=options.organized_points
             )
         preview = colorize_depth(depth) if options.preview else None
-        return DepthFrame(depth=depth, intrinsics=camera, cloud=cloud, preview=preview)
+        return DepthFrame(depth, camera, cloud, preview, camera_problem=problem)
 
     def close(self) -> None:
         """Close the backend."""

@@ -10,7 +10,10 @@ never blocked by inference, and the node never builds a backlog: it always works
 
 Topics (all relative, remappable; outputs carry the input header):
     image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage, parameter ``compressed``),
-    camera_info (sensor_msgs/CameraInfo) in, sensor-data QoS;
+    camera_info (sensor_msgs/CameraInfo) in, sensor-data QoS unless overridden by the parameters
+    ``qos_overrides.<topic>.subscription.<policy>`` (reliability, depth, history, durability); images larger
+    than ``max_input_pixels`` are dropped before decoding; an unusable camera_info (implausible intrinsics,
+    another aspect ratio) is ignored for the fx/fy/cx/cy parameters or, without them, depth only;
     depth (32FC1, metres, NaN = invalid), depth/camera_info, points (PointCloud2 x y z rgb),
     depth/preview (bgr8) out.
 """
@@ -29,6 +32,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ssim_depth.codecs import (
@@ -71,6 +75,7 @@ class DepthParams:
     cx: float = 0.0
     cy: float = 0.0
     stats_period: float = 5.0
+    max_input_pixels: int = 16_000_000
 
     def model_settings(self) -> ModelSettings:
         """The frame pipeline's model settings (0 depth limits = the model's range); raises ValueError."""
@@ -131,6 +136,11 @@ _DESCRIPTORS = {
     "cx": ("fallback principal point x (pixels, input resolution)", _PIXELS),
     "cy": ("fallback principal point y (pixels, input resolution)", _PIXELS),
     "stats_period": ("seconds between latency/throughput log lines; 0 = off", _float_range(0, 3600)),
+    "max_input_pixels": (
+        "larger images (raw by width x height, compressed by the size their header declares, checked before "
+        "decoding) are dropped with a warning",
+        {"integer_range": [IntegerRange(from_value=1, to_value=1_000_000_000, step=1)]},
+    ),
 }
 
 
@@ -184,11 +194,21 @@ class DepthNode(Node):
         image_type, image_topic = (
             (CompressedImage, "image/compressed") if self.params.compressed else (Image, "image")
         )
+        # Sensor-data QoS by default; qos_overrides.<topic>.subscription.<policy> parameters override it
+        # (e.g. reliability: reliable, for large frames: see docs/ros.md).
         self._image_sub = self.create_subscription(
-            image_type, image_topic, self._on_image, qos_profile_sensor_data
+            image_type,
+            image_topic,
+            self._on_image,
+            qos_profile_sensor_data,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
         )
         self._info_sub = self.create_subscription(
-            CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data
+            CameraInfo,
+            "camera_info",
+            self._on_camera_info,
+            qos_profile_sensor_data,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
         )
         self._image_topic = self._image_sub.topic_name
         self._stats_timer = None
@@ -288,7 +308,7 @@ class DepthNode(Node):
     # ------------------------------------------------------------------------------------------ per frame
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
         try:
-            rgb = image_msg_to_rgb(msg)
+            rgb = image_msg_to_rgb(msg, self.params.max_input_pixels)
         except ImageDecodeError as error:
             self.stats.add(rejected=1)
             self.get_logger().warning(
@@ -298,15 +318,22 @@ class DepthNode(Node):
         if self._reload:
             self._reconfigure()
         params, header = self.params, msg.header
-        camera, info = self._camera(rgb.shape[1], rgb.shape[0])
+        camera, info, problem = self._camera(rgb.shape[1], rgb.shape[0])
         frame = self._pipeline(rgb, camera, params.frame_options())
         self._depth_pub.publish(depth_to_image_msg(frame.depth, header))
         if frame.intrinsics is None:
+            reasons = [r for r in (problem, frame.camera_problem) if r] or [
+                "no camera_info yet and fx/fy/cx/cy unset"
+            ]
             self.get_logger().warning(
-                "no camera_info yet and fx/fy/cx/cy unset: publishing depth only (no points, no camera_info)",
+                f"{'; '.join(reasons)}: publishing depth only (no points, no depth/camera_info)",
                 throttle_duration_sec=WARN_PERIOD_S,
             )
         else:
+            if problem:
+                self.get_logger().warning(
+                    f"{problem}: using the fx/fy/cx/cy parameters", throttle_duration_sec=WARN_PERIOD_S
+                )
             height, width = frame.depth.shape
             self._info_pub.publish(
                 scaled_camera_info(info, width, height, header)
@@ -319,24 +346,25 @@ class DepthNode(Node):
             self._preview_pub.publish(preview_image_msg(frame.preview, header))
         self.stats.frame_done(time.monotonic() - received)
 
-    def _camera(self, width: int, height: int) -> tuple[Intrinsics | None, CameraInfo | None]:
-        """The latest camera_info as intrinsics (None when none arrived or it is unusable), and the message
-        itself when it can be rescaled for depth/camera_info (it states its image size), else None.
+    def _camera(self, width: int, height: int) -> tuple[Intrinsics | None, CameraInfo | None, str | None]:
+        """The latest camera_info as intrinsics of the ``width`` x ``height`` image; the message itself when
+        it can be rescaled for depth/camera_info (it states its image size), else None; and why it was
+        ignored, else None.
 
-        ``width`` x ``height`` is the image's size, assumed for a camera_info without one.
+        Unusable (None, None, reason): uncalibrated, implausible (:class:`Intrinsics` checks: non-finite,
+        focal length or principal point out of range) or for another aspect ratio than the image (a
+        different size of the same aspect ratio is rescaled: binning, a lower driver resolution). A
+        CameraInfo of size 0x0 is for the image's size.
         """
         info = self._camera_info
         if info is None:
-            return None, None
+            return None, None, None
+        topic = self._info_sub.topic_name
         try:
-            camera = intrinsics_from_camera_info(info, width, height)
+            camera = intrinsics_from_camera_info(info, width, height).fitted(width, height, "CameraInfo")
         except ValueError as error:
-            self.get_logger().warning(
-                f"ignoring camera_info on {self._info_sub.topic_name}: {error}",
-                throttle_duration_sec=WARN_PERIOD_S,
-            )
-            return None, None
-        return camera, info if info.width > 0 and info.height > 0 else None
+            return None, None, f"ignoring camera_info on {topic}: {error}"
+        return camera, info if info.width > 0 and info.height > 0 else None, None
 
     def destroy_node(self) -> None:
         with self._cond:

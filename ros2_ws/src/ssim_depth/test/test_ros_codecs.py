@@ -104,6 +104,22 @@ def test_malformed_messages_raise_a_specific_error(msg, message):
         image_msg_to_rgb(msg)
 
 
+def test_pixel_limit_names_the_size_and_the_limit(rgb):
+    height, width = rgb.shape[:2]
+    raw = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=rgb.tobytes())
+    np.testing.assert_array_equal(image_msg_to_rgb(raw, max_pixels=width * height), rgb)
+    with pytest.raises(ImageDecodeError, match=rf"Image {width}x{height} rgb8: size: .* limit of 10$"):
+        image_msg_to_rgb(raw, max_pixels=10)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    compressed = CompressedImage(format="png", data=png.tobytes())
+    np.testing.assert_array_equal(image_msg_to_rgb(compressed, max_pixels=width * height), rgb)
+    with pytest.raises(
+        ImageDecodeError, match=rf"^CompressedImage \(png\) \(size from its header\): {width}x{height} = "
+    ):
+        image_msg_to_rgb(compressed, max_pixels=10)
+
+
 @pytest.fixture()
 def depth():
     values = np.linspace(0.5, 80.0, 7 * 9, dtype=np.float32).reshape(7, 9)

@@ -26,6 +26,7 @@ from rclpy.context import Context
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from skimage import data
 from ssim_depth.codecs import image_msg_to_depth
@@ -39,6 +40,7 @@ from ssim_depth_core.runtime import DepthEstimator
 NET_HEIGHT, NET_WIDTH = 64, 96
 HEIGHT, WIDTH = 80, 120  # camera resolution, deliberately not the network's
 K = (100.0, 110.0, 61.5, 38.0)  # fx, fy, cx, cy at HEIGHT x WIDTH
+K_MATRIX = [[K[0], 0.0, K[2]], [0.0, K[1], K[3]], [0.0, 0.0, 1.0]]
 TIMEOUT = 20.0
 OUTPUTS = {"depth": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "depth/preview": Image}
 _stamps = itertools.count(1)
@@ -87,6 +89,7 @@ class Graph:
         self.context, self.executor = ros
         namespace = f"/t{next(_namespaces)}"
         overrides = {"model_path": str(model), "backend": "onnxruntime", "stats_period": 0.0, **params}
+        overrides = {name.replace("{namespace}", namespace): value for name, value in overrides.items()}
         self.node = DepthNode(
             context=self.context,
             namespace=namespace,
@@ -127,6 +130,18 @@ class Graph:
             if time.monotonic() > deadline:
                 missing = [topic for topic in outputs if key not in self.received[topic]]
                 pytest.fail(f"no {missing} for stamp {key} within {TIMEOUT} s; stats {vars(self.node.stats)}")
+
+    def give_camera_info(self, info: CameraInfo, tag: str) -> None:
+        """Publish ``info`` (its frame_id set to ``tag``) until it is the node's latest camera_info."""
+        info.header.frame_id = tag
+        deadline = time.monotonic() + TIMEOUT
+        while getattr(self.node._camera_info, "header", None) is None or (
+            self.node._camera_info.header.frame_id != tag
+        ):
+            if time.monotonic() > deadline:
+                pytest.fail(f"camera_info {tag!r} did not reach the node within {TIMEOUT} s")
+            self.info_pub.publish(info)
+            time.sleep(0.02)
 
     def close(self) -> None:
         for node in (self.node, self.client):
@@ -276,6 +291,70 @@ def test_fallback_intrinsics_from_parameters(graph, photo):
     check_cloud(out["points"], image_msg_to_depth(out["depth"]), np.asarray(info.k).reshape(3, 3), photo, 4)
 
 
+def unusable_camera_infos() -> dict[str, CameraInfo]:
+    """CameraInfo messages that must never reach a cloud, by what is wrong with them."""
+    cases = {}
+    for name, index, value in [
+        ("NaN fx", 0, float("nan")),
+        ("inf fx", 0, float("inf")),
+        ("tiny fx", 0, 1e-30),
+        ("NaN cx", 2, float("nan")),
+        ("negative fy", 5, -110.0),
+    ]:
+        info = camera_info()
+        info.k[index] = value
+        info.p = [0.0] * 12  # K is used
+        cases[name] = info
+    cases["1x1 size"] = camera_info(width=1, height=1)
+    cases["other aspect ratio"] = camera_info(width=WIDTH, height=WIDTH)
+    cases["K and P zero"] = CameraInfo(width=WIDTH, height=HEIGHT)
+    return cases
+
+
+@pytest.mark.parametrize("fallback", [{}, {"fx": K[0], "fy": K[1], "cx": 1000.0, "cy": K[3]}])
+def test_unusable_camera_info_publishes_depth_but_no_cloud_nor_camera_info(graph, estimator, photo, fallback):
+    """Without a usable fallback (none, or a principal point outside the image), depth only."""
+    g = graph(point_stride=4, **fallback)
+    unusable = []
+    for name, info in unusable_camera_infos().items():
+        g.give_camera_info(info, name)
+        msg = image_msg(photo)
+        out = g.request(msg, outputs=("depth", "depth/preview"))
+        depth = image_msg_to_depth(out["depth"])
+        np.testing.assert_allclose(depth, estimator(photo), rtol=1e-5, err_msg=name)
+        unusable.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+    # A valid camera_info afterwards yields a cloud; the writers keep order, so any cloud or camera_info of
+    # the earlier frames would have arrived before this one.
+    out = g.request(image_msg(photo), camera_info(), outputs=("depth", "depth/camera_info", "points"))
+    check_cloud(out["points"], image_msg_to_depth(out["depth"]), np.asarray(K_MATRIX), photo, 4)
+    for topic in ("points", "depth/camera_info"):
+        assert not set(unusable) & g.received[topic].keys(), topic
+    assert g.node.stats.failed == 0
+
+
+def test_unusable_camera_info_falls_back_to_the_parameters(graph, photo):
+    fx, fy, cx, cy = K
+    g = graph(fx=fx, fy=fy, cx=cx, cy=cy, point_stride=4)
+    for name, info in unusable_camera_infos().items():
+        g.give_camera_info(info, name)
+        out = g.request(image_msg(photo), outputs=("depth", "depth/camera_info", "points"))
+        published = out["depth/camera_info"]
+        assert (published.width, published.height) == (WIDTH, HEIGHT), name
+        np.testing.assert_allclose(published.k, camera_info().k, err_msg=name)
+        check_cloud(out["points"], image_msg_to_depth(out["depth"]), np.asarray(K_MATRIX), photo, 4)
+
+
+def test_camera_info_of_another_resolution_with_the_same_aspect_is_rescaled(graph, photo):
+    fx, fy, cx, cy = K
+    double = camera_info(width=2 * WIDTH, height=2 * HEIGHT)  # e.g. calibrated at full resolution, binned 2x2
+    double.k = [2 * fx, 0.0, 2 * cx + 0.5, 0.0, 2 * fy, 2 * cy + 0.5, 0.0, 0.0, 1.0]
+    double.p = [0.0] * 12
+    g = graph(point_stride=4)
+    out = g.request(image_msg(photo), double, outputs=("depth", "depth/camera_info", "points"))
+    np.testing.assert_allclose(out["depth/camera_info"].k, camera_info().k)
+    check_cloud(out["points"], image_msg_to_depth(out["depth"]), np.asarray(K_MATRIX), photo, 4)
+
+
 def test_encodings_padding_and_compressed_input(graph, estimator, photo):
     expected = estimator(photo)
     g = graph(publish_points=False, publish_preview=False)
@@ -311,6 +390,88 @@ def test_malformed_frames_are_dropped_and_the_node_keeps_serving(graph, estimato
     assert g.node.stats.failed == 0
     out = g.request(image_msg(photo), camera_info())
     np.testing.assert_allclose(image_msg_to_depth(out["depth"]), estimator(photo), rtol=1e-5)
+
+
+def test_oversized_frames_are_dropped_before_decoding(graph, estimator, photo):
+    g = graph(max_input_pixels=WIDTH * HEIGHT, publish_points=False, publish_preview=False)
+    g.request(image_msg(photo), camera_info())  # discovery complete
+    rejected = g.node.stats.rejected
+    g.image_pub.publish(image_msg(np.tile(photo, (1, 2, 1))))  # WIDTH * HEIGHT * 2 pixels
+    wait_until(lambda: g.node.stats.rejected > rejected, "the node to reject the oversized raw image")
+    out = g.request(image_msg(photo))
+    np.testing.assert_allclose(image_msg_to_depth(out["depth"]), estimator(photo), rtol=1e-5)
+
+    compressed = graph(compressed=True, publish_points=False, publish_preview=False)  # default: 16 MP
+    ok, png = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    assert ok
+    good = CompressedImage(format="png", data=png.tobytes())
+    good.header.stamp.sec = next(_stamps)
+    compressed.request(good)  # discovery complete
+    # A PNG header declaring 20000 x 20000 (1.2 GB decoded): refused from its first 33 bytes.
+    huge = bytearray(png.tobytes())
+    huge[16:24] = (20000).to_bytes(4, "big") * 2
+    rejected = compressed.node.stats.rejected
+    compressed.compressed_pub.publish(CompressedImage(format="png", data=bytes(huge)))
+    wait_until(lambda: compressed.node.stats.rejected > rejected, "the node to reject the 20000x20000 PNG")
+    good.header.stamp.sec = next(_stamps)
+    out = compressed.request(good)
+    np.testing.assert_allclose(image_msg_to_depth(out["depth"]), estimator(photo), rtol=1e-5)
+    assert g.node.stats.failed == compressed.node.stats.failed == 0
+
+
+LARGE_FRAME_PUBLISHER = """
+import sys, time
+import numpy as np, rclpy
+from sensor_msgs.msg import Image
+width, height, frames, topic = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rclpy.init()
+node = rclpy.create_node("large_frame_publisher")
+publisher = node.create_publisher(Image, topic, 10)  # reliable, as ros2 bag play and most drivers
+deadline = time.monotonic() + 20
+while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(1.0)
+pixels = np.random.default_rng(0).integers(0, 256, height * width * 3, dtype=np.uint8).tobytes()
+for i in range(frames):
+    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=pixels)
+    msg.header.stamp.sec = i + 1
+    publisher.publish(msg)
+    time.sleep(0.1)
+time.sleep(2.0)
+node.destroy_node()
+rclpy.shutdown()
+"""
+
+
+def test_full_hd_frames_from_another_process_arrive_with_a_reliable_subscription(graph, ros):
+    """1920x1080 rgb8 at 10 Hz from a separate process (real transport, not in-process delivery).
+
+    The image subscription's reliability is overridden to reliable by parameter (the default best-effort
+    sensor-data QoS loses most such frames: bench/dds_large_frames.py). The criterion is delivery: frames
+    received by the node's subscription, whether or not the worker kept up with inference.
+    """
+    import subprocess
+    import sys
+
+    frames = 30
+    g = graph(
+        **{"qos_overrides.{namespace}/image.subscription.reliability": "reliable"},
+        output_resolution="network",
+        publish_points=False,
+        publish_preview=False,
+    )
+    topic = g.node._image_sub.topic_name
+    assert g.node._image_sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    publisher = subprocess.run(
+        [sys.executable, "-c", LARGE_FRAME_PUBLISHER, "1920", "1080", str(frames), topic],
+        timeout=TIMEOUT + frames,
+        capture_output=True,
+        text=True,
+    )
+    assert publisher.returncode == 0, publisher.stderr
+    wait_until(lambda: g.node.stats.received >= 0.95 * frames, f"{frames} frames from {topic}")
+    assert g.node.stats.received <= frames and g.node.stats.failed == 0
+    print(f"received {g.node.stats.received}/{frames}, answered {g.node.stats.processed}")
 
 
 def test_burst_is_served_newest_first_without_backlog(graph, photo):

@@ -187,6 +187,10 @@ def run_pipeline(
     input_name = "image/compressed" if compressed else "image"
     arguments = ["-p", f"model_path:={model.resolve()}", "-p", f"backend:={backend}"]
     arguments += ["-p", f"compressed:={str(compressed).lower()}", "-r", f"{input_name}:={image_topic}"]
+    # play publishes reliably; a reliable subscription delivers frames of any size (best effort loses most
+    # frames of 1280x720 and more: bench/dds_large_frames.py)
+    resolved = image_topic if image_topic.startswith("/") else f"/{image_topic}"
+    arguments += ["-p", f"qos_overrides.{resolved}.subscription.reliability:=reliable"]
     if camera_info_topic:
         arguments += ["-r", f"camera_info:={camera_info_topic}"]
     for name, value in (node_params or {}).items():
