@@ -22,7 +22,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.sequence import FrameSequence
-from ssim_depth_core.imaging import FrameError, decode_image
+from ssim_depth_core.imaging import FrameError, check_pixel_count, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,16 @@ def select_camera_info_topic(
     return None
 
 
-def image_from_message(msg: Any) -> np.ndarray:
-    """A deserialized sensor_msgs/Image or CompressedImage -> H x W x 3 uint8 RGB; ValueError if malformed."""
+def image_from_message(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """A deserialized sensor_msgs/Image or CompressedImage -> H x W x 3 uint8 RGB; ValueError if malformed.
+
+    ``max_pixels`` bounds the size: an Image by its width x height, a CompressedImage by the size its
+    PNG/JPEG header declares, checked before decoding (:func:`ssim_depth_core.imaging.decode_image`).
+    """
     if hasattr(msg, "format"):
-        return decode_image(msg.data, f"CompressedImage ({msg.format})")
+        return decode_image(msg.data, f"CompressedImage ({msg.format or 'no format'})", max_pixels)
+    if max_pixels is not None:
+        check_pixel_count(msg.width, msg.height, max_pixels, "size")
     channels = CHANNELS.get(msg.encoding)
     if channels is None:
         raise ValueError(f"unsupported encoding '{msg.encoding}' (supported: {', '.join(CHANNELS)})")

@@ -12,7 +12,7 @@ Everything a depth server does beyond converting messages, shared by the ROS nod
   :class:`Intrinsics` checks), else none; scaled to the depth's resolution (a plain resize,
   :meth:`Intrinsics.scaled`);
 - the point cloud (:func:`~ssim_depth_core.runtime.pointcloud.depth_to_pointcloud`), coloured by the frame
-  resized (``cv2.INTER_AREA``) to the depth's resolution, and the preview
+  area-resized (``imaging.resize_image``) to the depth's resolution, and the preview
   (:func:`~ssim_depth_core.imaging.colorize_depth`).
 """
 
@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-import cv2
 import numpy as np
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.imaging import colorize_depth
+from ssim_depth_core.imaging import colorize_depth, resize_image
 from ssim_depth_core.runtime.backends import BACKENDS, Backend, create_backend
 from ssim_depth_core.runtime.estimator import DepthEstimator
 from ssim_depth_core.runtime.pointcloud import PointCloudData, depth_to_pointcloud
@@ -183,13 +182,12 @@ class FramePipeline:
             camera = camera.scaled(width, height)
         cloud = None
         if options.points and camera is not None:
-            colour = (
-                rgb
-                if rgb.shape[:2] == depth.shape
-                else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-            )
             cloud = depth_to_pointcloud(
-                depth, camera, colour, stride=options.point_stride, organized=options.organized_points
+                depth,
+                camera,
+                resize_image(rgb, width, height),
+                stride=options.point_stride,
+                organized=options.organized_points,
             )
         preview = colorize_depth(depth) if options.preview else None
         return DepthFrame(depth, camera, cloud, preview, camera_problem=problem)

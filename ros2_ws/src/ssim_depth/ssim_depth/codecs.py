@@ -17,7 +17,6 @@ from std_msgs.msg import Header
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import image_from_message
-from ssim_depth_core.imaging import check_pixel_count, decode_image
 from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData
 
 
@@ -29,21 +28,18 @@ def image_msg_to_rgb(msg: Image | CompressedImage, max_pixels: int | None = None
     """Decode an Image (rgb8, bgr8, rgba8, bgra8, mono8; row padding honoured) or a CompressedImage
     (JPEG/PNG) to (H, W, 3) uint8 RGB. Alpha is dropped, mono replicated to three channels.
 
-    ``max_pixels`` bounds the size: an Image by its width x height, a CompressedImage by the size its
-    PNG/JPEG header declares, checked before decoding (:func:`ssim_depth_core.imaging.decode_image`).
+    ``max_pixels`` bounds the size (:func:`ssim_depth_core.data.rosbag.image_from_message`).
     """
     if isinstance(msg, CompressedImage):
-        try:  # what image_from_message does for a CompressedImage, bounded
-            return decode_image(msg.data, f"CompressedImage ({msg.format or 'no format'})", max_pixels)
+        try:
+            return image_from_message(msg, max_pixels)
         except ValueError as err:
             raise ImageDecodeError(str(err)) from None
     what = f"Image {msg.width}x{msg.height} {msg.encoding or '(no encoding)'}"
     try:
         if msg.height == 0 or msg.width == 0:
             raise ValueError("empty image (zero width or height)")
-        if max_pixels is not None:
-            check_pixel_count(msg.width, msg.height, max_pixels, "size")
-        return image_from_message(msg)
+        return image_from_message(msg, max_pixels)
     except ValueError as err:
         raise ImageDecodeError(f"{what}: {err}") from None
 
