@@ -59,6 +59,9 @@ class DataConfig:
     height: int = 192  # network input height (multiple of 32)
     width: int = 640  # network input width (multiple of 32)
     frame_ids: list[int] = field(default_factory=lambda: [0, -1, 1])  # target first, then source offsets
+    # Stereo training (Monodepth2's S with frame_ids [0], MS with temporal sources too): the rectified partner
+    # camera's frame is one more source, warped with the known baseline instead of a pose-net estimate.
+    stereo: bool = False
     # Split file of the training samples (a path, or a name resolved as DATA/splits/*/<name>_files.txt);
     # empty = the dataset's own DATA/splits/*/train_files.txt when it has one, else every usable frame of
     # every sequence; "none" = no split file: every usable frame of every sequence.
@@ -68,6 +71,12 @@ class DataConfig:
     val_split: str = ""
     image_topic: str = ""  # rosbag2 image topic; empty = auto-detect when unambiguous
     camera_info_topic: str = ""  # rosbag2 CameraInfo topic; empty = auto-detect
+    # rosbag2 odometry for velocity supervision: nav_msgs/Odometry, geometry_msgs/TwistStamped,
+    # TwistWithCovarianceStamped or tf2_msgs/TFMessage (/tf, the world -> vehicle chain); empty = auto-detect
+    # when the bag has exactly one such topic (none: no odometry), "none" = do not read odometry.
+    odometry_topic: str = ""
+    stereo_image_topic: str = ""  # rosbag2 image topic of the stereo partner camera (data.stereo); empty = auto
+    stereo_camera_info_topic: str = ""  # its CameraInfo topic (the baseline comes from P); empty = auto-detect
     intrinsics: list[float] = field(default_factory=list)  # fx fy cx cy width height when a source lacks them
     static_threshold: float = (
         0.0  # drop triplets whose mean abs frame difference is below this (0 = keep all)
@@ -84,12 +93,15 @@ class DataConfig:
     cache_frames: bool = False
 
 
-def check_frame_ids(frame_ids: Sequence[int]) -> list[int]:
-    """``frame_ids`` as a list, checked: the target 0 first, then at least one source offset, all distinct."""
+def check_frame_ids(frame_ids: Sequence[int], stereo: bool = False) -> list[int]:
+    """``frame_ids`` as a list, checked: the target 0 first, then distinct non-zero source offsets, at least
+    one unless ``stereo`` (the partner camera is then a source: [0] alone is stereo-only training)."""
     frame_ids = list(frame_ids)
-    if len(frame_ids) < 2 or frame_ids[0] != 0 or len(set(frame_ids)) != len(frame_ids):
+    least = 1 if stereo else 2
+    if len(frame_ids) < least or frame_ids[0] != 0 or len(set(frame_ids)) != len(frame_ids):
+        sources = "any number of" if stereo else "at least one"
         raise ValueError(
-            "frame_ids must start with the target frame 0, followed by at least one source: distinct "
+            f"frame_ids must start with the target frame 0, followed by {sources} source(s): distinct "
             f"non-zero offsets, got {frame_ids}"
         )
     return frame_ids

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.imaging import FrameError
 
 
 class FrameSequence(ABC):
@@ -16,11 +18,17 @@ class FrameSequence(ABC):
         name: stable identifier, e.g. ``2011_09_26/2011_09_26_drive_0001_sync`` or a bag path + topic.
         intrinsics: intrinsics at the native image resolution.
         timestamps: (N,) float64 seconds, non-decreasing.
+        odometer: (N,) float64 metres travelled since an arbitrary start, at each frame's timestamp (NaN where
+            the source has no odometry for that frame), or None when the source has no odometry at all.
+        stereo_transform: 4x4 rigid transform from this camera's frame to its rectified stereo partner's
+            (KITTI image_02 -> image_03: translation x = -0.54 m), or None when the source has no partner.
     """
 
     name: str
     intrinsics: Intrinsics
     timestamps: np.ndarray
+    odometer: np.ndarray | None = None
+    stereo_transform: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -36,3 +44,14 @@ class FrameSequence(ABC):
     def pose(self, index: int) -> np.ndarray | None:
         """Ground-truth camera-to-world 4x4 pose if the source has it, else None."""
         return None
+
+    def travel(self, index: int, other: int) -> float:
+        """Metres travelled between frames ``index`` and ``other`` (odometer difference); NaN if unknown."""
+        if self.odometer is None:
+            return math.nan
+        return float(abs(self.odometer[other] - self.odometer[index]))
+
+    def stereo_image(self, index: int) -> np.ndarray:
+        """The stereo partner's frame taken with frame ``index`` (H x W x 3 uint8 RGB, the same size and
+        rectified intrinsics); raises ``imaging.FrameError`` when there is none for this frame."""
+        raise FrameError(f"{self.name}: no stereo partner camera")
