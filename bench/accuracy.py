@@ -2,7 +2,8 @@
 
 Peer: the same network untrained (evaluated through the same pipeline in the same run). Training runs in
 chunks of ``--eval-every`` steps; after each chunk the checkpoint is evaluated on the held-out drive (Eigen
-protocol, median scaling), which gives the learning curve. Evaluation time is not counted in the budget.
+protocol, median-scaled, and without scaling too for a metric model), which gives the learning curve.
+Evaluation time is not counted in the budget.
 
     python bench/accuracy.py --out runs/accuracy --minutes 15 --forms additive conventional exponent
 
@@ -17,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from ssim_depth_core.apps.evaluate import evaluate_model, format_table
+from ssim_depth_core.apps.evaluate import evaluate_model, format_report
 from ssim_depth_core.config import load_config
 from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.trainer import Trainer
@@ -49,7 +50,10 @@ def train_with_curve(config_path, overrides, data, heldout, out, minutes, eval_e
             **evaluate(trainer.checkpoint_dir / "last.pt", heldout),
         }
         logging.info(
-            "step %d after %.1f min: abs_rel %.3f", point["step"], point["minutes"], point["abs_rel"]
+            "step %d after %.1f min: abs_rel %.3f (median-scaled)",
+            point["step"],
+            point["minutes"],
+            point["median"]["abs_rel"],
         )
         curve.append(point)
     return curve
@@ -73,7 +77,8 @@ def prepare_drives(out: Path, drives: int, frames: int) -> tuple[Path, Path]:
     return data, heldout
 
 
-def evaluate(checkpoint: Path, heldout: Path) -> dict[str, float]:
+def evaluate(checkpoint: Path, heldout: Path) -> dict:
+    """:func:`evaluate_model`'s result on the held-out drive (metric table too for a metric model)."""
     return evaluate_model(checkpoint, heldout, "test", backend="torch", progress=False)
 
 
@@ -96,15 +101,23 @@ def main() -> None:
         (run / "curve.json").write_text(json.dumps(curve, indent=2))
         untrained, final = curve[0], curve[-1]
         rows.append((form, untrained, final))
-        print(f"\n{form}, untrained:\n{format_table(untrained)}")
-        print(f"{form}, {final['step']} steps:\n{format_table(final)}")
+        print(f"\n{form}, untrained:\n{format_report(untrained)}")
+        print(f"{form}, {final['step']} steps:\n{format_report(final)}")
 
-    print("\n| SSIM form | steps | train min | AbsRel | SqRel | RMSE | RMSE log | a1 | untrained | gain |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\nMedian-scaled metrics; metric AbsRel without scaling (metric models only); scale ratio")
+    print("median(gt)/median(pred) per frame, mean and std.\n")
+    print(
+        "| SSIM form | steps | train min | AbsRel | SqRel | RMSE | RMSE log | a1 | untrained | gain "
+        "| metric AbsRel | scale mean | scale std |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for form, untrained, final in rows:
+        scaled, before = final["median"], untrained["median"]
         cells = [form, str(final["step"]), f"{final['minutes']:.1f}"]
-        cells += [f"{final[k]:.3f}" for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")]
-        cells += [f"{untrained['abs_rel']:.3f}", f"{untrained['abs_rel'] / final['abs_rel']:.2f}x"]
+        cells += [f"{scaled[k]:.3f}" for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")]
+        cells += [f"{before['abs_rel']:.3f}", f"{before['abs_rel'] / scaled['abs_rel']:.2f}x"]
+        cells += [f"{final['metric']['abs_rel']:.3f}" if "metric" in final else "-"]
+        cells += [f"{final['scale_mean']:.3f}", f"{final['scale_std']:.3f}"]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -80,7 +80,7 @@ def geometric_median_prior(sequences, samples) -> np.ndarray:
 
 
 def evaluate_fixed(depth: np.ndarray, data: Path, split: str) -> dict[str, float]:
-    """Eigen metrics of predicting ``depth`` for every frame of ``split``."""
+    """Median-scaled Eigen metrics of predicting ``depth`` for every frame of ``split``."""
     sequences = open_sequences(data, DataConfig())
     accumulator = MetricsAccumulator()
     for s, frame in build_samples(sequences, [0], resolve_split(data, split)):
@@ -122,14 +122,13 @@ def train_curve(model, config, data, heldout, out: Path, steps: int, eval_every:
                 save_atomic({"config": to_dict(config), "model": model.state_dict()}, checkpoint)
                 point = {"step": step, "minutes": seconds / 60}
                 for name, root in (("heldout", heldout), ("trained", data)):
-                    metrics = evaluate_model(checkpoint, root, "test", backend="torch", progress=False)
-                    point[name] = metrics
+                    point[name] = evaluate_model(checkpoint, root, "test", backend="torch", progress=False)
                 log.info(
-                    "%s step %d: held-out abs_rel %.3f, trained-drive abs_rel %.3f",
+                    "%s step %d: held-out abs_rel %.3f, trained-drive abs_rel %.3f (median-scaled)",
                     out.name,
                     step,
-                    point["heldout"]["abs_rel"],
-                    point["trained"]["abs_rel"],
+                    point["heldout"]["median"]["abs_rel"],
+                    point["trained"]["median"]["abs_rel"],
                 )
                 curve.append(point)
                 model.train()
@@ -184,13 +183,14 @@ def main() -> None:
         f"| position prior | {result['prior']['heldout']['abs_rel']:.3f} | "
         f"{result['prior']['trained']['abs_rel']:.3f} |"
     )
-    print("\n| step | held-out: pose net | true motion | ratio | trained drive: pose net | true motion |")
+    print("\nMedian-scaled AbsRel:\n")
+    print("| step | held-out: pose net | true motion | ratio | trained drive: pose net | true motion |")
     print("|---:|---:|---:|---:|---:|---:|")
     for pose, true in zip(result["pose net"], result["true motion"], strict=True):
-        ph, th = pose["heldout"]["abs_rel"], true["heldout"]["abs_rel"]
+        ph, th = pose["heldout"]["median"]["abs_rel"], true["heldout"]["median"]["abs_rel"]
         print(
             f"| {pose['step']} | {ph:.3f} | {th:.3f} | {ph / th:.2f}x | "
-            f"{pose['trained']['abs_rel']:.3f} | {true['trained']['abs_rel']:.3f} |"
+            f"{pose['trained']['median']['abs_rel']:.3f} | {true['trained']['median']['abs_rel']:.3f} |"
         )
     for name in runs:
         minutes = result[name][-1]["minutes"]

@@ -2,8 +2,9 @@
 
 An exported depth network takes ``image`` (B, 3, H, W) float32 RGB in [0, 1] and returns ``disparity``
 (B, 1, H, W), the sigmoid disparity that ``geometry.disparity_to_depth`` maps to metres. What a runtime needs
-beyond the graph (depth range, training and export resolution, the training config) travels as ONNX metadata
-props, and for a TensorRT engine, which cannot carry them, in a JSON sidecar beside the engine.
+beyond the graph (depth range, training and export resolution, the training config, whether its depth is
+metric and how) travels as ONNX metadata props, and for a TensorRT engine, which cannot carry them, in a JSON
+sidecar beside the engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,19 @@ import onnx
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "disparity"
+# Where a model's metric scale comes from: "none" = scale-less (depth in metres only up to a factor).
+METRIC_SOURCES = ("none", "velocity", "stereo", "stereo+velocity")
+
+
+def metric_source(config: dict) -> str:
+    """Where a model trained with ``config`` (a training config dict, as checkpoints store it) gets its scale.
+
+    "stereo" when ``data.stereo`` (the known baseline), "velocity" when ``loss.weights.velocity`` > 0
+    (odometry), "stereo+velocity" for both, "none" otherwise, including configs without those keys.
+    """
+    stereo = bool(config.get("data", {}).get("stereo", False))
+    velocity = float(config.get("loss", {}).get("weights", {}).get("velocity", 0.0)) > 0
+    return "+".join(name for name, used in (("stereo", stereo), ("velocity", velocity)) if used) or "none"
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,12 @@ class ExportMetadata:
     height: int  # export (network input) height
     width: int
     config_yaml: str  # the resolved training config
+    metric: str  # one of METRIC_SOURCES: how the depth is metric ("none": scale-less)
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_SOURCES:
+            expected = ", ".join(repr(m) for m in METRIC_SOURCES)
+            raise ValueError(f"metadata 'metric' must be one of {expected}, got {self.metric!r}")
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -38,11 +58,15 @@ class ExportMetadata:
             "height": str(self.height),
             "width": str(self.width),
             "config": self.config_yaml,
+            "metric": self.metric,
         }
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str | Path) -> ExportMetadata:
-        """Parse metadata props; ``source`` names the file in errors."""
+        """Parse metadata props; ``source`` names the file in errors.
+
+        ``metric`` is optional: files exported before it existed read as "none" (scale-less).
+        """
         keys = ("min_depth", "max_depth", "train_height", "train_width", "height", "width", "config")
         missing = [k for k in keys if k not in props]
         if missing:
@@ -58,6 +82,7 @@ class ExportMetadata:
                 height=int(props["height"]),
                 width=int(props["width"]),
                 config_yaml=props["config"],
+                metric=props.get("metric", "none"),
             )
         except ValueError as error:
             raise ValueError(f"{source}: malformed metadata ({error})") from error

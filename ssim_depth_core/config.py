@@ -27,6 +27,10 @@ class ModelConfig:
     padding_mode: Literal["reflection", "zeros"] = "reflection"  # zeros exports to any TensorRT version
     min_depth: float = 0.1  # metres; disparity 1 maps here
     max_depth: float = 100.0  # metres; disparity 0 maps here
+    # Depth (metres) the untrained net predicts (its disparity heads' bias); 0: the sigmoid's midpoint,
+    # about 2 x min_depth. Stereo training needs it near the scenes' typical depth: the known baseline pulls
+    # the scale only from within the photometric loss's basin, about 2x (docs/training.md, "Metric depth").
+    initial_depth: float = 0.0
     # The pose net sees the frames area-downsampled by this integer factor: 1 as published; 2 quarters the
     # pose net's compute (a quarter less time per training step on a CPU) and still resolves the motion.
     pose_downsample: int = 1
@@ -50,7 +54,8 @@ class LossConfig:
     # right-direction motion with a still-wrong depth explains worse than no motion, and the pose net settles
     # on sideways motion; a few hundred unmasked steps let depth and motion agree first.
     automask_warmup_steps: int = 0
-    # Named loss terms and their weights; a term absent here (or with weight 0) is not computed.
+    # Named loss terms and their weights; a term absent here (or with weight 0) is not computed. Registered:
+    # photometric, smoothness, velocity (| ||t_pred|| - metres travelled |: needs odometry; metric depth).
     weights: dict[str, float] = field(default_factory=lambda: {"photometric": 1.0, "smoothness": 1e-3})
 
 
@@ -75,8 +80,12 @@ class DataConfig:
     # TwistWithCovarianceStamped or tf2_msgs/TFMessage (/tf, the world -> vehicle chain); empty = auto-detect
     # when the bag has exactly one such topic (none: no odometry), "none" = do not read odometry.
     odometry_topic: str = ""
-    stereo_image_topic: str = ""  # rosbag2 image topic of the stereo partner camera (data.stereo); empty = auto
-    stereo_camera_info_topic: str = ""  # its CameraInfo topic (the baseline comes from P); empty = auto-detect
+    stereo_image_topic: str = (
+        ""  # rosbag2 image topic of the stereo partner camera (data.stereo); empty = auto
+    )
+    stereo_camera_info_topic: str = (
+        ""  # its CameraInfo topic (the baseline comes from P); empty = auto-detect
+    )
     intrinsics: list[float] = field(default_factory=list)  # fx fy cx cy width height when a source lacks them
     static_threshold: float = (
         0.0  # drop triplets whose mean abs frame difference is below this (0 = keep all)
@@ -105,6 +114,18 @@ def check_frame_ids(frame_ids: Sequence[int], stereo: bool = False) -> list[int]
             f"non-zero offsets, got {frame_ids}"
         )
     return frame_ids
+
+
+STEREO = "s"  # the stereo partner's key among the sources of outputs["transforms"] and outputs["warped"]
+
+
+def source_slots(frame_ids: Sequence[int], stereo: bool) -> dict[int | str, int]:
+    """Each source's image slot in a batch's "images": ``frame_ids[1:]`` in order after the target (slot 0),
+    then with ``stereo`` the partner (:data:`STEREO`), last."""
+    slots: dict[int | str, int] = {frame_id: slot for slot, frame_id in enumerate(frame_ids[1:], start=1)}
+    if stereo:
+        slots[STEREO] = len(frame_ids)
+    return slots
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Depth evaluation against ground truth: Eigen et al. (2014) error metrics, the Garg crop, median scaling.
 
 The KITTI protocol computes the metrics per image on its valid ground-truth pixels and averages them over
-images (:class:`MetricsAccumulator`). A monocular model is only defined up to scale, so each prediction is
-multiplied by median(gt) / median(pred) over the valid pixels before comparison.
+images (:class:`MetricsAccumulator`). A scale-less monocular model's depth is only defined up to scale, so
+its prediction is multiplied by the per-image scale ratio median(gt) / median(pred) over the valid pixels
+before comparison (median scaling); a metric model is compared as it is. The ratio is measured either way:
+its mean and spread over images say how far off and how consistent a model's scale is (1 and 0 for a perfect
+metric model).
 """
 
 from __future__ import annotations
@@ -76,11 +79,12 @@ def evaluate_depth(
             (0 or NaN = no measurement).
         pred_depth: (H, W) predicted depth, already resized to the ground-truth resolution by the caller.
         crop: "garg" to evaluate only inside :func:`garg_crop_mask`, None for the whole image.
-        median_scaling: multiply the prediction by median(gt) / median(pred) over the valid pixels.
+        median_scaling: multiply the prediction by the scale ratio before comparison; False compares the
+            prediction as it is (a metric model).
 
     Returns:
-        (metrics dict as :func:`compute_depth_metrics`, scale ratio applied; 1.0 without median scaling).
-        The prediction is clamped to [min_depth, max_depth] after scaling.
+        (metrics dict as :func:`compute_depth_metrics`, the scale ratio median(gt) / median(pred) over the
+        valid pixels, applied or not). The prediction is clamped to [min_depth, max_depth] after scaling.
     """
     gt_depth = np.asarray(gt_depth, dtype=np.float64)
     pred_depth = np.asarray(pred_depth, dtype=np.float64)
@@ -109,19 +113,18 @@ def evaluate_depth(
     bad = np.count_nonzero(~np.isfinite(pred))
     if bad:
         raise ValueError(f"pred_depth has {bad} non-finite values on valid ground-truth pixels")
-    ratio = 1.0
+    pred_median = float(np.median(pred))
+    if pred_median <= 0:
+        raise ValueError(f"median predicted depth on valid pixels is {pred_median}: no scale ratio")
+    ratio = float(np.median(gt)) / pred_median
     if median_scaling:
-        pred_median = float(np.median(pred))
-        if pred_median <= 0:
-            raise ValueError(f"median predicted depth on valid pixels is {pred_median}, cannot median-scale")
-        ratio = float(np.median(gt)) / pred_median
         pred = pred * ratio
     pred = np.clip(pred, min_depth, max_depth)
     return compute_depth_metrics(gt, pred), ratio
 
 
 class MetricsAccumulator:
-    """Per-image metrics averaged over images (the KITTI protocol), plus median-scaling ratio statistics."""
+    """Per-image metrics averaged over images (the KITTI protocol), plus per-image scale ratio statistics."""
 
     def __init__(self) -> None:
         self._metrics: list[dict[str, float]] = []
@@ -146,7 +149,7 @@ class MetricsAccumulator:
         return {name: float(np.mean([m[name] for m in self._metrics])) for name in METRIC_NAMES}
 
     def scale_stats(self) -> dict[str, float]:
-        """Mean, standard deviation and median of the per-image median-scaling ratios."""
+        """Mean, standard deviation and median of the per-image scale ratios median(gt) / median(pred)."""
         if not self._ratios:
             raise ValueError("no scale ratios were added to the accumulator")
         ratios = np.asarray(self._ratios)

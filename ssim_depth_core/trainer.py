@@ -23,6 +23,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ssim_depth_core.artifact import metric_source
 from ssim_depth_core.checkpoint import load_checkpoint, save_atomic
 from ssim_depth_core.config import OptimConfig, TrainConfig, to_dict
 from ssim_depth_core.data.sources import open_sequences, select_split
@@ -131,7 +132,11 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class Trainer:
-    """Trains a :class:`MonodepthModel` with an :class:`Objective` on the sequences found at ``data_path``."""
+    """Trains a :class:`MonodepthModel` with an :class:`Objective` on the sequences found at ``data_path``.
+
+    The model is metric (depth in metres: validated, and ``best.pt`` chosen, without median scaling) when it
+    trains with velocity supervision (``loss.weights.velocity`` > 0) or a stereo partner (``data.stereo``).
+    """
 
     def __init__(
         self,
@@ -156,7 +161,7 @@ class Trainer:
         sequences = open_sequences(data_path, config.data)
         if not sequences:
             raise ValueError(f"no sequences found under {data_path}")
-        frame_ids = config.data.frame_ids
+        frame_ids, stereo = config.data.frame_ids, config.data.stereo
         train_split = select_split(data_path, config.data.train_split, "train")
         train_samples = build_samples(sequences, frame_ids, train_split)
         if not train_samples:
@@ -170,6 +175,15 @@ class Trainer:
                 _no_split_reason(config.data.train_split, data_path, "train"),
                 len(sequences),
                 len(self.train_set),
+            )
+        if config.loss.weights.get("velocity", 0) > 0:
+            _check_odometry(self.train_set, data_path)
+        if stereo and config.model.initial_depth == 0 and not resume:
+            log.warning(
+                "stereo training from the default initial depth (about %.2g m): the stereo warp's "
+                "disparities start far outside the image and the known baseline may never set the scale; set "
+                "model.initial_depth to the scenes' typical depth in metres (e.g. 10 for driving)",
+                2 * config.model.min_depth,
             )
         self.val_set = None
         val_split = select_split(data_path, config.data.val_split, "val")
@@ -196,12 +210,13 @@ class Trainer:
         )
         self.loader = self._loader(self.train_set, self.sampler)
 
-        self.model = MonodepthModel(config.model, frame_ids).to(self.device)
+        self.metric = metric_source(to_dict(config)) != "none"
+        self.model = MonodepthModel(config.model, frame_ids, stereo=stereo).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.objective = Objective(config.loss, frame_ids, config.model.scales, seed=config.seed).to(
-            self.device
-        )
+        self.objective = Objective(
+            config.loss, frame_ids, config.model.scales, seed=config.seed, stereo=stereo
+        ).to(self.device)
         # The fused kernel updates all parameters in one pass (timed by bench/train_step.py).
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
@@ -377,11 +392,17 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Median-scaled depth metrics on the validation split when it has ground truth, else its loss."""
+        """Depth metrics on the validation split when it has ground truth, else its loss.
+
+        Median-scaled metrics (``abs_rel``, ...) for every model, the mean per-image scale ratio
+        median(gt) / median(pred) (``scale_ratio``), and for a metric model the metrics without scaling
+        (``metric_abs_rel``, ...), by which ``best.pt`` is then chosen; else by ``abs_rel``, or the loss
+        without ground truth.
+        """
         if self.val_set is None or not self.context.is_main:
             return {}
         self.model.eval()
-        accumulator = MetricsAccumulator()
+        scaled, metric = MetricsAccumulator(), MetricsAccumulator()
         losses = []
         for batch in progress_bar(self._loader(self.val_set), desc="validate", leave=False):
             batch.pop("skipped")
@@ -392,19 +413,26 @@ class Trainer:
             losses.append(self.objective(batch, outputs).total.item())
             if "depth_gt" in batch:
                 for gt, pred in zip(batch["depth_gt"][:, 0], outputs["depths"][0][:, 0], strict=True):
+                    gt, pred = gt.cpu().numpy(), pred.cpu().numpy()
                     try:
-                        metrics, ratio = evaluate_depth(gt.cpu().numpy(), pred.cpu().numpy())
+                        metrics, ratio = evaluate_depth(gt, pred)
                     except ValueError:  # a frame without valid ground truth inside the crop
                         continue
-                    accumulator.add(metrics, ratio)
+                    scaled.add(metrics, ratio)
+                    if self.metric:
+                        metric.add(evaluate_depth(gt, pred, median_scaling=False)[0])
         self.model.train()
         result = {"loss": float(np.mean(losses))} if losses else {}
-        if len(accumulator):
-            result.update(accumulator.mean())
+        if len(scaled):
+            result.update(scaled.mean())
+            result["scale_ratio"] = scaled.scale_stats()["mean"]
+        if len(metric):
+            result.update({f"metric_{name}": value for name, value in metric.mean().items()})
         for name, value in result.items():
             self.writer.add_scalar(f"val/{name}", value, self.step)
-        key = "abs_rel" if "abs_rel" in result else "loss"
-        if key in result and result[key] < self.best_metric:
+        order = ("metric_abs_rel", "abs_rel", "loss") if self.metric else ("abs_rel", "loss")
+        key = next((k for k in order if k in result), None)
+        if key is not None and result[key] < self.best_metric:
             self.best_metric = result[key]
             self.save_checkpoint("best.pt")
         if result:
@@ -412,6 +440,23 @@ class Trainer:
                 "validation at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items())
             )
         return result
+
+
+def _check_odometry(train_set: TripletDataset, data_path: str | Path) -> None:
+    """Log how many training samples velocity supervision reaches; none at all is an error."""
+    known = sum(bool(np.isfinite(train_set.travel(i)).any()) for i in range(len(train_set)))
+    if known == 0:
+        raise ValueError(
+            f"{data_path}: loss.weights.velocity > 0 but none of the {len(train_set)} training samples has "
+            "odometry (distance travelled between frames): velocity supervision without odometry cannot make "
+            "depth metric. Train on data with odometry (KITTI oxts, a bag's odometry topic: "
+            "data.odometry_topic) or set loss.weights.velocity=0"
+        )
+    log.info(
+        "velocity supervision: %d of %d samples have odometry; the rest get no velocity term",
+        known,
+        len(train_set),
+    )
 
 
 def _no_split_reason(split: str, data_path: str | Path, name: str) -> str:

@@ -6,21 +6,29 @@ import pytest
 import torch
 
 from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
 from ssim_depth_core.models import MonodepthModel
+
+
+def _save_random_checkpoint(config: TrainConfig, path):
+    """Save a randomly initialised (seed 0) model with ``config`` as a trainer checkpoint at ``path``."""
+    torch.manual_seed(0)
+    model = MonodepthModel(config.model, config.data.frame_ids)
+    save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
+    return path
+
+
+def _small_config(**fields) -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=64, width=96), **fields
+    )
 
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory):
-    """Path of a randomly initialised (seed 0) trainer checkpoint: 64x96 input, depth range 0.5..80 m."""
-    config = TrainConfig(
-        model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=64, width=96)
-    )
-    torch.manual_seed(0)
-    model = MonodepthModel(config.model, config.data.frame_ids)
-    path = tmp_path_factory.mktemp("random_checkpoint") / "model.pt"
-    save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
-    return path
+    """Path of a randomly initialised (seed 0) trainer checkpoint: 64x96 input, depth range 0.5..80 m,
+    scale-less (metric source "none")."""
+    return _save_random_checkpoint(_small_config(), tmp_path_factory.mktemp("random_checkpoint") / "model.pt")
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +37,20 @@ def random_onnx(random_checkpoint, tmp_path_factory):
     from ssim_depth_core.export.onnx import export_onnx
 
     return export_onnx(random_checkpoint, tmp_path_factory.mktemp("random_onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def velocity_checkpoint(tmp_path_factory):
+    """:func:`random_checkpoint`'s network (same seed) in a checkpoint whose config trained it with velocity
+    supervision (``loss.weights.velocity`` 0.05): metric source "velocity"."""
+    loss = LossConfig(weights={"photometric": 1.0, "smoothness": 1e-3, "velocity": 0.05})
+    path = tmp_path_factory.mktemp("velocity_checkpoint") / "model.pt"
+    return _save_random_checkpoint(_small_config(loss=loss), path)
+
+
+@pytest.fixture(scope="session")
+def velocity_onnx(velocity_checkpoint, tmp_path_factory):
+    """:func:`velocity_checkpoint` exported to ONNX."""
+    from ssim_depth_core.export.onnx import export_onnx
+
+    return export_onnx(velocity_checkpoint, tmp_path_factory.mktemp("velocity_onnx") / "model.onnx")

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from ssim_depth_core.apps.cli import main
-from ssim_depth_core.apps.evaluate import format_table
+from ssim_depth_core.apps.evaluate import evaluate_model, format_table
+from ssim_depth_core.config import DataConfig
+from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.synthetic import generate_dataset
+from ssim_depth_core.data.triplets import build_samples
 from ssim_depth_core.evaluation import (
     METRIC_NAMES,
     MetricsAccumulator,
@@ -15,6 +18,7 @@ from ssim_depth_core.evaluation import (
     evaluate_depth,
     garg_crop_mask,
 )
+from ssim_depth_core.runtime.estimator import DepthEstimator
 
 
 def test_metrics_hand_computed():
@@ -52,8 +56,24 @@ def test_median_scaling_makes_scaled_prediction_perfect():
     assert metrics["a1"] == 1.0
 
     unscaled, ratio = evaluate_depth(gt, gt / 3.7, crop=None, median_scaling=False)
-    assert ratio == 1.0
+    assert ratio == pytest.approx(3.7)  # measured, not applied
     assert unscaled["abs_rel"] == pytest.approx(1 - 1 / 3.7)
+
+
+def test_scale_ratio_without_median_scaling_hand_computed():
+    # Valid pixels gt = [2, 4, 8, 10], pred = gt / 2 = [1, 2, 4, 5]: medians 6 and 3, ratio 2.
+    #   abs_rel = mean(|gt - gt/2| / gt) = 0.5; rmse = sqrt(mean(1, 4, 16, 25)) = sqrt(11.5);
+    #   every pixel is off by 2 > 1.25^3 = 1.953125, so a1 = a2 = a3 = 0.
+    # The invalid gt pixels (0, 100 > max_depth) hold predictions that would move both medians if counted.
+    gt = np.array([[2.0, 4.0, 0.0], [8.0, 10.0, 100.0]])
+    pred = np.array([[1.0, 2.0, 70.0], [4.0, 5.0, 90.0]])
+    metrics, ratio = evaluate_depth(gt, pred, crop=None, median_scaling=False)
+    assert ratio == pytest.approx(2.0)
+    assert metrics["abs_rel"] == pytest.approx(0.5)
+    assert metrics["rmse"] == pytest.approx(math.sqrt(11.5))
+    assert (metrics["a1"], metrics["a2"], metrics["a3"]) == (0.0, 0.0, 0.0)
+    scaled, scaled_ratio = evaluate_depth(gt, pred, crop=None)
+    assert scaled_ratio == pytest.approx(2.0) and scaled["abs_rel"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_invalid_gt_pixels_ignored():
@@ -140,20 +160,93 @@ def test_format_table():
     assert [float(v) for v in values.split("|")] == [0.116, 0.9, 4.87, 0.193, 0.871, 0.959, 0.981]
 
 
-def test_evaluate_chooses_the_backend_from_the_model_file(random_checkpoint, random_onnx, tmp_path, caplog):
-    data = generate_dataset(
-        tmp_path / "data", seed=3, drives=1, frames=4, width=96, height=64, bag="none", progress=False
-    )
+@pytest.fixture(scope="module")
+def tiny_drive(tmp_path_factory):
+    """One 96x64 synthetic drive of 4 frames: its test split holds frames 1 and 2."""
+    root = tmp_path_factory.mktemp("tiny_drive")
+    return generate_dataset(root, seed=3, drives=1, frames=4, width=96, height=64, bag="none", progress=False)
+
+
+def _reference(model, data):
+    """The protocol written out independently on the estimator's depths: per frame the scale ratio and the
+    unscaled and median-scaled abs_rel over gt in (1e-3, 80) m inside the Garg crop, pred clipped to it."""
+    sequences = open_sequences(data, DataConfig())
+    estimator = DepthEstimator(model, backend="torch", device="cpu")
+    ratios, metric, median = [], [], []
+    for sequence_index, frame in build_samples(sequences, [0], resolve_split(data, "test")):
+        sequence = sequences[sequence_index]
+        gt, pred = sequence.depth(frame), estimator(sequence.image(frame)).astype(np.float64)
+        valid = (gt > 1e-3) & (gt < 80) & garg_crop_mask(*gt.shape)
+        gt, pred = gt[valid], pred[valid]
+        ratios.append(np.median(gt) / np.median(pred))
+        metric.append(np.mean(np.abs(gt - np.clip(pred, 1e-3, 80)) / gt))
+        median.append(np.mean(np.abs(gt - np.clip(pred * ratios[-1], 1e-3, 80)) / gt))
+    return np.array(ratios), np.mean(metric), np.mean(median)
+
+
+def test_evaluate_model_reports_metric_and_median_scaled_tables(
+    random_checkpoint, velocity_checkpoint, tiny_drive
+):
+    metric_model = evaluate_model(velocity_checkpoint, tiny_drive, backend="torch", progress=False)
+    assert set(metric_model) == {"metric_source", "images", "scale_mean", "scale_std", "median", "metric"}
+    assert (metric_model["metric_source"], metric_model["images"]) == ("velocity", 2)
+    assert set(metric_model["median"]) == set(metric_model["metric"]) == set(METRIC_NAMES)
+
+    ratios, metric_abs_rel, median_abs_rel = _reference(velocity_checkpoint, tiny_drive)
+    assert metric_model["scale_mean"] == pytest.approx(ratios.mean(), rel=1e-5)
+    assert metric_model["scale_std"] == pytest.approx(ratios.std(), rel=1e-4)
+    assert metric_model["metric"]["abs_rel"] == pytest.approx(metric_abs_rel, rel=1e-5)
+    assert metric_model["median"]["abs_rel"] == pytest.approx(median_abs_rel, rel=1e-5)
+    assert metric_model["scale_mean"] > 1.5  # an untrained net: far from metres, so the tables differ
+    assert metric_model["metric"]["abs_rel"] > metric_model["median"]["abs_rel"]
+
+    # the same weights, scale-less: median-scaled only unless the metric table is asked for
+    scale_less = evaluate_model(random_checkpoint, tiny_drive, backend="torch", progress=False)
+    assert scale_less["metric_source"] == "none" and "metric" not in scale_less
+    assert scale_less["median"] == metric_model["median"]
+    assert scale_less["scale_mean"] == metric_model["scale_mean"]
+    asked = evaluate_model(random_checkpoint, tiny_drive, scaling="metric", backend="torch", progress=False)
+    assert asked["metric"] == metric_model["metric"]
+    median_only = evaluate_model(velocity_checkpoint, tiny_drive, scaling="median", progress=False)
+    assert "metric" not in median_only and median_only["metric_source"] == "velocity"
+    with pytest.raises(ValueError, match="scaling must be one of.*'none'"):
+        evaluate_model(velocity_checkpoint, tiny_drive, scaling="none")
+
+
+def test_evaluate_chooses_the_backend_from_the_model_file(
+    random_checkpoint, random_onnx, tiny_drive, tmp_path, caplog
+):
     results = {}
     for model in (random_checkpoint, random_onnx):
         out = tmp_path / f"{model.suffix[1:]}.json"
         with caplog.at_level(logging.INFO, logger="ssim_depth_core.runtime.backends"):
             assert (
-                main(["evaluate", "--checkpoint", str(model), "--data", str(data), "--json", str(out)]) == 0
+                main(["evaluate", "--checkpoint", str(model), "--data", str(tiny_drive), "--json", str(out)])
+                == 0
             )
         results[model.suffix] = json.loads(out.read_text())
     assert f"backend auto -> torch for {random_checkpoint}" in caplog.text
     assert f"backend auto -> onnxruntime for {random_onnx}" in caplog.text
     assert results[".onnx"]["images"] == results[".pt"]["images"] == 2  # frames 1 and 2 of the test split
+    for result in results.values():
+        assert result["metric_source"] == "none" and "metric" not in result
     for name in METRIC_NAMES:  # one network, two runtimes
-        assert results[".onnx"][name] == pytest.approx(results[".pt"][name], rel=1e-3, abs=1e-4), name
+        assert results[".onnx"]["median"][name] == pytest.approx(
+            results[".pt"]["median"][name], rel=1e-3, abs=1e-4
+        ), name
+    assert results[".onnx"]["scale_mean"] == pytest.approx(results[".pt"]["scale_mean"], rel=1e-3)
+
+
+def test_evaluate_cli_prints_labelled_tables(velocity_checkpoint, random_checkpoint, tiny_drive, capsys):
+    assert main(["evaluate", "--checkpoint", str(velocity_checkpoint), "--data", str(tiny_drive)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 images, metric source: velocity; per-image scale ratio")
+    assert lines[1] == "metric (no scaling):" and lines[4] == "median-scaled:"
+    assert [name.strip() for name in lines[2].split("|")] == list(METRIC_NAMES)
+    assert [name.strip() for name in lines[5].split("|")] == list(METRIC_NAMES)
+
+    argv = ["evaluate", "--checkpoint", str(random_checkpoint), "--data", str(tiny_drive)]
+    assert main([*argv, "--scaling", "median"]) == 0
+    assert "metric (no scaling):" not in capsys.readouterr().out
+    assert main([*argv, "--scaling", "metric"]) == 0
+    assert "metric (no scaling):" in capsys.readouterr().out

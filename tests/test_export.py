@@ -1,4 +1,4 @@
-"""ONNX export: graph contract, metadata, numerical parity with PyTorch, TensorRT op-set check."""
+"""ONNX export: graph contract, metadata and metric source, parity with PyTorch, TensorRT op-set check."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
-from ssim_depth_core.artifact import read_metadata
+from ssim_depth_core.artifact import ExportMetadata, metric_source, read_metadata
 from ssim_depth_core.checkpoint import load_depth_net
-from ssim_depth_core.config import ModelConfig, to_dict
+from ssim_depth_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
 from ssim_depth_core.export.onnx import ExportValidationError, _validate, check_tensorrt_ops, export_onnx
 from ssim_depth_core.models import MonodepthModel
 
@@ -52,6 +52,55 @@ def test_export_metadata(exported, checkpoint):
     assert (metadata.train_height, metadata.train_width) == (HEIGHT, WIDTH)
     assert (metadata.height, metadata.width) == (HEIGHT, WIDTH)
     assert yaml.safe_load(metadata.config_yaml) == to_dict(checkpoint[1])
+    assert metadata.metric == "none"  # photometric + smoothness only: scale-less
+
+
+def test_export_records_the_metric_source(velocity_onnx):
+    assert read_metadata(onnx.load(velocity_onnx), velocity_onnx).metric == "velocity"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, "none"),  # a config without the keys
+        ({"data": {"height": 64}, "loss": {"weights": {"photometric": 1.0}}}, "none"),
+        (to_dict(TrainConfig()), "none"),  # the defaults
+        ({"loss": {"weights": {"velocity": 0.05}}}, "velocity"),
+        ({"data": {"stereo": True}, "loss": {"weights": {"velocity": 0.0}}}, "stereo"),
+        ({"data": {"stereo": True}, "loss": {"weights": {"velocity": 0.05}}}, "stereo+velocity"),
+        (
+            to_dict(TrainConfig(data=DataConfig(stereo=True), loss=LossConfig(weights={"velocity": 1.0}))),
+            "stereo+velocity",
+        ),
+    ],
+)
+def test_metric_source(config, expected):
+    assert metric_source(config) == expected
+
+
+PROPS = {
+    "min_depth": "0.5",
+    "max_depth": "80.0",
+    "train_height": "64",
+    "train_width": "96",
+    "height": "128",
+    "width": "192",
+    "config": "seed: 0\n",
+    "metric": "stereo+velocity",
+}
+
+
+def test_metadata_round_trip_and_files_without_metric():
+    metadata = ExportMetadata.from_props(PROPS, "model.onnx")
+    assert metadata == ExportMetadata(0.5, 80.0, 64, 96, 128, 192, "seed: 0\n", "stereo+velocity")
+    assert metadata.to_props() == PROPS
+    old = {key: value for key, value in PROPS.items() if key != "metric"}  # exported before "metric" existed
+    assert ExportMetadata.from_props(old, "old.onnx").metric == "none"
+
+
+def test_metadata_rejects_an_unknown_metric_source():
+    with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'metric'.*got 'lidar'"):
+        ExportMetadata.from_props({**PROPS, "metric": "lidar"}, "bad.onnx")
 
 
 def test_onnxruntime_matches_torch(exported, checkpoint):

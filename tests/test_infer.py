@@ -1,13 +1,16 @@
-"""``ssim-depth infer`` (apps.infer) on image folders, videos and rosbag2, and the depth colouriser."""
+"""``ssim-depth infer`` (apps.infer) on image folders, videos and rosbag2, the depth colouriser, and the data
+flags of the other verbs (synth --stereo, train --odometry-topic)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from depth_oracle import synthetic_street, write_oracle_onnx
 from skimage import data
 
 from ssim_depth_core.apps.cli import main
@@ -16,15 +19,24 @@ from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.bagio import KITTI_IMAGE_TOPIC, CameraBagWriter
 from ssim_depth_core.imaging import colorize_depth
 from ssim_depth_core.runtime import DepthEstimator
+from ssim_depth_core.runtime.frames import ScaleSettings
+from ssim_depth_core.runtime.scale import GroundPlaneSettings
 
 HEIGHT, WIDTH = 80, 120  # frames: not the network's 64x96, same 2:3 aspect ratio
 MAGMA = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_MAGMA)[:, 0]  # level -> BGR
 
 
 @pytest.fixture(scope="module")
-def estimator(random_checkpoint):
+def metric_checkpoint(velocity_checkpoint):
+    """The shared random network as a metric (velocity-supervised) model: the default scale source "model"
+    serves it as it is."""
+    return velocity_checkpoint
+
+
+@pytest.fixture(scope="module")
+def estimator(metric_checkpoint):
     """The reference: the runtime's estimator called directly on the same frames."""
-    return DepthEstimator(random_checkpoint, backend="torch", device="cpu")
+    return DepthEstimator(metric_checkpoint, backend="torch", device="cpu")
 
 
 def _frames(count: int) -> list[np.ndarray]:
@@ -90,10 +102,10 @@ def test_colorize_depth_rejects_bad_arguments(depth, kwargs, message):
 
 
 # ------------------------------------------------------------------------------------------ run_inference
-def test_image_folder_writes_colour_and_raw_depth_of_each_frame(random_checkpoint, estimator, tmp_path):
+def test_image_folder_writes_colour_and_raw_depth_of_each_frame(metric_checkpoint, estimator, tmp_path):
     frames = _frames(3)
     paths = _write_images(tmp_path / "images", frames)
-    summary = run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
+    summary = run_inference(metric_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
 
     for path, frame in zip(paths, frames, strict=True):
         expected = estimator(frame)
@@ -121,11 +133,11 @@ def test_image_folder_writes_colour_and_raw_depth_of_each_frame(random_checkpoin
     assert set(summary["outputs"]) == {"depth", "depth_raw"}
 
 
-def test_unreadable_images_are_skipped_and_counted(random_checkpoint, tmp_path, caplog):
+def test_unreadable_images_are_skipped_and_counted(metric_checkpoint, tmp_path, caplog):
     paths = _write_images(tmp_path / "images", _frames(3))
     paths[1].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature and nothing decodable
     with caplog.at_level(logging.WARNING):
-        summary = run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
+        summary = run_inference(metric_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
     assert (summary["frames"], summary["skipped"], summary["skipped_frames"]) == (2, 1, [str(paths[1])])
     assert str(paths[1]) in caplog.text
     # files keep the input names: the missing one shows which frame was lost
@@ -135,11 +147,11 @@ def test_unreadable_images_are_skipped_and_counted(random_checkpoint, tmp_path, 
     for path in paths:
         path.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="none of its 3 frames could be read"):
-        run_inference(random_checkpoint, tmp_path / "images", tmp_path / "empty", progress=False)
+        run_inference(metric_checkpoint, tmp_path / "images", tmp_path / "empty", progress=False)
     assert json.loads((tmp_path / "empty" / "summary.json").read_text())["skipped"] == 3
 
 
-def test_video_through_the_cli(random_checkpoint, tmp_path, capsys):
+def test_video_through_the_cli(metric_checkpoint, tmp_path, capsys):
     video = tmp_path / "drive.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (WIDTH, HEIGHT))
     assert writer.isOpened()
@@ -148,7 +160,7 @@ def test_video_through_the_cli(random_checkpoint, tmp_path, capsys):
     writer.release()
 
     out = tmp_path / "out"
-    args = ["infer", "--model", str(random_checkpoint), "--input", str(video), "--out", str(out)]
+    args = ["infer", "--model", str(metric_checkpoint), "--input", str(video), "--out", str(out)]
     assert main([*args, "--no-progress"]) == 0
     assert "5 frames (0 skipped) on torch" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -158,7 +170,7 @@ def test_video_through_the_cli(random_checkpoint, tmp_path, capsys):
     assert cv2.imread(str(out / "depth" / names[-1])).shape == (HEIGHT, WIDTH, 3)
 
 
-def test_rosbag_point_clouds_match_open3d(random_checkpoint, estimator, tmp_path):
+def test_rosbag_point_clouds_match_open3d(metric_checkpoint, estimator, tmp_path):
     o3d = pytest.importorskip("open3d")
     camera = Intrinsics(fx=70.0, fy=66.0, cx=57.3, cy=41.8, width=WIDTH, height=HEIGHT)
     frames = _frames(2)
@@ -168,7 +180,7 @@ def test_rosbag_point_clouds_match_open3d(random_checkpoint, estimator, tmp_path
 
     stride = 3  # 80 and 120 rows/cols -> 27 x 40 kept pixels
     summary = run_inference(
-        random_checkpoint, tmp_path / "bag", tmp_path / "out", pointcloud="ply", stride=stride, progress=False
+        metric_checkpoint, tmp_path / "bag", tmp_path / "out", pointcloud="ply", stride=stride, progress=False
     )
     assert (summary["frames"], summary["input_kind"]) == (2, "rosbag")
     assert summary["intrinsics"] == {"source": "camera_info", "fx": 70.0, "fy": 66.0, "cx": 57.3, "cy": 41.8,
@@ -192,7 +204,7 @@ def test_rosbag_point_clouds_match_open3d(random_checkpoint, estimator, tmp_path
         np.testing.assert_array_equal(np.round(colours * 255).astype(np.uint8), expected_colours)
 
 
-def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estimator, tmp_path, caplog):
+def test_given_and_guessed_intrinsics_of_a_single_image(metric_checkpoint, estimator, tmp_path, caplog):
     (path,) = _write_images(tmp_path / "images", _frames(1))
     depth = estimator(_frames(1)[0])
     v, u = np.mgrid[0:HEIGHT, 0:WIDTH]
@@ -206,7 +218,7 @@ def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estim
 
     fx, fy, cx, cy = 100.0, 90.0, 61.0, 38.5
     summary = run_inference(
-        random_checkpoint,
+        metric_checkpoint,
         path,
         tmp_path / "given",
         pointcloud="ply",
@@ -219,7 +231,7 @@ def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estim
 
     with caplog.at_level(logging.WARNING):
         summary = run_inference(
-            random_checkpoint, path, tmp_path / "guessed", pointcloud="ply", progress=False
+            metric_checkpoint, path, tmp_path / "guessed", pointcloud="ply", progress=False
         )
     assert "guessed camera" in caplog.text
     focal = 0.58 * WIDTH
@@ -229,7 +241,7 @@ def test_given_and_guessed_intrinsics_of_a_single_image(random_checkpoint, estim
     np.testing.assert_allclose(cloud_xyz(tmp_path / "guessed"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_output_names_map_back_to_the_inputs(random_checkpoint, estimator, tmp_path):
+def test_output_names_map_back_to_the_inputs(metric_checkpoint, estimator, tmp_path):
     """Every output file's name leads, through summary.json's frame_sources, to the frame it was made from."""
     frames = _frames(3)
     folder = tmp_path / "kitti" / "image_02" / "data"
@@ -239,9 +251,11 @@ def test_output_names_map_back_to_the_inputs(random_checkpoint, estimator, tmp_p
     for number, frame in zip(numbers, frames, strict=True):
         assert cv2.imwrite(str(folder / f"{number:010d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
-    summary = run_inference(random_checkpoint, folder, out, pointcloud="ply", progress=False)
+    summary = run_inference(metric_checkpoint, folder, out, pointcloud="ply", progress=False)
     names = [f"{number:010d}" for number in sorted(numbers)]
-    assert summary["frame_sources"] == [{"name": name, "file": str(folder / f"{name}.png")} for name in names]
+    assert summary["frame_sources"] == [
+        {"name": name, "scale": 1.0, "file": str(folder / f"{name}.png")} for name in names
+    ]
     assert sorted(p.name for p in (out / "depth_raw").iterdir()) == [f"{name}.png" for name in names]
     assert sorted(p.name for p in (out / "clouds").iterdir()) == [f"{name}.ply" for name in names]
     for entry in summary["frame_sources"]:
@@ -255,16 +269,21 @@ def test_output_names_map_back_to_the_inputs(random_checkpoint, estimator, tmp_p
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    summary = run_inference(random_checkpoint, video, tmp_path / "video", progress=False)
-    assert summary["frame_sources"] == [{"name": f"{i:06d}", "frame": i} for i in range(3)]
+    summary = run_inference(metric_checkpoint, video, tmp_path / "video", progress=False)
+    assert summary["frame_sources"] == [{"name": f"{i:06d}", "scale": 1.0, "frame": i} for i in range(3)]
 
     stamps = [1_000_000_000 + i * 100_000_000 for i in (2, 0, 1)]  # written out of stamp order
     with CameraBagWriter(tmp_path / "bag", Intrinsics(70.0, 70.0, 59.5, 39.5, WIDTH, HEIGHT)) as bag:
         for stamp, frame in zip(stamps, frames, strict=True):
             bag.write(frame, stamp)
-    summary = run_inference(random_checkpoint, tmp_path / "bag", tmp_path / "bag_out", progress=False)
+    summary = run_inference(metric_checkpoint, tmp_path / "bag", tmp_path / "bag_out", progress=False)
     assert summary["frame_sources"] == [
-        {"name": f"{i:06d}", "topic": KITTI_IMAGE_TOPIC, "stamp_s": pytest.approx(1.0 + i * 0.1, abs=1e-9)}
+        {
+            "name": f"{i:06d}",
+            "scale": 1.0,
+            "topic": KITTI_IMAGE_TOPIC,
+            "stamp_s": pytest.approx(1.0 + i * 0.1, abs=1e-9),
+        }
         for i in range(3)
     ]
     for entry in summary["frame_sources"]:  # header-stamp order: 000000 is the frame stamped 1.0 s
@@ -276,14 +295,14 @@ def test_output_names_map_back_to_the_inputs(random_checkpoint, estimator, tmp_p
         )
 
 
-def test_images_that_would_share_output_names_are_refused(random_checkpoint, tmp_path):
+def test_images_that_would_share_output_names_are_refused(metric_checkpoint, tmp_path):
     (path,) = _write_images(tmp_path / "images", _frames(1))
     path.with_suffix(".jpg").write_bytes(path.read_bytes())
     with pytest.raises(ValueError, match=r"frame_000\.jpg and frame_000\.png would both write depth/"):
-        run_inference(random_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
+        run_inference(metric_checkpoint, tmp_path / "images", tmp_path / "out", progress=False)
 
 
-def test_bad_arguments_are_named(random_checkpoint, tmp_path):
+def test_bad_arguments_are_named(metric_checkpoint, tmp_path):
     images = tmp_path / "images"
     _write_images(images, _frames(1))
     out = tmp_path / "out"
@@ -297,15 +316,90 @@ def test_bad_arguments_are_named(random_checkpoint, tmp_path):
         ({"input_path": tmp_path}, ValueError, "neither images"),
     ]
     for kwargs, error, message in cases:
-        arguments = {"model": random_checkpoint, "input_path": images, "out_dir": out, "progress": False}
+        arguments = {"model": metric_checkpoint, "input_path": images, "out_dir": out, "progress": False}
         with pytest.raises(error, match=message):
             run_inference(**{**arguments, **kwargs})
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"unknown input type '\.txt'"):
-        run_inference(random_checkpoint, tmp_path / "notes.txt", out, progress=False)
+        run_inference(metric_checkpoint, tmp_path / "notes.txt", out, progress=False)
     with CameraBagWriter(tmp_path / "bag", Intrinsics(70.0, 70.0, 59.5, 39.5, WIDTH, HEIGHT)) as bag:
         bag.write(_frames(1)[0], 1)
     with pytest.raises(ValueError, match="CameraInfo topic"):
         run_inference(
-            random_checkpoint, tmp_path / "bag", out, intrinsics=(1.0, 1.0, 1.0, 1.0), progress=False
+            metric_checkpoint, tmp_path / "bag", out, intrinsics=(1.0, 1.0, 1.0, 1.0), progress=False
         )
+
+
+# ------------------------------------------------------------------------------------------------- scale
+def test_scale_less_model_is_refused_by_default_and_fixed_multiplies(random_checkpoint, estimator, tmp_path):
+    frames = _frames(2)
+    paths = _write_images(tmp_path / "images", frames)
+    with pytest.raises(ValueError, match="scale_source 'model' needs a metric model") as error:
+        run_inference(random_checkpoint, tmp_path / "images", tmp_path / "refused", progress=False)
+    assert str(random_checkpoint) in str(error.value) and "'camera_height'" in str(error.value)
+
+    fixed = ScaleSettings("fixed", 2.0)
+    out = tmp_path / "out"
+    summary = run_inference(random_checkpoint, tmp_path / "images", out, scale=fixed, progress=False)
+    for path, frame in zip(paths, frames, strict=True):  # the same weights as the metric fixture model
+        np.testing.assert_allclose(
+            _raw_depth(out / "depth_raw" / path.name), 2.0 * estimator(frame), atol=2e-3
+        )
+    assert summary["scale"] == {"source": "fixed", "min": 2.0, "median": 2.0, "max": 2.0}
+    assert (summary["withheld"], summary["withheld_frames"]) == (0, [])
+    assert [entry["scale"] for entry in summary["frame_sources"]] == [2.0, 2.0]
+
+
+def test_camera_height_makes_a_street_metric_and_withholds_frames_without_a_plane(tmp_path):
+    """A scale-less model predicting a rendered street's exact depth / 3, with the camera's true height."""
+    street = synthetic_street()
+    model = write_oracle_onnx(tmp_path / "street.onnx", street.depth / 3.0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b"):
+        assert cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(street.rgb, cv2.COLOR_RGB2BGR))
+    k = street.intrinsics
+    arguments = {"backend": "onnxruntime", "intrinsics": (k.fx, k.fy, k.cx, k.cy), "progress": False}
+
+    ground = GroundPlaneSettings(street.camera_height)
+    scale = ScaleSettings("camera_height", ground=ground)
+    summary = run_inference(model, folder, tmp_path / "out", scale=scale, **arguments)
+    assert summary["intrinsics"]["source"] == "given"  # the ground fit needs a camera even without clouds
+    assert summary["scale"]["source"] == "camera_height" and summary["withheld"] == 0
+    assert summary["scale"]["median"] == pytest.approx(3.0, rel=0.05)
+    valid = street.depth > 0
+    for name in ("a", "b"):
+        raw = _raw_depth(tmp_path / "out" / "depth_raw" / f"{name}.png")
+        np.testing.assert_allclose(raw[valid], street.depth[valid], rtol=0.05, atol=2e-3)
+    # The same through the command line.
+    cli = ["infer", "--model", str(model), "--input", str(folder), "--out", str(tmp_path / "cli")]
+    cli += ["--backend", "onnxruntime", "--intrinsics", *(str(v) for v in (k.fx, k.fy, k.cx, k.cy))]
+    cli += ["--scale-source", "camera_height", "--camera-height", str(street.camera_height), "--no-progress"]
+    assert main(cli) == 0
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["scale"] == summary["scale"]
+
+    # configured as looking 20 degrees up: no ground below its horizon, no scale, nothing written
+    looking_up = ScaleSettings("camera_height", ground=GroundPlaneSettings(street.camera_height, -0.35))
+    summary = run_inference(model, folder, tmp_path / "up", scale=looking_up, **arguments)
+    assert summary["withheld"] == 2 and summary["frame_sources"] == []
+    assert [entry["name"] for entry in summary["withheld_frames"]] == ["a", "b"]
+    assert all("below the horizon" in entry["reason"] for entry in summary["withheld_frames"])
+    assert summary["scale"] == {"source": "camera_height", "min": None, "median": None, "max": None}
+    assert not any((tmp_path / "up" / "depth_raw").iterdir())
+
+
+# ------------------------------------------------------------------- flags of the other verbs that feed data
+def test_synth_stereo_and_train_odometry_topic_flags(tmp_path, caplog):
+    """``synth --stereo`` renders the right camera; ``train --odometry-topic`` reaches the bag reader."""
+    out = tmp_path / "synth"
+    argv = ["synth", "--out", str(out), "--drives", "1", "--frames", "3", "--size", "96x64", "--stereo"]
+    assert main(argv) == 0
+    for camera in ("image_02", "image_03"):
+        assert len(list(out.glob(f"*/*_sync/{camera}/data/*.png"))) == 3, camera
+    (bag,) = (out / "bags").iterdir()
+
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "synthetic_cpu.yaml"
+    train = ["train", "--config", str(config), "--data", str(bag), "--out", str(tmp_path / "run")]
+    with caplog.at_level(logging.ERROR, logger="ssim_depth"):
+        assert main([*train, "--odometry-topic", "/not_odometry"]) == 2
+    assert "odometry topic '/not_odometry' not found" in caplog.text

@@ -1,4 +1,4 @@
-"""Photometric, smoothness and objective terms against hand-computed values."""
+"""Photometric, smoothness, velocity and objective terms against hand-computed values."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from ssim_depth_core.config import LossConfig
+from ssim_depth_core.geometry import pose_to_matrix
 from ssim_depth_core.losses import objective as objective_module
 from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.losses.photometric import min_reprojection_loss, reprojection_error
 from ssim_depth_core.losses.smoothness import edge_aware_smoothness
 from ssim_depth_core.losses.ssim import SSIMLoss
+from ssim_depth_core.losses.velocity import velocity_loss
 
 C1, C2 = 0.01**2, 0.03**2
 
@@ -92,10 +94,14 @@ def test_smoothness_by_hand_and_edges_reduce_it():
     assert expected_edge < expected_flat
 
 
-def _batch_and_outputs(scales=(0, 1, 2, 3), frame_ids=(0, -1, 1), height=32, width=64, warped_offset=0.0):
+def _batch_and_outputs(
+    scales=(0, 1, 2, 3), frame_ids=(0, -1, 1), height=32, width=64, warped_offset=0.0, stereo=False
+):
+    """Random images (the stereo partner last) and warped sources near the target ("s": the partner)."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(2, len(frame_ids), 3, height, width, generator=generator)
+    images = torch.rand(2, len(frame_ids) + stereo, 3, height, width, generator=generator)
     target = images[:, 0]
+    sources = [*frame_ids[1:], "s"] if stereo else frame_ids[1:]
     outputs = {
         "disparities": [
             torch.rand(2, 1, height // 2**s, width // 2**s, generator=generator, requires_grad=True)
@@ -105,7 +111,7 @@ def _batch_and_outputs(scales=(0, 1, 2, 3), frame_ids=(0, -1, 1), height=32, wid
             (fid, i): (target + warped_offset * torch.rand(target.shape, generator=generator))
             .clamp(0, 1)
             .requires_grad_()
-            for fid in frame_ids[1:]
+            for fid in sources
             for i in range(len(scales))
         },
     }
@@ -218,3 +224,80 @@ def test_missing_warped_image_names_the_key():
     del outputs["warped"][(1, 0)]
     with pytest.raises(KeyError, match=r"\(1, 0\)"):
         Objective(LossConfig(), frame_ids=[0, -1, 1], scales=[0])(batch, outputs)
+
+
+def test_photometric_takes_the_stereo_partner_as_one_more_source():
+    config = LossConfig(ssim_form="conventional", automask=False)
+    batch, outputs = _batch_and_outputs(scales=(0,), warped_offset=0.3, stereo=True)
+    target, ssim = batch["images"][:, 0], SSIMLoss("conventional")
+    errors = [reprojection_error(outputs["warped"][(source, 0)], target, ssim) for source in (-1, 1, "s")]
+    expected = torch.minimum(torch.minimum(errors[0], errors[1]), errors[2]).mean()
+    result = Objective(config, [0, -1, 1], [0], stereo=True)(batch, outputs)
+    torch.testing.assert_close(result.terms["photometric"], expected.detach())
+    without = Objective(config, [0, -1, 1], [0])(batch, outputs)  # "s" ignored: the temporal minimum only
+    torch.testing.assert_close(
+        without.terms["photometric"], torch.minimum(errors[0], errors[1]).mean().detach()
+    )
+    # Stereo only (Monodepth2's S): the partner is the one source.
+    only_batch, only_outputs = _batch_and_outputs(scales=(0,), frame_ids=(0,), warped_offset=0.3, stereo=True)
+    only = Objective(config, [0], [0], stereo=True)(only_batch, only_outputs)
+    warped = only_outputs["warped"][("s", 0)]
+    expected = reprojection_error(warped, only_batch["images"][:, 0], ssim).mean()
+    torch.testing.assert_close(only.terms["photometric"], expected.detach())
+
+
+def test_automask_compares_with_the_unwarped_stereo_partner_too():
+    batch, outputs = _batch_and_outputs(scales=(0,), frame_ids=(0,), warped_offset=0.2, stereo=True)
+    images = batch["images"].clone()
+    images[:, 1, :, :, :32] = images[:, 0, :, :, :32]  # the partner equals the target on the left half
+    result = Objective(LossConfig(), [0], [0], seed=2, stereo=True)({"images": images}, outputs)
+    mask = result.images["automask"]
+    assert mask[..., :30].max() == 0 and mask[..., 34:].min() == 1
+
+
+def test_velocity_loss_by_hand_with_unknown_distances_masked():
+    translation = torch.tensor(
+        [[[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]]], requires_grad=True
+    )  # norms 5, 1 | 3, 0
+    travel = torch.tensor([[4.5, math.nan], [3.5, 0.25]])
+    loss = velocity_loss(translation, travel)
+    assert loss.item() == pytest.approx((0.5 + 0.5 + 0.25) / 3)  # the NaN pair has no term
+    loss.backward()
+    # d|norm - d| / dt = sign(norm - d) t / norm over 3 known pairs; 0 for the unknown one and zero motion
+    expected = (
+        torch.tensor([[[0.6, 0.8, 0.0], [0.0, 0.0, 0.0]], [[-1 / 3, -2 / 3, -2 / 3], [0.0, 0.0, 0.0]]]) / 3
+    )
+    torch.testing.assert_close(translation.grad, expected)
+
+
+def test_velocity_loss_without_any_distance_is_an_exact_zero_that_backpropagates():
+    translation = torch.tensor([[[0.1, 0.2, 0.3]]], requires_grad=True)
+    loss = velocity_loss(translation, torch.tensor([[math.nan]]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(translation.grad, torch.zeros_like(translation))
+    with pytest.raises(ValueError, match=r"\(B, N, 3\).*\(1, 1, 3\) and \(1, 2\)"):
+        velocity_loss(translation, torch.zeros(1, 2))
+
+
+def test_velocity_term_reads_the_translation_of_each_temporal_transform():
+    # Earlier sources are inverted pose-net outputs: [R^T | -R^T t], whose translation has the norm of t.
+    rotation = torch.tensor([[0.1, -0.2, 0.05], [0.0, 0.3, 0.0]])
+    backward = pose_to_matrix(rotation, torch.tensor([[0.0, 0.6, 0.8], [0.0, 0.0, 2.0]]), invert=True)
+    forward = pose_to_matrix(rotation, torch.tensor([[1.2, 0.0, 0.5], [0.0, 0.0, 0.0]]))  # norms 1.3, 0
+    outputs = {"transforms": {-1: backward, 1: forward, "s": torch.eye(4).expand(2, 4, 4) * 9}}
+    batch = {"travel": torch.tensor([[1.5, 1.0], [math.nan, 0.5]])}
+    config = LossConfig(weights={"velocity": 0.5})
+    result = Objective(config, [0, -1, 1], [0], stereo=True)(batch, outputs)
+    expected = (0.5 + 0.3 + 0.5) / 3  # |1 - 1.5|, |1.3 - 1|, |0 - 0.5|; the stereo rig is not supervised
+    assert result.terms["velocity"].item() == pytest.approx(expected, rel=1e-6)
+    assert result.total.item() == pytest.approx(0.5 * expected, rel=1e-6)
+    with pytest.raises(ValueError, match="velocity.*frame_ids \\[0\\] have no temporal source"):
+        Objective(config, [0], [0], stereo=True)
+
+
+def test_missing_stereo_warp_names_the_key_among_mixed_keys():
+    batch, outputs = _batch_and_outputs(scales=(0,), stereo=True)
+    del outputs["warped"][("s", 0)]
+    with pytest.raises(KeyError, match=r"\('s', 0\).*present: \[\(-1, 0\), \(1, 0\)\]"):
+        Objective(LossConfig(), frame_ids=[0, -1, 1], scales=[0], stereo=True)(batch, outputs)

@@ -1,5 +1,5 @@
 """Networks: feature taps and normalisation against torchvision, output shapes, padding, pose scaling, and the
-training model's output contract (pose ordering, inversion, warps, gradients, autocast)."""
+training model's output contract (pose ordering, inversion, warps, gradients, autocast, the stereo source)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torchvision.transforms.functional import normalize
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import ModelConfig
-from ssim_depth_core.geometry import pose_to_matrix, warp
+from ssim_depth_core.geometry import depth_to_disparity, disparity_to_depth, pose_to_matrix, warp
 from ssim_depth_core.models import DepthDecoder, DepthNet, MonodepthModel, PoseNet, ResnetEncoder
 from ssim_depth_core.models.encoder import IMAGENET_MEAN, IMAGENET_STD, stack_input_conv
 from ssim_depth_core.models.pose import POSE_SCALE
@@ -279,3 +279,89 @@ def test_monodepth_rejects_bad_frames(model):
         MonodepthModel(ModelConfig(), frame_ids=[-1, 0, 1])
     with pytest.raises(ValueError, match=r"\(B, 3, 3, H, W\).*\(1, 2, 3, 64, 96\)"):
         model(_tiny_batch(frame_count=2))
+
+
+def _stereo_rig(batch: dict[str, torch.Tensor], baseline: float) -> dict[str, torch.Tensor]:
+    """``batch`` with a rectified rig whose partner sits ``baseline`` metres to the right (x > 0)."""
+    stereo_T = torch.eye(4).expand(batch["images"].shape[0], 4, 4).clone()
+    stereo_T[:, 0, 3] = -baseline
+    return {**batch, "stereo_T": stereo_T}
+
+
+def test_stereo_is_one_more_source_warped_with_the_known_rig():
+    torch.manual_seed(0)
+    model = MonodepthModel(ModelConfig(scales=[0, 1]), frame_ids=[0, -1, 1], stereo=True).eval()
+    batch = _stereo_rig(_tiny_batch(frame_count=4), baseline=0.54)
+    with torch.no_grad():
+        out = model(batch)
+        assert set(out["transforms"]) == {-1, 1, "s"}
+        assert set(out["warped"]) == {(f, s) for f in (-1, 1, "s") for s in range(2)}
+        assert torch.equal(out["transforms"]["s"], batch["stereo_T"])
+        # The pose net sees the temporal frames only, as without stereo.
+        aug = batch["images_aug"]
+        torch.testing.assert_close(
+            out["transforms"][1], pose_to_matrix(*model.pose_net(aug[:, 0], aug[:, 2]))
+        )
+        K, inv_K = batch["K"][:, 0], batch["inv_K"][:, 0]
+        for scale_index in range(2):
+            expected = warp(batch["images"][:, 3], out["depths"][scale_index], batch["stereo_T"], K, inv_K)
+            torch.testing.assert_close(out["warped"][("s", scale_index)], expected)
+    with pytest.raises(
+        ValueError, match=r"\(B, 4, 3, H, W\) for frame_ids \[0, -1, 1\] \+ the stereo partner"
+    ):
+        model(_tiny_batch(frame_count=3))
+    with pytest.raises(KeyError, match="stereo_T"):
+        model(_tiny_batch(frame_count=4))
+
+
+class _FlatDepth(nn.Module):
+    """A depth net that sees a fronto-parallel wall: the same sigmoid disparity everywhere."""
+
+    def __init__(self, disparity: float) -> None:
+        super().__init__()
+        self.disparity = disparity
+
+    def forward_multiscale(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.full((image.shape[0], 1, *image.shape[-2:]), self.disparity)]
+
+
+@pytest.mark.parametrize("baseline", [0.5, -0.5])
+def test_stereo_only_warps_the_partner_by_the_disparity_of_the_baseline(baseline):
+    """A wall at Z = 7 m seen by fx = 70 px cameras 0.5 m apart: the partner sees every point fx b / Z = 5 px
+    further left (right for a partner on the left, as after a flip), so warping it back gives the target."""
+    model = MonodepthModel(ModelConfig(scales=[0]), frame_ids=[0], stereo=True).eval()
+    assert model.pose_net is None and not any(k.startswith("pose_net.") for k in model.state_dict())
+    config = ModelConfig()
+    model.depth_net = _FlatDepth(
+        depth_to_disparity(torch.tensor(7.0), config.min_depth, config.max_depth).item()
+    )
+    batch = _tiny_batch(frame_count=2)
+    shift = 5 if baseline > 0 else -5
+    partner = batch["images"][:, 0].roll(-shift, dims=-1)  # partner(u) = target(u + shift)
+    batch["images"] = torch.stack([batch["images"][:, 0], partner], dim=1)
+    with torch.no_grad():
+        out = model(_stereo_rig(batch, baseline))
+    assert set(out["transforms"]) == {"s"} and set(out["warped"]) == {("s", 0)}
+    inside = slice(5, -5)  # columns whose source pixel lies in the image (and not in the rolled-over band)
+    torch.testing.assert_close(
+        out["warped"][("s", 0)][..., inside], batch["images"][:, 0][..., inside], atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize(("initial_depth", "expected"), [(10.0, 10.0), (0.0, 2 * 0.1)])
+def test_untrained_net_predicts_the_initial_depth(initial_depth, expected):
+    torch.manual_seed(0)
+    config = ModelConfig(initial_depth=initial_depth, min_depth=0.1, max_depth=100.0)
+    net = MonodepthModel(config, [0, -1, 1]).depth_net.eval()
+    with torch.no_grad():
+        disparities = net.forward_multiscale(torch.rand(2, 3, 64, 96))
+    for disparity in disparities:  # every scale's head; 0: the sigmoid's midpoint, 1 / (0.5 / 0.1) m
+        depth = disparity_to_depth(disparity, 0.1, 100.0)[1]
+        assert depth.median().item() == pytest.approx(expected, rel=0.3)
+
+
+@pytest.mark.parametrize("initial_depth", [0.05, 100.0, -1.0])
+def test_initial_depth_outside_the_depth_range_is_refused(initial_depth):
+    config = ModelConfig(initial_depth=initial_depth, min_depth=0.1, max_depth=100.0)
+    with pytest.raises(ValueError, match="model.initial_depth must lie strictly between"):
+        MonodepthModel(config, [0, -1, 1])

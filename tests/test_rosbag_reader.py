@@ -12,11 +12,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import DataConfig
-from ssim_depth_core.data.bagio import STORAGE_PLUGINS, camera_info_message, default_typestore, header
+from ssim_depth_core.data.bagio import (
+    STORAGE_PLUGINS,
+    CameraBagWriter,
+    camera_info_message,
+    default_typestore,
+    header,
+)
 from ssim_depth_core.data.rosbag import RosbagSequence, is_rosbag
 from ssim_depth_core.data.sources import open_sequences
 from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
@@ -289,3 +296,162 @@ def test_corrupt_compressed_frame_names_bag_topic_and_index(tmp_path):
     with pytest.raises(FrameError, match=r"bag topic /cam/image/compressed message #1 .*cannot decode"):
         sequence.image(1)
     assert np.array_equal(sequence.image(2), images[2])
+
+
+STEREO_CAMERA = Intrinsics(10.0, 10.0, 7.5, 3.5, WIDTH, HEIGHT)
+LEFT_TOPIC, RIGHT_TOPIC = "/kitti/camera_color_left/image_raw", "/kitti/camera_color_right/image_raw"
+
+
+def stereo_bag(path: Path, left: list[np.ndarray], right: list[np.ndarray], baseline: float = 0.54) -> Path:
+    with CameraBagWriter(path, STEREO_CAMERA, stereo_baseline=baseline) as writer:
+        for index, (image, partner) in enumerate(zip(left, right, strict=True)):
+            writer.write(image, 10**9 + index * 10**8, right_rgb=partner)
+    return path
+
+
+def test_stereo_pair_written_and_read(tmp_path):
+    left, right = frames(4, seed=3), frames(4, seed=4)
+    bag = stereo_bag(tmp_path / "bag", left, right)
+    # The right CameraInfo's P holds Tx = -fx * baseline (ROS convention for a right camera).
+    with AnyReader([bag]) as reader:
+        infos = {
+            c.topic: reader.deserialize(raw, c.msgtype)
+            for c, _, raw in reader.messages([c for c in reader.connections if c.msgtype == CAMERA_INFO])
+        }
+    assert infos["/kitti/camera_color_right/camera_info"].p[3] == pytest.approx(-10.0 * 0.54)
+    assert infos["/kitti/camera_color_right/camera_info"].header.frame_id == "camera_color_right"
+    assert infos["/kitti/camera_color_left/camera_info"].p[3] == 0.0
+    # Two image topics: the reference camera (P Tx = 0) is selected, with or without stereo.
+    assert RosbagSequence(bag).image_topic == LEFT_TOPIC
+    assert RosbagSequence(bag).stereo_transform is None
+    sequence = RosbagSequence(bag, stereo=True)
+    assert (sequence.image_topic, sequence.stereo_image_topic) == (LEFT_TOPIC, RIGHT_TOPIC)
+    expected = np.eye(4)
+    expected[0, 3] = -0.54
+    np.testing.assert_allclose(sequence.stereo_transform, expected, atol=1e-12)
+    for index in range(4):
+        assert np.array_equal(sequence.image(index), left[index])
+        assert np.array_equal(sequence.stereo_image(index), right[index])
+    # The right camera as the target: its partner is the left one, 0.54 m to its left.
+    mirrored = RosbagSequence(bag, image_topic=RIGHT_TOPIC, stereo=True)
+    assert mirrored.stereo_image_topic == LEFT_TOPIC and mirrored.stereo_transform[0, 3] == pytest.approx(
+        0.54
+    )
+    assert np.array_equal(mirrored.stereo_image(2), left[2])
+    # Pickled (DataLoader workers) the partner still reads, reopening the bag.
+    clone = pickle.loads(pickle.dumps(sequence))
+    assert np.array_equal(clone.stereo_image(3), right[3])
+    # Through the data configuration.
+    (configured,) = open_sequences(bag, DataConfig(stereo=True, stereo_image_topic=RIGHT_TOPIC))
+    assert configured.stereo_transform[0, 3] == pytest.approx(-0.54)
+
+
+def test_stereo_writer_errors(tmp_path):
+    with pytest.raises(ValueError, match="stereo_baseline must be a positive number"):
+        CameraBagWriter(tmp_path / "negative", STEREO_CAMERA, stereo_baseline=-0.5)
+    with CameraBagWriter(tmp_path / "mono", STEREO_CAMERA) as writer:
+        with pytest.raises(
+            ValueError, match="right_rgb given but the CameraBagWriter has no stereo_baseline"
+        ):
+            writer.write(frames(1)[0], 1, right_rgb=frames(1)[0])
+    with CameraBagWriter(tmp_path / "stereo", STEREO_CAMERA, stereo_baseline=0.5) as writer:
+        with pytest.raises(ValueError, match="right image is 4x2 but the camera is 16x8"):
+            writer.write(frames(1)[0], 1, right_rgb=np.zeros((2, 4, 3), np.uint8))
+
+
+def stereo_info(stamp_ns: int, tx: float, fx: float = 19.0):
+    """A rectified CameraInfo with P = [[fx, 0, 4.25, tx], [0, 19.5, 2.75, 0], [0, 0, 1, 0]]."""
+    return camera_info_msg(stamp_ns, p=[fx, 0.0, 4.25, tx, 0.0, 19.5, 2.75, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def test_stereo_frames_paired_by_nearest_stamp(tmp_path):
+    left, right = frames(4, seed=5), frames(4, seed=6)
+    ms = 1_000_000
+    # Left every 100 ms. Right: exact, 20 ms late (within a quarter period: 25 ms), 40 ms late (too far),
+    # 1 ms early.
+    left_stamps, right_stamps = [0, 100 * ms, 200 * ms, 300 * ms], [0, 120 * ms, 240 * ms, 299 * ms]
+    bag = write_bag(
+        tmp_path / "bag",
+        {
+            "/left/image_raw": [
+                (s + 1, image_msg(im, "rgb8", s)) for im, s in zip(left, left_stamps, strict=True)
+            ],
+            "/right/image_raw": [
+                (s + 1, image_msg(im, "bgr8", s)) for im, s in zip(right, right_stamps, strict=True)
+            ],
+            "/left/camera_info": [(1, stereo_info(0, tx=0.0))],
+            "/right/camera_info": [(1, stereo_info(0, tx=-19.0 * 0.3))],
+        },
+    )
+    sequence = RosbagSequence(bag, stereo=True)
+    assert sequence.image_topic == "/left/image_raw" and sequence.stereo_transform[0, 3] == pytest.approx(
+        -0.3
+    )
+    assert np.array_equal(sequence.stereo_image(0), right[0])
+    assert np.array_equal(sequence.stereo_image(1), right[1])
+    assert np.array_equal(sequence.stereo_image(3), right[3])
+    with pytest.raises(FrameError, match=r"frame 2 \(stamp 0.200000000 s\) has no frame on /right/image_raw"):
+        sequence.stereo_image(2)
+    with pytest.raises(IndexError):
+        sequence.stereo_image(4)
+
+
+def test_stereo_baseline_from_both_projections(tmp_path):
+    """KITTI-style P_rect: both Tx != 0 (relative to camera 0); the baseline is their difference."""
+    images = frames(2)
+    bag = write_bag(
+        tmp_path / "bag",
+        {
+            "/cam2/image_raw": [(1, image_msg(images[0], "rgb8", 5))],
+            "/cam3/image_raw": [(1, image_msg(images[1], "rgb8", 5))],
+            "/cam2/camera_info": [(1, stereo_info(5, tx=19.0 * 0.06))],
+            "/cam3/camera_info": [(1, stereo_info(5, tx=-19.0 * 0.47))],
+        },
+    )
+    # Neither has Tx = 0: the image topic cannot be decided automatically.
+    with pytest.raises(ValueError, match="2 image topics"):
+        RosbagSequence(bag)
+    sequence = RosbagSequence(bag, image_topic="/cam2/image_raw", stereo=True)
+    assert sequence.stereo_transform[0, 3] == pytest.approx(-0.53)
+    assert np.array_equal(sequence.stereo_image(0), images[1])
+
+
+def test_stereo_errors_name_the_topics(tmp_path):
+    images = frames(2)
+
+    def bag_with(name: str, left_info, right_info) -> Path:
+        return write_bag(
+            tmp_path / name,
+            {
+                "/left/image_raw": [(1, image_msg(images[0], "rgb8", 5))],
+                "/right/image_raw": [(1, image_msg(images[1], "rgb8", 5))],
+                "/left/camera_info": [(1, left_info)],
+                "/right/camera_info": [(1, right_info)],
+            },
+        )
+
+    mismatched = bag_with("mismatched", stereo_info(5, 0.0), stereo_info(5, -19.0 * 0.5, fx=18.0))
+    with pytest.raises(
+        ValueError, match="/left/camera_info and /right/camera_info are not a rectified stereo"
+    ):
+        RosbagSequence(mismatched, stereo=True)
+    assert RosbagSequence(mismatched).image_topic == "/left/image_raw"  # mono training is unaffected
+    no_baseline = bag_with("zero", stereo_info(5, 0.0), stereo_info(5, 0.0))
+    with pytest.raises(ValueError, match="2 image topics"):  # both Tx = 0: which is the left camera?
+        RosbagSequence(no_baseline)
+    with pytest.raises(ValueError, match="zero baseline"):
+        RosbagSequence(no_baseline, image_topic="/left/image_raw", stereo=True)
+    with pytest.raises(
+        ValueError, match="stereo image topic '/left/image_raw' not found, not an image or the"
+    ):
+        RosbagSequence(
+            mismatched, image_topic="/left/image_raw", stereo=True, stereo_image_topic="/left/image_raw"
+        )
+    mono = camera_bag(tmp_path / "mono", "rgb8", "mcap", frames(len(STAMPS_NS)))
+    with pytest.raises(
+        ValueError,
+        match=r"stereo partner of /camera/image_raw among 0 other.*--set data.stereo_image_topic=TOPIC",
+    ):
+        RosbagSequence(mono, stereo=True)
+    with pytest.raises(FrameError, match="no stereo partner camera"):
+        RosbagSequence(mono).stereo_image(0)

@@ -6,6 +6,7 @@ from dataclasses import astuple
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from skimage import data
@@ -14,11 +15,12 @@ from ssim_depth_core.accelerator import tensorrt_available
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.imaging import colorize_depth
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TorchBackend, create_backend
-from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
+from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings, ScaleSettings
 from ssim_depth_core.runtime.latency import FrameStats, latency_stats
 
 HEIGHT, WIDTH = 64, 96
 MIN_DEPTH, MAX_DEPTH = 0.5, 80.0
+FIXED = ScaleSettings("fixed")  # the fixture models are scale-less: scale source "model" refuses them
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,34 @@ def test_onnxruntime_backend_reads_metadata_and_matches_torch(models):
     assert disparity.shape == (3, 1, HEIGHT, WIDTH) and disparity.dtype == np.float32
     np.testing.assert_array_equal(disparity[2:], onnx_backend(batch[2:]))
     np.testing.assert_allclose(disparity, torch_backend(batch), rtol=0, atol=1e-4)
+
+
+def test_backends_report_the_metric_source(models, velocity_checkpoint, velocity_onnx):
+    checkpoint, onnx_path = models
+    assert TorchBackend(checkpoint, device="cpu").metric == "none"  # from the checkpoint's config
+    assert OnnxRuntimeBackend(onnx_path, device="cpu").metric == "none"  # from the metadata props
+    assert TorchBackend(velocity_checkpoint, device="cpu").metric == "velocity"
+    assert OnnxRuntimeBackend(velocity_onnx, device="cpu").metric == "velocity"
+
+
+def _with_metric_prop(source, target, value):
+    """A copy of ONNX file ``source`` at ``target``, its "metric" prop set to ``value`` (None: removed)."""
+    model = onnx.load(source)
+    props = {p.key: p.value for p in model.metadata_props if p.key != "metric"}
+    if value is not None:
+        props["metric"] = value
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, target)
+    return target
+
+
+def test_onnx_files_without_metric_read_as_scale_less_and_bad_values_are_refused(velocity_onnx, tmp_path):
+    old = _with_metric_prop(velocity_onnx, tmp_path / "old.onnx", None)  # exported before "metric" existed
+    assert OnnxRuntimeBackend(old, device="cpu").metric == "none"
+    bad = _with_metric_prop(velocity_onnx, tmp_path / "bad.onnx", "lidar")
+    with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'metric'.*'lidar'"):
+        OnnxRuntimeBackend(bad, device="cpu")
 
 
 def test_backend_rejects_bad_batches(models):
@@ -184,7 +214,7 @@ def test_estimator_rejects_bad_input(torch_estimator, astronaut):
 @pytest.fixture(scope="module")
 def pipeline(models):
     """A frame pipeline on the checkpoint with the torch backend at the input resolution."""
-    return FramePipeline(ModelSettings(models[0], "torch"))
+    return FramePipeline(ModelSettings(models[0], "torch", scale=FIXED))
 
 
 def test_range_masking_sets_nan_exactly_outside_the_open_interval(pipeline, torch_estimator, astronaut):
@@ -203,7 +233,7 @@ def test_range_masking_sets_nan_exactly_outside_the_open_interval(pipeline, torc
 
 def test_camera_choice_scaled_to_the_output(models, astronaut):
     """Output at the network's 96x64 from a 480x320 frame: every camera is scaled by 0.2 (hand-computed)."""
-    network = FramePipeline(ModelSettings(models[0], "torch", output_resolution="network"))
+    network = FramePipeline(ModelSettings(models[0], "torch", output_resolution="network", scale=FIXED))
     camera = Intrinsics(400.0, 420.0, 239.5, 159.5, 480, 320)
     # (c + 0.5) * 0.2 - 0.5: pixel centres at integer coordinates
     expected = Intrinsics(80.0, 84.0, 47.5, 31.5, 96, 64)
@@ -250,23 +280,24 @@ def test_cloud_options_and_preview(pipeline, torch_estimator, astronaut):
 
 def test_configure_rebuilds_on_the_open_backend_unless_the_model_changes(models, astronaut):
     checkpoint, onnx_path = models
-    settings = ModelSettings(checkpoint, "torch")
+    settings = ModelSettings(checkpoint, "torch", scale=FIXED)
     pipeline = FramePipeline(settings)
     backend, depth = pipeline.estimator.backend, pipeline(astronaut).depth
 
-    assert not pipeline.configure(ModelSettings(str(checkpoint), "torch"))  # equal settings: nothing to do
-    assert pipeline.configure(ModelSettings(checkpoint, "torch", depth_scale=2.0))
+    # equal settings: nothing to do
+    assert not pipeline.configure(ModelSettings(str(checkpoint), "torch", scale=FIXED))
+    assert pipeline.configure(ModelSettings(checkpoint, "torch", scale=ScaleSettings("fixed", 2.0)))
     assert pipeline.estimator.backend is backend
     np.testing.assert_allclose(pipeline(astronaut).depth, 2.0 * depth, rtol=1e-5)
-    assert pipeline.configure(ModelSettings(checkpoint, "torch", output_resolution="network"))
+    assert pipeline.configure(ModelSettings(checkpoint, "torch", output_resolution="network", scale=FIXED))
     assert pipeline.estimator.backend is backend and pipeline(astronaut).depth.shape == (HEIGHT, WIDTH)
 
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
-        pipeline.configure(ModelSettings(checkpoint.parent / "missing.onnx", "onnxruntime"))
+        pipeline.configure(ModelSettings(checkpoint.parent / "missing.onnx", "onnxruntime", scale=FIXED))
     assert pipeline.estimator.backend is backend  # a failed switch keeps the previous model
     assert pipeline.settings.output_resolution == "network"
 
-    assert pipeline.configure(ModelSettings(onnx_path, "onnxruntime"))
+    assert pipeline.configure(ModelSettings(onnx_path, "onnxruntime", scale=FIXED))
     assert isinstance(pipeline.estimator.backend, OnnxRuntimeBackend)
     np.testing.assert_allclose(pipeline(astronaut).depth, depth, rtol=1e-3)
     pipeline.close()

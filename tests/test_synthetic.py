@@ -1,4 +1,5 @@
-"""Synthetic KITTI-like drives: read back by real-KITTI tools (pykitti, rosbags), self-consistent geometry."""
+"""Synthetic KITTI-like drives: read back by real-KITTI tools (pykitti, rosbags), self-consistent geometry,
+odometry and the stereo partner camera."""
 
 from __future__ import annotations
 
@@ -13,13 +14,23 @@ import pytest
 import torch
 from rosbags.highlevel import AnyReader
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data import synthetic as syn
-from ssim_depth_core.data.bagio import KITTI_CAMERA_INFO_TOPIC, KITTI_IMAGE_TOPIC, CameraBagWriter
+from ssim_depth_core.data.bagio import (
+    KITTI_CAMERA_INFO_TOPIC,
+    KITTI_IMAGE_TOPIC,
+    KITTI_RIGHT_CAMERA_INFO_TOPIC,
+    KITTI_RIGHT_IMAGE_TOPIC,
+    ODOMETRY_TOPIC,
+    CameraBagWriter,
+)
+from ssim_depth_core.data.kitti_raw import KittiRawSequence
 from ssim_depth_core.data.synthetic.textures import _periodic_component, _photo
 from ssim_depth_core.geometry import ray_grid, warp
+from ssim_depth_core.imaging import FrameError
 
 SEED, FRAMES, WIDTH, HEIGHT = 7, 8, 208, 64
 
@@ -28,14 +39,48 @@ SEED, FRAMES, WIDTH, HEIGHT = 7, 8, 208, 64
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     return syn.generate_dataset(
-        root, SEED, drives=1, frames=FRAMES, width=WIDTH, height=HEIGHT, progress=False
+        root, SEED, drives=1, frames=FRAMES, width=WIDTH, height=HEIGHT, progress=False, stereo=True
     )
 
 
 @pytest.fixture(scope="module")
 def drive() -> syn.SyntheticDrive:
     """The same drive the dataset fixture wrote (single drive = held out = static apart from the ego car)."""
-    return syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED, 0, 1, FRAMES), WIDTH, HEIGHT)
+    return syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED, 0, 1, FRAMES), WIDTH, HEIGHT, stereo=True)
+
+
+def as_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+def warp_check(
+    intrinsics: Intrinsics,
+    target: np.ndarray,
+    depth: np.ndarray,
+    source: np.ndarray,
+    source_depth: np.ndarray,
+    transform: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp ``source`` into the target view with the target's GT ``depth`` and ``transform`` (target camera
+    -> source camera): the per-pixel mean absolute colour error (1, 1, H, W), and the pixels to judge it on
+    (valid depth, landing inside the source, and visible there: the source's own depth at the landing point
+    agrees with the moved point's z within 1 %)."""
+    K, inv_K = intrinsics.K()[None], intrinsics.inv_K()[None]
+    height, width = depth.shape
+    depth_t = torch.from_numpy(depth)[None, None]
+    T = torch.from_numpy(transform).float()[None]
+    warped = warp(as_tensor(source), depth_t, T, K, inv_K)
+    points = depth_t * ray_grid(inv_K, height, width)
+    moved = T[:, :3, :3] @ points.flatten(2) + T[:, :3, 3:]
+    landed = warp(torch.from_numpy(source_depth)[None, None], depth_t, T, K, inv_K)
+    visible = (depth_t > 0) & ((landed - moved[:, 2:].view_as(depth_t)).abs() < 0.01 * depth_t)
+    pixels = (K @ moved)[:, :2] / moved[:, 2:]
+    inside = (
+        (pixels[:, 0] > 1) & (pixels[:, 0] < width - 2) & (pixels[:, 1] > 1) & (pixels[:, 1] < height - 2)
+    )
+    error = (warped - as_tensor(target)).abs().mean(1, keepdim=True)
+    return error, visible & inside.view_as(depth_t)
 
 
 @pytest.fixture(scope="module")
@@ -134,33 +179,100 @@ def test_renderer_depth_matches_open3d_raycasting(drive: syn.SyntheticDrive) -> 
 
 def test_consecutive_frames_agree_through_depth_and_poses(drive: syn.SyntheticDrive) -> None:
     """Warp frame t+1 into frame t with t's GT depth and the GT poses: small photometric error."""
-    K = drive.intrinsics.K()[None]
-    inv_K = drive.intrinsics.inv_K()[None]
     errors, errors_wrong_depth = [], []
     for t in range(0, FRAMES - 1, 2):
-        target = torch.from_numpy(drive.image(t)).permute(2, 0, 1)[None].float() / 255
-        source = torch.from_numpy(drive.image(t + 1)).permute(2, 0, 1)[None].float() / 255
-        depth = torch.from_numpy(drive.depth(t))[None, None]
-        source_depth = torch.from_numpy(drive.depth(t + 1))[None, None]
-        transform = torch.from_numpy(np.linalg.inv(drive.pose(t + 1)) @ drive.pose(t)).float()[None]
-        warped = warp(source, depth, transform, K, inv_K)
-        # visible in both views: projected depth agrees with the source's own depth where it lands
-        points = depth * ray_grid(inv_K, HEIGHT, WIDTH)
-        moved = transform[:, :3, :3] @ points.flatten(2) + transform[:, :3, 3:]
-        landed = warp(source_depth, depth, transform, K, inv_K)
-        visible = (depth > 0) & ((landed - moved[:, 2:].view_as(depth)).abs() < 0.01 * depth)
-        pixels = (K @ moved)[:, :2] / moved[:, 2:]
-        inside = (
-            (pixels[:, 0] > 1) & (pixels[:, 0] < WIDTH - 2) & (pixels[:, 1] > 1) & (pixels[:, 1] < HEIGHT - 2)
-        )
-        valid = visible & inside.view_as(depth)
+        target, source, depth = drive.image(t), drive.image(t + 1), drive.depth(t)
+        transform = np.linalg.inv(drive.pose(t + 1)) @ drive.pose(t)
+        error, valid = warp_check(drive.intrinsics, target, depth, source, drive.depth(t + 1), transform)
         assert valid.float().mean() > 0.5
-        errors.append((warped - target).abs().mean(1, keepdim=True)[valid].mean())
-        wrong = warp(source, depth * 1.3, transform, K, inv_K)
-        errors_wrong_depth.append((wrong - target).abs().mean(1, keepdim=True)[valid].mean())
+        errors.append(error[valid].mean())
+        wrong, _ = warp_check(drive.intrinsics, target, depth * 1.3, source, drive.depth(t + 1), transform)
+        errors_wrong_depth.append(wrong[valid].mean())
     error, wrong_error = float(torch.stack(errors).mean()), float(torch.stack(errors_wrong_depth).mean())
     assert error < 0.03, error
     assert error < 0.6 * wrong_error, (error, wrong_error)
+
+
+def test_odometer_from_oxts_matches_the_camera_path(dataset: Path, drive: syn.SyntheticDrive) -> None:
+    """The KITTI reader's odometer (the OXTS speed integrated over time) against the ground-truth camera
+    displacement of every step, within 1 %: the OXTS speed is the IMU's, and camera 02 sits 1.08 m ahead of,
+    0.26 m right of and 0.72 m above the IMU, so the car's pitch and yaw changes move it slightly more or
+    less than the IMU (up to 0.4 % per step on the drives we measured); the OXTS velocities are central
+    differences of the poses, one-sided at the ends (< 0.3 %)."""
+    sequence = KittiRawSequence(dataset, drive.date, drive.drive_folder, "02")
+    steps = np.linalg.norm(np.diff(drive.T_world_cam[:, :3, 3], axis=0), axis=1)
+    assert np.all(steps > 0.4)  # the held-out drive never stops
+    travel = [sequence.travel(i, i + 1) for i in range(FRAMES - 1)]
+    np.testing.assert_allclose(travel, steps, rtol=0.01)
+    # the drive's own odometer is the camera's path length, exactly
+    np.testing.assert_allclose([drive.travel(i, i + 1) for i in range(FRAMES - 1)], steps, rtol=1e-12)
+    assert drive.travel(FRAMES - 1, 0) == pytest.approx(steps.sum(), rel=1e-12)
+
+
+def test_stereo_calibration_has_the_kitti_baseline(
+    kitti: pykitti.raw, dataset: Path, drive: syn.SyntheticDrive
+) -> None:
+    # pykitti's own reading of P_rect_02 / P_rect_03: the distance between the colour cameras' centres
+    assert kitti.calib.b_rgb == pytest.approx(0.54, abs=1e-6)
+    expected = np.eye(4)
+    expected[0, 3] = -0.54  # camera 03 is 0.54 m right of camera 02: x_03 = x_02 - 0.54
+    np.testing.assert_allclose(drive.stereo_transform, expected, rtol=0, atol=1e-12)
+    for camera, sign in (("02", 1.0), ("03", -1.0)):
+        sequence = KittiRawSequence(dataset, drive.date, drive.drive_folder, camera)
+        np.testing.assert_allclose(sequence.stereo_transform[0, 3], sign * -0.54, rtol=0, atol=1e-6)
+    # the rendered partner camera is where the transform says: T_world_03 = T_world_02 @ inv(T_03<-02)
+    np.testing.assert_allclose(
+        drive.T_world_camera(syn.STEREO_CAMERA),
+        drive.T_world_cam @ np.linalg.inv(drive.stereo_transform),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_stereo_partner_files_are_the_rendered_camera_03(dataset: Path, drive: syn.SyntheticDrive) -> None:
+    left = KittiRawSequence(dataset, drive.date, drive.drive_folder, "02")
+    right = KittiRawSequence(dataset, drive.date, drive.drive_folder, "03")
+    np.testing.assert_array_equal(right.timestamps, left.timestamps)
+    for index in (0, FRAMES - 1):
+        rendered = drive.render(index, syn.STEREO_CAMERA)
+        assert np.array_equal(drive.stereo_image(index), rendered.rgb)
+        assert np.array_equal(left.stereo_image(index), rendered.rgb)
+        assert np.array_equal(right.image(index), rendered.rgb)
+        assert np.array_equal(right.stereo_image(index), drive.image(index))
+        depth = right.depth(index)
+        np.testing.assert_array_equal(depth == 0, rendered.depth == 0)
+        assert np.abs(depth - rendered.depth).max() <= 0.5 / 256 + 1e-6
+    assert np.abs(drive.stereo_image(3).astype(int) - drive.image(3).astype(int)).mean() > 5
+    # each poses file's world is its own camera at frame 0, so poses_03 = S poses_02 S^-1 (S: 02 -> 03)
+    S = drive.stereo_transform
+    for index in range(FRAMES):
+        np.testing.assert_allclose(right.pose(index), S @ left.pose(index) @ np.linalg.inv(S), atol=1e-6)
+
+
+def test_camera_03_warped_into_camera_02_reproduces_it(drive: syn.SyntheticDrive) -> None:
+    """Camera 03's image, sampled where camera 02's GT-depth points land after the stereo transform, is
+    camera 02's image wherever the point is visible to both; the mirrored rig (partner on the left) is not."""
+    mirrored = drive.stereo_transform.copy()
+    mirrored[0, 3] *= -1
+    for index in (0, FRAMES // 2, FRAMES - 1):
+        target, depth = drive.image(index), drive.depth(index)
+        partner = drive.render(index, syn.STEREO_CAMERA)
+        error, valid = warp_check(
+            drive.intrinsics, target, depth, partner.rgb, partner.depth, drive.stereo_transform
+        )
+        assert valid.float().mean() > 0.75
+        assert (error[valid] < 0.05).float().mean() > 0.95
+        wrong, _ = warp_check(drive.intrinsics, target, depth, partner.rgb, partner.depth, mirrored)
+        assert error[valid].mean() < 0.2 * wrong[valid].mean()
+
+
+def test_stereo_off_has_no_partner_camera(tmp_path: Path) -> None:
+    drive = syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED, 0, 1, 4), 32, 16)
+    assert drive.stereo_transform is None and drive.odometer is not None
+    with pytest.raises(FrameError, match="no stereo partner camera"):
+        drive.stereo_image(0)
+    with pytest.raises(ValueError, match=r"no camera '03', expected 02 \(stereo is off\)"):
+        drive.render(0, syn.STEREO_CAMERA)
 
 
 def test_lidar_lands_on_ground_truth_depth(kitti: pykitti.raw, drive: syn.SyntheticDrive) -> None:
@@ -199,6 +311,8 @@ def test_same_seed_same_bytes_other_seed_differs(
         "poses_cam_02.txt",
     ):
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+    assert (first / "image_03").is_dir() and not (second / "image_03").exists()  # stereo only when asked
+    assert not (second / "poses_cam_03.txt").exists()
     other = syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED + 1, 0, 1, FRAMES), WIDTH, HEIGHT)
     assert other.date != drive.date
     assert np.abs(other.image(5).astype(int) - drive.image(5).astype(int)).mean() > 10
@@ -231,6 +345,46 @@ def test_bag_holds_the_images_and_camera_info(dataset: Path, drive: syn.Syntheti
     np.testing.assert_allclose(info.k.reshape(3, 3), drive.intrinsics.matrix)
     np.testing.assert_allclose(info.p.reshape(3, 4)[:, :3], drive.intrinsics.matrix)
     assert info.distortion_model == "plumb_bob" and (info.width, info.height) == (WIDTH, HEIGHT)
+
+
+def test_bag_holds_the_right_camera_and_the_ground_truth_motion(
+    dataset: Path, drive: syn.SyntheticDrive
+) -> None:
+    with AnyReader([dataset / "bags" / drive.drive_folder]) as reader:
+        topics = {c.topic: c for c in reader.connections}
+
+        def read(topic: str) -> list:
+            return [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages([topics[topic]])]
+
+        right, right_info, odometry = (
+            read(t) for t in (KITTI_RIGHT_IMAGE_TOPIC, KITTI_RIGHT_CAMERA_INFO_TOPIC, ODOMETRY_TOPIC)
+        )
+        left = read(KITTI_IMAGE_TOPIC)
+    assert len(right) == len(right_info) == len(odometry) == FRAMES
+    np.testing.assert_array_equal(right[3].data.reshape(HEIGHT, WIDTH, 3), drive.stereo_image(3))
+    # ROS CameraInfo of the right camera of a rectified pair: P = [K | (-fx * baseline, 0, 0)]
+    P = right_info[0].p.reshape(3, 4)
+    np.testing.assert_allclose(P[:, :3], drive.intrinsics.matrix)
+    assert P[0, 3] == pytest.approx(-drive.intrinsics.fx * 0.54, rel=1e-9)
+
+    def stamp(message: object) -> int:
+        return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+
+    assert [stamp(m) for m in odometry] == [stamp(m) for m in left] == [stamp(m) for m in right]
+    # the odometry pose is the ground-truth IMU pose (quaternion read back by scipy, independently)
+    positions = [[m.pose.pose.position.x, m.pose.pose.position.y, m.pose.pose.position.z] for m in odometry]
+    np.testing.assert_allclose(positions, drive.T_world_imu[:, :3, 3], rtol=0, atol=1e-9)
+    quaternions = [
+        [
+            m.pose.pose.orientation.x,
+            m.pose.pose.orientation.y,
+            m.pose.pose.orientation.z,
+            m.pose.pose.orientation.w,
+        ]
+        for m in odometry
+    ]
+    rotations = Rotation.from_quat(quaternions).as_matrix()
+    np.testing.assert_allclose(rotations, drive.T_world_imu[:, :3, :3], rtol=0, atol=1e-9)
 
 
 def test_sqlite3_bag_round_trip(tmp_path: Path) -> None:

@@ -132,6 +132,7 @@ def test_fp16_engine_matches_torch_and_is_cached(exported, tmp_path):
     with TensorRTBackend(engine_path) as engine:
         assert engine.input_size == (64, 96)
         assert (engine.min_depth, engine.max_depth) == (0.5, 80.0)
+        assert engine.metric == "none"  # from the sidecar
         actual = engine(batch)  # 3 frames through a batch-1 engine
         np.testing.assert_array_equal(actual[1:2], engine(batch[1:2]))
     expected = TorchBackend(checkpoint, device="cpu")(batch)  # exact FP32 reference (no TF32)

@@ -1,17 +1,28 @@
-"""Triplet dataset on tiny on-disk KITTI drives: contract, multi-scale K, flip, jitter, bad data, filters."""
+"""Triplet dataset on tiny on-disk KITTI drives and in-memory sequences: contract, multi-scale K, flip,
+jitter, bad data, filters, travelled distances, the stereo partner and its rig."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
 import torch
 from test_kitti_raw import DATE, DRIVE, write_calib, write_drive
 
+from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.kitti_raw import KittiRawSequence, discover_kitti
-from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping, filter_static
+from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.data.triplets import (
+    TripletDataset,
+    build_samples,
+    collate_skipping,
+    filter_static,
+    flip_transform,
+)
+from ssim_depth_core.imaging import FrameError
 
 NATIVE_H, NATIVE_W = 32, 64  # exactly twice the network input, so INTER_AREA is a 2x2 block mean
 EVAL = {"height": 16, "width": 32}
@@ -50,7 +61,8 @@ def test_sample_contract_and_frame_order(tmp_path):
     dataset = TripletDataset([sequence], build_samples([sequence], config.frame_ids), config, train=False)
     assert len(dataset) == 3  # targets 1, 2, 3 have both neighbours
     sample = dataset[1]  # target frame 2
-    assert set(sample) == {"images", "images_aug", "K", "inv_K", "index"}
+    assert set(sample) == {"images", "images_aug", "K", "inv_K", "travel", "index"}
+    assert sample["travel"].shape == (2,) and sample["travel"].dtype == torch.float32
     assert sample["images"].shape == (3, 3, 16, 32) and sample["images"].dtype == torch.float32
     assert sample["K"].shape == (4, 3, 3) and sample["inv_K"].shape == (4, 3, 3)
     assert sample["index"] == 1
@@ -246,3 +258,131 @@ def test_config_validation(tmp_path):
         TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL, frame_ids=[-1, 0, 1]))
     with pytest.raises(ValueError, match="multiples of 8, got 20x32"):
         TripletDataset([sequence], [(0, 1)], DataConfig(height=20, width=32))
+
+
+# KITTI's rectified rig: camera 02 -> camera 03 is 0.54 m to the right, so points move 0.54 m left (x < 0).
+KITTI_STEREO_T = np.array([[1, 0, 0, -0.54], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
+class MemorySequence(FrameSequence):
+    """A sequence held in memory, with optional odometer and stereo partner frames (None: unreadable)."""
+
+    def __init__(self, images, odometer=None, partner=None, stereo_transform=None, name="memory"):
+        self.name = name
+        self.intrinsics = Intrinsics(40.0, 30.0, 23.5, 11.5, NATIVE_W, NATIVE_H)
+        self.timestamps = np.arange(len(images), dtype=np.float64) / 10
+        self.images = images
+        self.odometer = None if odometer is None else np.asarray(odometer, dtype=np.float64)
+        self.partner = partner
+        self.stereo_transform = stereo_transform
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def stereo_image(self, index: int) -> np.ndarray:
+        if self.partner is None or self.partner[index] is None:
+            raise FrameError(f"{self.name}: no stereo partner frame {index}")
+        return self.partner[index]
+
+
+def test_travel_is_the_odometer_distance_to_each_source():
+    sequence = MemorySequence(random_images(5), odometer=[10.0, 11.5, 14.0, 14.5, math.nan])
+    config = DataConfig(**EVAL, frame_ids=[0, -1, 1])
+    dataset = TripletDataset([sequence], [(0, 1), (0, 2), (0, 3)], config, train=False)
+    # target 1: |10 - 11.5|, |14 - 11.5|; target 2: |11.5 - 14|, |14.5 - 14|; target 3: frame 4 is unknown
+    assert dataset[0]["travel"].tolist() == [1.5, 2.5]
+    assert dataset[1]["travel"].tolist() == [2.5, 0.5]
+    assert dataset[2]["travel"][0] == 0.5 and math.isnan(dataset[2]["travel"][1])
+    batch = collate_skipping([dataset[0], dataset[2]])
+    assert batch["travel"].shape == (2, 2) and batch["travel"].dtype == torch.float32
+    # Offsets further away; without an odometer every distance is unknown.
+    far = TripletDataset([sequence], [(0, 2)], DataConfig(**EVAL, frame_ids=[0, -2, 1]), train=False)
+    assert far[0]["travel"].tolist() == [4.0, 0.5]
+    blind = TripletDataset([MemorySequence(random_images(3))], [(0, 1)], config, train=False)
+    assert torch.isnan(blind[0]["travel"]).all()
+
+
+def test_stereo_partner_is_the_last_image_with_the_rig_transform():
+    images, partner = random_images(3, seed=1), random_images(3, seed=2)
+    sequence = MemorySequence(images, partner=partner, stereo_transform=KITTI_STEREO_T)
+    sample = TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL, stereo=True), train=False)[0]
+    assert sample["images"].shape == sample["images_aug"].shape == (4, 3, 16, 32)
+    for slot, image in enumerate([images[1], images[0], images[2], partner[1]]):
+        torch.testing.assert_close(sample["images"][slot], half(image), atol=0.51 / 255, rtol=0)
+    assert sample["stereo_T"].dtype == torch.float32
+    assert torch.equal(sample["stereo_T"], torch.from_numpy(KITTI_STEREO_T).float())
+
+    # Stereo only (Monodepth2's S): the target and its partner, no temporal source, no distance.
+    only = TripletDataset([sequence], [(0, 0)], DataConfig(**EVAL, frame_ids=[0], stereo=True), train=False)
+    sample = only[0]
+    assert sample["images"].shape == (2, 3, 16, 32) and sample["travel"].shape == (0,)
+    torch.testing.assert_close(sample["images"][1], half(partner[0]), atol=0.51 / 255, rtol=0)
+    with pytest.raises(ValueError, match="static_threshold.*no temporal source"):
+        TripletDataset(
+            [sequence], [(0, 0)], DataConfig(**EVAL, frame_ids=[0], stereo=True, static_threshold=0.1)
+        )
+
+
+def _project(K: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 3) camera points -> (N, 2) pixels."""
+    uvw = points @ K.T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+def _rotation(axis_angle: np.ndarray) -> np.ndarray:
+    """Rodrigues' formula, written out here as an independent reference."""
+    angle = np.linalg.norm(axis_angle)
+    k = axis_angle / angle
+    skew = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
+
+
+def test_a_flip_mirrors_the_stereo_rig():
+    """Mirrored images need the mirrored rig: a scene point seen at pixel (u, v) in the target and at
+    (u_s, v_s) in the partner appears at (W-1-u, v) and (W-1-u_s, v_s) in the flipped pair, and the flipped
+    sample's K and stereo_T must take one to the other."""
+    rig = np.eye(4)
+    rig[:3, :3] = _rotation(np.array([0.02, -0.03, 0.01]))
+    rig[:3, 3] = [-0.54, 0.03, -0.02]
+    sequence = MemorySequence(random_images(3), partner=random_images(3, seed=4), stereo_transform=rig)
+    plain = TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL, stereo=True), train=False)[0]
+    config = DataConfig(**EVAL, stereo=True, flip_probability=1.0, jitter_probability=0.0)
+    flipped = TripletDataset([sequence], [(0, 1)], config, train=True)[0]
+    assert torch.equal(flipped["images"], plain["images"].flip(-1))  # the partner's frame is mirrored too
+
+    width = EVAL["width"]
+    K, K_flip = plain["K"][0].double().numpy(), flipped["K"][0].double().numpy()
+    T, T_flip = plain["stereo_T"].double().numpy(), flipped["stereo_T"].double().numpy()
+    points = np.random.default_rng(0).uniform([-6, -2, 4], [6, 2, 30], (50, 3))
+    target = _project(K, points)
+    partner = _project(K, points @ T[:3, :3].T + T[:3, 3])
+    # Back-project the mirrored target pixels at the points' depths, move them with the flipped rig.
+    mirrored = np.stack([width - 1 - target[:, 0], target[:, 1], np.ones(len(points))], axis=1)
+    rays = mirrored @ np.linalg.inv(K_flip).T
+    seen = _project(K_flip, rays * points[:, 2:] @ T_flip[:3, :3].T + T_flip[:3, 3])
+    expected = np.stack([width - 1 - partner[:, 0], partner[:, 1]], axis=1)
+    np.testing.assert_allclose(seen, expected, atol=1e-4)
+    # The partner moves to the other side: the x translation changes sign (0.54 m to the left of the target).
+    assert T_flip[0, 3] == pytest.approx(0.54) and T_flip[1:3, 3] == pytest.approx(T[1:3, 3])
+    np.testing.assert_allclose(flip_transform(flip_transform(rig)), rig, atol=1e-15)
+
+
+def test_a_missing_partner_frame_skips_the_sample(caplog):
+    partner = random_images(4, seed=3)
+    partner[2] = None
+    partner[1] = partner[1][:, :-2]  # a partner frame of another size than the intrinsics
+    sequence = MemorySequence(random_images(4), partner=partner, stereo_transform=KITTI_STEREO_T, name="cam")
+    dataset = TripletDataset([sequence], [(0, 1), (0, 2)], DataConfig(**EVAL, stereo=True), train=False)
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0] is None and dataset[1] is None
+    assert "cam stereo partner frame 1: image is 62x32" in caplog.text
+    assert "no stereo partner frame 2" in caplog.text
+
+
+def test_stereo_needs_a_partner_for_every_sequence_it_trains_on():
+    paired = MemorySequence(random_images(3), partner=random_images(3), stereo_transform=KITTI_STEREO_T)
+    lonely = MemorySequence(random_images(3), name="2011_09_26/drive_0001_sync/image_02")
+    config = DataConfig(**EVAL, stereo=True)
+    with pytest.raises(ValueError, match="drive_0001_sync/image_02 have no stereo partner camera"):
+        TripletDataset([paired, lonely], [(0, 1), (1, 1)], config)
+    assert len(TripletDataset([paired, lonely], [(0, 1)], config)) == 1  # only the sequences used count

@@ -47,6 +47,7 @@ def _synth(args: argparse.Namespace) -> None:
         width=width,
         height=height,
         bag=args.bag,
+        stereo=args.stereo,
     )
     print(f"synthetic drives written to {root}")
 
@@ -60,6 +61,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"data.image_topic={args.image_topic}")
     if args.camera_info_topic:
         overrides.append(f"data.camera_info_topic={args.camera_info_topic}")
+    if args.odometry_topic:
+        overrides.append(f"data.odometry_topic={args.odometry_topic}")
     config = load_config(args.config, overrides)
     trainer = Trainer(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
     metrics = trainer.fit()
@@ -72,19 +75,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ssim_depth_core.apps.evaluate import evaluate_model, format_table
+    from ssim_depth_core.apps.evaluate import evaluate_model, format_report
 
-    metrics = evaluate_model(
-        args.checkpoint,
-        args.data,
-        args.split,
-        median_scaling=not args.no_median_scaling,
-        backend=args.backend,
+    result = evaluate_model(
+        args.checkpoint, args.data, args.split, scaling=args.scaling, backend=args.backend
     )
-    print(format_table(metrics))
+    print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"metrics written to {args.json}")
 
 
@@ -102,7 +101,12 @@ def _export(args: argparse.Namespace) -> None:
 
 def _infer(args: argparse.Namespace) -> None:
     from ssim_depth_core.apps.infer import run_inference
+    from ssim_depth_core.runtime.frames import ScaleSettings
+    from ssim_depth_core.runtime.scale import GroundPlaneSettings
 
+    ground = None
+    if args.camera_height is not None:
+        ground = GroundPlaneSettings(args.camera_height, args.camera_pitch, args.camera_roll)
     summary = run_inference(
         args.model,
         args.input,
@@ -113,6 +117,7 @@ def _infer(args: argparse.Namespace) -> None:
         intrinsics=args.intrinsics,
         image_topic=args.image_topic,
         progress=not args.no_progress,
+        scale=ScaleSettings(args.scale_source, args.depth_scale, ground),
     )
     latency = summary["latency_ms"]
     print(
@@ -144,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=60, help="frames per drive")
     synth.add_argument("--size", type=_size, default="416x128", help="WIDTHxHEIGHT of the images")
     synth.add_argument("--bag", choices=["mcap", "sqlite3", "none"], default="mcap", help="rosbag2 storage")
+    synth.add_argument(
+        "--stereo",
+        action="store_true",
+        help="also render the right camera (image_03, KITTI baseline 0.54 m) and its bag topic",
+    )
     synth.set_defaults(run=_synth)
 
     train = _verb(verbs, "train", "self-supervised training")
@@ -169,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--image-topic", help="rosbag2 image topic (when the bag has several)")
     train.add_argument("--camera-info-topic", help="rosbag2 CameraInfo topic (when ambiguous)")
+    train.add_argument(
+        "--odometry-topic",
+        help="rosbag2 odometry topic for velocity supervision (when the bag has several; none: do not read)",
+    )
     train.set_defaults(run=_train)
 
     evaluate = _verb(verbs, "evaluate", "Eigen-protocol depth metrics against ground truth")
@@ -179,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", type=Path, help="also write the metrics as JSON here")
     evaluate.add_argument(
-        "--no-median-scaling", action="store_true", help="metric model: no per-image scaling"
+        "--scaling",
+        choices=["auto", "median", "metric"],
+        default="auto",
+        help="median-scaled metrics always; metric ones (no scaling) beside them: auto = for a metric model "
+        "(export metadata / training config), metric = for any model, median = never",
     )
     evaluate.add_argument(
         "--backend",
@@ -227,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("FX", "FY", "CX", "CY"),
         help="camera of an image folder or video at its resolution (default: a KITTI-like guess)",
     )
+    infer.add_argument(
+        "--scale-source",
+        default="model",
+        help="where metres come from: model (a metric model) | camera_height (the ground plane) | fixed",
+    )
+    infer.add_argument("--depth-scale", type=float, default=1.0, help="scale source fixed: the factor")
+    infer.add_argument(
+        "--camera-height", type=float, help="scale source camera_height: the camera's height above ground (m)"
+    )
+    infer.add_argument("--camera-pitch", type=float, default=0.0, help="optical axis below horizontal (rad)")
+    infer.add_argument("--camera-roll", type=float, default=0.0, help="roll about the optical axis (rad)")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(run=_infer)
 

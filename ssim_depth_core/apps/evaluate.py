@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ssim_depth_core.config import DataConfig
@@ -10,6 +11,12 @@ from ssim_depth_core.data.triplets import build_samples
 from ssim_depth_core.evaluation import METRIC_NAMES, MetricsAccumulator, evaluate_depth
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator
+
+logger = logging.getLogger(__name__)
+
+# Which tables evaluate_model reports beside the median-scaled one (always there): "auto" adds the metric
+# (unscaled) table for a metric model, "metric" adds it for any model, "median" never.
+SCALINGS = ("auto", "median", "metric")
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -22,37 +29,71 @@ def format_table(metrics: dict[str, float]) -> str:
     return f"{header}\n{values}"
 
 
+def format_report(result: dict) -> str:
+    """The result of :func:`evaluate_model` as text: its scale statistics, then each table under a label."""
+    lines = [
+        f"{result['images']} images, metric source: {result['metric_source']}; per-image scale ratio "
+        f"median(gt)/median(pred): mean {result['scale_mean']:.3f}, std {result['scale_std']:.3f}"
+    ]
+    if "metric" in result:
+        lines += ["metric (no scaling):", format_table(result["metric"])]
+    lines += ["median-scaled:", format_table(result["median"])]
+    return "\n".join(lines)
+
+
 def evaluate_model(
     model_path: str | Path,
     data_path: str | Path,
     split: str | Path = "test",
-    median_scaling: bool = True,
+    scaling: str = "auto",
     backend: str = "auto",
     progress: bool = True,
-) -> dict[str, float]:
+) -> dict:
     """Eigen-protocol metrics of a model (.pt, .onnx or .engine) over a split with ground-truth depth.
 
     Each image goes through :class:`DepthEstimator`, exactly as in serving, at the image's own resolution,
-    on ``backend`` ("auto": the one that fits the model file).
-    Returns the per-image mean of every metric plus ``images`` and, with median scaling, ``scale_mean`` and
-    ``scale_std`` (the spread of per-image ratios shows how consistent the model's scale is).
+    on ``backend`` ("auto": the one that fits the model file). ``scaling`` is one of :data:`SCALINGS`.
+
+    Returns:
+        ``{"metric_source": the model's (see artifact.METRIC_SOURCES), "images": N, "scale_mean": ...,
+        "scale_std": ..., "median": {abs_rel: ..., ..., a3: ...}, "metric": {...}}``: the per-image means of
+        the metrics with median scaling (``median``) and without (``metric``, present for a metric model
+        under "auto", for any under "metric"), and the mean and standard deviation of the per-image scale
+        ratio median(gt) / median(pred) (1 and 0 for a model whose depth is in metres).
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
     sequences = open_sequences(data_path, DataConfig())
     samples = build_samples(sequences, [0], resolve_split(data_path, split))
     estimator = DepthEstimator(model_path, backend=backend)
-    accumulator = MetricsAccumulator()
+    source = estimator.backend.metric
+    unscaled = scaling == "metric" or (scaling == "auto" and source != "none")
+    logger.info(
+        "%s: metric source %s; reporting median-scaled metrics%s",
+        model_path,
+        source,
+        " and metric ones (no scaling)" if unscaled else "",
+    )
+    median, metric = MetricsAccumulator(), MetricsAccumulator()
     for sequence_index, frame in progress_bar(samples, desc="evaluate", disable=not progress):
         sequence = sequences[sequence_index]
         gt = sequence.depth(frame)
         if gt is None:
             raise ValueError(f"{sequence.name} frame {frame}: no ground-truth depth to evaluate against")
-        metrics, ratio = evaluate_depth(gt, estimator(sequence.image(frame)), median_scaling=median_scaling)
-        accumulator.add(metrics, ratio if median_scaling else None)
-    if not len(accumulator):
+        pred = estimator(sequence.image(frame))
+        median.add(*evaluate_depth(gt, pred))
+        if unscaled:
+            metric.add(evaluate_depth(gt, pred, median_scaling=False)[0])
+    if not len(median):
         raise ValueError(f"split '{split}' selected no frames of {data_path}")
-    result = accumulator.mean()
-    result["images"] = len(accumulator)
-    if median_scaling:
-        stats = accumulator.scale_stats()
-        result["scale_mean"], result["scale_std"] = stats["mean"], stats["std"]
+    stats = median.scale_stats()
+    result = {
+        "metric_source": source,
+        "images": len(median),
+        "scale_mean": stats["mean"],
+        "scale_std": stats["std"],
+        "median": median.mean(),
+    }
+    if unscaled:
+        result["metric"] = metric.mean()
     return result

@@ -7,13 +7,20 @@ the one behind the ROS node). Output folder (files of an earlier run are overwri
     depth_raw/NAME.png   uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI depth benchmark)
     clouds/NAME.ply      with ``pointcloud="ply"``: binary PLY of the frame's points in the camera optical
                          frame, coloured by the frame (``pointcloud.depth_to_pointcloud``)
-    summary.json         frame counts, skipped frames, latency percentiles, model, intrinsics, and
-                         ``frame_sources``: for every NAME the input it came from
+    summary.json         frame counts, skipped and withheld frames, latency percentiles, model, intrinsics,
+                         the scale source and statistics of the scales applied, and ``frame_sources``: for
+                         every NAME the input it came from and the scale applied to its depth
 
 NAME is the input file's name without its suffix for images (``images/0000000012.png`` ->
 ``depth/0000000012.png``), and the frame's position ``%06d`` for a video (decoding order) or a rosbag2
 (header-stamp order), whose ``frame_sources`` entries give the video frame index, or the bag topic and
 header stamp. An unreadable frame is skipped (named in ``skipped_frames``) and writes nothing.
+
+Metres come from the pipeline's scale source (``ScaleSettings``, default "model": a metric model, a scale-less
+one is refused): "fixed" multiplies by ``depth_scale``, "camera_height" fits the ground plane in every frame
+(through the frame's camera: the bag's CameraInfo, ``intrinsics``, or the guessed one, with a warning that the
+scale is then only as good as the guess). A frame with no ground-plane scale yet is withheld: named with the
+reason in ``withheld_frames``, it writes nothing.
 
 Latency is the wall time of one frame through the frame pipeline (inference at the input size, plus the point
 cloud when written), measured after one untimed warm-up frame; decoding and writing are not included.
@@ -35,10 +42,10 @@ import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.rosbag import RosbagSequence, is_rosbag
+from ssim_depth_core.data.rosbag import NO_ODOMETRY, RosbagSequence, is_rosbag
 from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
 from ssim_depth_core.progress import progress_bar
-from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
+from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings, ScaleSettings
 from ssim_depth_core.runtime.latency import latency_stats
 from ssim_depth_core.runtime.pointcloud import write_ply
 
@@ -128,7 +135,8 @@ def _open_input(path: Path, image_topic: str | None) -> _Input:
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
     if is_rosbag(path):
-        sequence = RosbagSequence(path, image_topic=image_topic)
+        # Inference reads no odometry: a bag with several odometry topics must not stop it.
+        sequence = RosbagSequence(path, image_topic=image_topic, odometry_topic=NO_ODOMETRY)
         return _Input("rosbag", len(sequence), _bag_frames(sequence), sequence.intrinsics)
     if image_topic is not None:
         raise ValueError(f"{path}: --image-topic applies to rosbag2 inputs only, and this is not a rosbag2")
@@ -166,6 +174,7 @@ def run_inference(
     intrinsics: Intrinsics | Sequence[float] | None = None,
     image_topic: str | None = None,
     progress: bool = True,
+    scale: ScaleSettings | None = None,
 ) -> dict:
     """Estimate depth for every frame of ``input_path``; write it to ``out_dir`` (layout: module docstring).
 
@@ -183,18 +192,22 @@ def run_inference(
             always come from its CameraInfo topic.
         image_topic: the rosbag2's image topic when it has several.
         progress: show a tqdm progress bar.
+        scale: where the metric scale comes from (module docstring); None = ``ScaleSettings()``, "model".
 
     Returns:
-        The content of ``summary.json``: frames, skipped, skipped_frames, latency_ms (p50, p90, p99, mean),
-        input, input_kind, model, backend, network_size, intrinsics (of the first cloud, or None), outputs,
-        frame_sources (one dict per written frame: its output ``name`` and ``file``, or video ``frame``
-        index, or bag ``topic`` and header ``stamp_s``).
+        The content of ``summary.json``: frames, skipped, skipped_frames, withheld, withheld_frames ({"name",
+        "reason"} of frames without a ground-plane scale), latency_ms (p50, p90, p99, mean), input,
+        input_kind, model, backend, network_size, intrinsics (of the first frame with a camera, or None),
+        scale ({"source", and "min", "median", "max" of the scales applied, None without any}), outputs,
+        frame_sources (one dict per written frame: its output ``name``, the ``scale`` applied, and ``file``,
+        or video ``frame`` index, or bag ``topic`` and header ``stamp_s``).
 
     Raises:
-        ValueError: bad arguments, an unreadable input, or no readable frame at all (summary.json is written
-            first).
+        ValueError: bad arguments, a scale source that refuses the model, an unreadable input, or no
+            readable frame at all (summary.json is written first).
     """
     input_path, out_dir = Path(input_path), Path(out_dir)
+    scale = scale or ScaleSettings()
     if pointcloud is not None and pointcloud not in POINTCLOUD_FORMATS:
         raise ValueError(f"unknown point-cloud format {pointcloud!r}; expected one of {POINTCLOUD_FORMATS}")
     options = FrameOptions(points=pointcloud is not None, point_stride=stride, organized_points=False)
@@ -214,10 +227,12 @@ def run_inference(
     # first frame gives their resolution, and None for ever when guessing.
     base = source.intrinsics or (intrinsics if isinstance(intrinsics, Intrinsics) else None)
     camera_source = "camera_info" if source.intrinsics else "given" if intrinsics is not None else "guessed"
-    if pointcloud is not None and camera_source == "guessed":
+    needs_camera = pointcloud is not None or scale.source == "camera_height"
+    if needs_camera and camera_source == "guessed":
         logger.warning(
-            "%s: no intrinsics given; the point clouds use a guessed camera (fx = fy = %.2f * width, "
-            "principal point at the centre); pass --intrinsics FX FY CX CY for a true geometry",
+            "%s: no intrinsics given; the point clouds and the ground-plane scale use a guessed camera "
+            "(fx = fy = %.2f * width, principal point at the centre); pass --intrinsics FX FY CX CY for a "
+            "true geometry",
             input_path,
             GUESSED_FOCAL_RATIO,
         )
@@ -228,9 +243,10 @@ def run_inference(
     for folder in outputs.values():
         folder.mkdir(parents=True, exist_ok=True)
 
-    pipeline = FramePipeline(ModelSettings(model, backend))
+    pipeline = FramePipeline(ModelSettings(model, backend, scale=scale))
     latencies_ms: list[float] = []
     skipped: list[str] = []
+    withheld: list[dict[str, str]] = []
     sources: list[dict] = []
     first_camera: Intrinsics | None = None
     bar = progress_bar(source.frames, total=source.total, unit="frame", desc="infer", disable=not progress)
@@ -244,7 +260,7 @@ def run_inference(
                     skipped.append(frame.label)
                     continue
                 camera = None
-                if pointcloud is not None:
+                if needs_camera:
                     height, width = image.shape[:2]
                     if base is None and intrinsics is not None:
                         base = Intrinsics(*(float(v) for v in intrinsics), width, height)
@@ -254,16 +270,23 @@ def run_inference(
                         camera = base.fitted(width, height, source=frame.label)
                 if not latencies_ms:
                     pipeline(image, camera, options)  # warm-up: lazy initialisation must not count as latency
+                    if pipeline.ground is not None:
+                        pipeline.ground.reset()  # the warm-up frame must not count twice in the smoothing
                 start = time.perf_counter()
                 result = pipeline(image, camera, options)
                 latencies_ms.append((time.perf_counter() - start) * 1e3)
 
+                if first_camera is None:
+                    first_camera = result.intrinsics
+                if result.depth is None:
+                    reason = result.ground.reason
+                    logger.warning("withholding %s: no ground-plane scale (%s)", frame.label, reason)
+                    withheld.append({"name": frame.name, "reason": reason})
+                    continue
                 write_depth_pngs(out_dir, f"{frame.name}.png", result.depth)
                 if result.cloud is not None:
                     write_ply(outputs["clouds"] / f"{frame.name}.ply", result.cloud)
-                    if first_camera is None:
-                        first_camera = result.intrinsics
-                sources.append({"name": frame.name, **frame.source})
+                sources.append({"name": frame.name, "scale": result.scale, **frame.source})
     finally:
         bar.close()
         source.frames.close()
@@ -271,10 +294,14 @@ def run_inference(
 
     latency = latency_stats(latencies_ms, LATENCY_PERCENTILES)
     estimator = pipeline.estimator
+    scales = [entry["scale"] for entry in sources]
+    spread = {"min": min(scales), "median": float(np.median(scales)), "max": max(scales)} if scales else {}
     summary = {
         "frames": len(latencies_ms),
         "skipped": len(skipped),
         "skipped_frames": skipped,
+        "withheld": len(withheld),
+        "withheld_frames": withheld,
         "latency_ms": {
             **{f"p{p}": value for p, value in latency.percentiles.items()},
             "mean": latency.mean,
@@ -285,6 +312,11 @@ def run_inference(
         "backend": estimator.backend.name,
         "network_size": list(estimator.input_size),
         "intrinsics": None if first_camera is None else {"source": camera_source, **asdict(first_camera)},
+        "scale": {
+            "source": scale.source,
+            **dict.fromkeys(("min", "median", "max")),
+            **spread,
+        },
         "outputs": {key: str(folder) for key, folder in outputs.items()},
         "frame_sources": sources,
     }

@@ -4,11 +4,11 @@ Layout (per https://www.cvlibs.net/datasets/kitti/raw_data.php and the devkit's 
 
     <root>/<YYYY_MM_DD>/calib_cam_to_cam.txt, calib_velo_to_cam.txt, calib_imu_to_velo.txt
     <root>/<YYYY_MM_DD>/<YYYY_MM_DD>_drive_<NNNN>_sync/
-        image_02/data/%010d.png, image_02/timestamps.txt
+        image_02/data/%010d.png, image_02/timestamps.txt (and image_03/, its stereo partner, when written)
         oxts/data/%010d.txt (30 fields), oxts/timestamps.txt
         velodyne_points/data/%010d.bin (float32 x y z reflectance), timestamps{,_start,_end}.txt
-        proj_depth/groundtruth/image_02/%010d.png (depth benchmark: uint16, metres * 256, 0 = invalid)
-        poses_cam_02.txt (KITTI odometry format: 3x4 camera-to-world per line)
+        proj_depth/groundtruth/image_0x/%010d.png (depth benchmark: uint16, metres * 256, 0 = invalid)
+        poses_cam_0x.txt (KITTI odometry format: 3x4 camera-to-world per line, world = that camera at frame 0)
 
 Frames: OXTS/IMU x forward, y left, z up; velodyne the same; cameras x right, y down, z forward.
 """

@@ -3,7 +3,9 @@
 Works unchanged on the real KITTI raw release (drive folders ``<date>_drive_<NNNN>_sync``) and on the
 synthetic drives written in the same layout. Optional extras inside a drive folder: ground-truth depth in
 ``proj_depth/groundtruth/image_<cam>/%010d.png`` (uint16, metres * 256, 0 = invalid, as the KITTI depth
-benchmark ships it) and camera-to-world poses in ``poses_cam_<cam>.txt`` (12 values of a 3x4 matrix per line).
+benchmark ships it), camera-to-world poses in ``poses_cam_<cam>.txt`` (12 values of a 3x4 matrix per line),
+the OXTS packets in ``oxts/`` (the odometer: speed integrated over time) and the stereo partner camera's
+folder (``image_03`` for ``image_02`` and vice versa).
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.camera import Intrinsics, read_kitti_calib
+from ssim_depth_core.data.kitti_layout import OXTS_FIELDS
+from ssim_depth_core.data.odometry import odometer_at, odometer_from_speeds
 from ssim_depth_core.data.sequence import FrameSequence
-from ssim_depth_core.imaging import read_depth_png, read_image
+from ssim_depth_core.imaging import FrameError, read_depth_png, read_image
 
 logger = logging.getLogger(__name__)
 
 SIDE_TO_CAMERA = {"l": "02", "r": "03"}  # split-file side -> KITTI colour camera
+STEREO_PARTNER = {"02": "03", "03": "02"}  # the rectified colour pair
 DEFAULT_SPACING_S = 0.1  # KITTI cameras run at 10 Hz
+IMAGE_SUFFIXES = (".png", ".jpg")
+# Rectified cameras of one stereo pair share K (KITTI's P_rect_02 and P_rect_03 are equal but for column 4); a
+# larger difference (pixels) is a wrong or edited calibration, under which the baseline warp is meaningless.
+STEREO_K_TOLERANCE_PX = 0.01
+_SPEED_FIELDS = [OXTS_FIELDS.index(name) for name in ("vf", "vl", "vu")]
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
 
 
@@ -68,6 +78,48 @@ def read_poses(path: str | Path) -> np.ndarray:
     return np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
 
 
+def read_oxts_odometer(oxts_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A drive's ``oxts/`` folder -> (stamps, odometer) of its readable packets, or None without any.
+
+    Speed is the norm of the velocity (vf, vl, vu) of each ``data/%010d.txt`` packet, integrated over
+    ``timestamps.txt`` (:func:`odometer_from_speeds`). A missing or garbled packet, or one stamped no later
+    than the packet before it, is dropped, with one warning naming the files; a missing or malformed
+    ``timestamps.txt`` means no odometry (a warning, not an error: the images are still usable).
+    """
+    oxts_dir = Path(oxts_dir)
+    try:
+        stamps = read_kitti_timestamps(oxts_dir / "timestamps.txt")
+    except (OSError, ValueError) as err:
+        logger.warning("%s: no odometry for this drive (%s)", oxts_dir, err)
+        return None
+    kept_stamps, speeds, skipped = [], [], []
+    for index, stamp in enumerate(stamps):
+        path = oxts_dir / "data" / f"{index:010d}.txt"
+        try:
+            fields = np.array(path.read_text().split(), dtype=np.float64)
+        except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not numbers
+            fields = np.empty(0)
+        if len(fields) != len(OXTS_FIELDS) or not np.all(np.isfinite(fields[_SPEED_FIELDS])):
+            skipped.append(path.name)
+        elif kept_stamps and stamp <= kept_stamps[-1]:
+            skipped.append(f"{path.name} (stamp not after the previous packet's)")
+        else:
+            kept_stamps.append(stamp)
+            speeds.append(np.linalg.norm(fields[_SPEED_FIELDS]))
+    if skipped:
+        logger.warning(
+            "%s: skipped %d of %d OXTS packets (missing, not %d numbers, or out of order): %s",
+            oxts_dir / "data",
+            len(skipped),
+            len(stamps),
+            len(OXTS_FIELDS),
+            ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else ""),
+        )
+    if not kept_stamps:
+        return None
+    return np.asarray(kept_stamps), odometer_from_speeds(np.asarray(kept_stamps), np.asarray(speeds))
+
+
 def kitti_sequence_name(date_drive: str, camera: str) -> str:
     """Sequence name of one camera of a drive, e.g. ``2011_09_26/2011_09_26_drive_0001_sync/image_02``."""
     return f"{date_drive}/image_{camera}"
@@ -91,7 +143,7 @@ class KittiRawSequence(FrameSequence):
         self.intrinsics = Intrinsics.from_kitti_calib(calib, camera)
 
         numbers: set[int] = set()
-        for suffix in (".png", ".jpg"):
+        for suffix in IMAGE_SUFFIXES:
             numbers = {int(p.stem) for p in self.image_dir.glob(f"*{suffix}") if p.stem.isdigit()}
             if numbers:
                 self.suffix = suffix
@@ -100,7 +152,8 @@ class KittiRawSequence(FrameSequence):
             raise ValueError(f"{self.image_dir}: no %010d.png or %010d.jpg frames")
 
         stamps = self.image_dir.parent / "timestamps.txt"
-        if stamps.is_file():
+        has_stamps = stamps.is_file()
+        if has_stamps:
             self.timestamps = read_kitti_timestamps(stamps)
             if max(numbers) >= len(self.timestamps):
                 raise ValueError(
@@ -123,6 +176,27 @@ class KittiRawSequence(FrameSequence):
         self._poses = read_poses(pose_file) if pose_file.is_file() else None
         if self._poses is not None and len(self._poses) != len(self):
             raise ValueError(f"{pose_file}: {len(self._poses)} poses for {len(self)} frames")
+        self.odometer = self._read_odometer(has_stamps)
+        self.partner_dir: Path | None = None
+        partner = STEREO_PARTNER.get(camera)
+        if partner is not None and (self.drive_dir / f"image_{partner}" / "data").is_dir():
+            self.partner_dir = self.drive_dir / f"image_{partner}" / "data"
+            self.stereo_transform = stereo_transform_from_calib(calib, camera, partner)
+
+    def _read_odometer(self, has_stamps: bool) -> np.ndarray | None:
+        """Odometer at each frame from ``oxts/`` (None without it); NaN where no packets bracket a frame."""
+        oxts_dir = self.drive_dir / "oxts"
+        if not oxts_dir.is_dir():
+            return None
+        if not has_stamps:
+            logger.warning("%s: no image timestamps to align the OXTS odometry with: no odometry", self.name)
+            return None
+        samples = read_oxts_odometer(oxts_dir)
+        if samples is None:
+            return None
+        odometer = odometer_at(self.timestamps, *samples)
+        logger.info("%s: odometry for %d of %d frames", self.name, np.isfinite(odometer).sum(), len(self))
+        return odometer
 
     def _check(self, index: int) -> None:
         if not 0 <= index < len(self):
@@ -146,6 +220,45 @@ class KittiRawSequence(FrameSequence):
     def pose(self, index: int) -> np.ndarray | None:
         self._check(index)
         return None if self._poses is None else self._poses[index].copy()
+
+    def stereo_image(self, index: int) -> np.ndarray:
+        """The partner camera's same-numbered frame; FrameError if there is none, it is unreadable, or its
+        size is not the calibrated one."""
+        self._check(index)
+        if self.partner_dir is None:
+            return super().stereo_image(index)
+        paths = [self.partner_dir / f"{index:010d}{suffix}" for suffix in IMAGE_SUFFIXES]
+        path = next((p for p in paths if p.is_file()), paths[0])
+        image = read_image(path)
+        if image.shape[:2] != (self.intrinsics.height, self.intrinsics.width):
+            raise FrameError(
+                f"{path}: stereo partner frame is {image.shape[1]}x{image.shape[0]}, expected the calibrated "
+                f"{self.intrinsics.width}x{self.intrinsics.height}"
+            )
+        return image
+
+
+def stereo_transform_from_calib(calib_cam_to_cam: str | Path, camera: str, partner: str) -> np.ndarray:
+    """4x4 transform from rectified camera ``camera`` to ``partner`` out of ``P_rect_*``.
+
+    Rectified KITTI cameras differ by an x translation only: ``P_rect_xx[0, 3] / P_rect_xx[0, 0]`` is camera
+    xx's x offset from camera 00, so ``x_partner = x_camera + b_partner - b_camera`` (02 -> 03: -0.54 m).
+    ValueError naming the file when the two rectified K differ by more than ``STEREO_K_TOLERANCE_PX``.
+    """
+    this = Intrinsics.from_kitti_calib(calib_cam_to_cam, camera)
+    other = Intrinsics.from_kitti_calib(calib_cam_to_cam, partner)
+    same_size = (this.width, this.height) == (other.width, other.height)
+    if not same_size or np.abs(this.matrix - other.matrix).max() > STEREO_K_TOLERANCE_PX:
+        raise ValueError(
+            f"{calib_cam_to_cam}: P_rect_{camera}/S_rect_{camera} ({this}) and P_rect_{partner}/"
+            f"S_rect_{partner} ({other}) are not one rectified stereo pair: expected equal sizes and K "
+            f"within {STEREO_K_TOLERANCE_PX} px"
+        )
+    values = read_kitti_calib(calib_cam_to_cam)
+    offset = {c: values[f"P_rect_{c}"][3] / values[f"P_rect_{c}"][0] for c in (camera, partner)}
+    transform = np.eye(4)
+    transform[0, 3] = offset[partner] - offset[camera]
+    return transform
 
 
 def read_split(path: str | Path) -> list[tuple[str, int, str]]:

@@ -1,4 +1,4 @@
-"""Odometry -> an odometer (metres travelled) at each image timestamp, the quantity velocity supervision needs.
+"""Odometry -> an odometer (metres travelled) at each image stamp, the quantity velocity supervision needs.
 
 Every odometry source reduces to samples ``(stamp, odometer)``: positions (GNSS/INS, nav_msgs/Odometry, /tf)
 by the cumulative length of the path between consecutive positions, velocities (OXTS, Twist) by integrating

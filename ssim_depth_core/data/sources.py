@@ -38,8 +38,10 @@ def bag_paths(path: Path) -> list[Path]:
 def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSequence]:
     """Frame sequences of a KITTI raw root (every drive and colour camera) or of one or more rosbag2 bags.
 
-    Bags use ``data_config.image_topic`` / ``camera_info_topic`` (empty = auto-detect) and
-    ``data_config.intrinsics`` (overrides CameraInfo when set).
+    Bags use ``data_config.image_topic`` / ``camera_info_topic`` (empty = auto-detect),
+    ``data_config.intrinsics`` (overrides CameraInfo when set), ``odometry_topic`` (empty = auto-detect,
+    "none" = no odometry) and, with ``data_config.stereo``, ``stereo_image_topic`` /
+    ``stereo_camera_info_topic`` (empty = auto-detect).
     """
     path = Path(path)
     if not path.exists():
@@ -59,6 +61,10 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
             image_topic=data_config.image_topic or None,
             camera_info_topic=data_config.camera_info_topic or None,
             intrinsics=intrinsics,
+            odometry_topic=data_config.odometry_topic or None,
+            stereo=data_config.stereo,
+            stereo_image_topic=data_config.stereo_image_topic or None,
+            stereo_camera_info_topic=data_config.stereo_camera_info_topic or None,
         )
         for bag in bags
     ]

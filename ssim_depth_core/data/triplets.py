@@ -1,9 +1,13 @@
 """Training samples: a target frame and its temporal neighbours, resized, augmented, with multi-scale K.
 
 One sample (no batch dimension) is a dict following the training data contract:
-``images`` / ``images_aug`` (F, 3, H, W) float32 in [0, 1] (frame f is ``frame_ids[f]``), ``K`` / ``inv_K``
-(NUM_SCALES, 3, 3) for an image of W / 2**s x H / 2**s, ``depth_gt`` (1, H, W) metres when the source has
-ground truth, and ``index``. Augmentation is a pure function of (seed, epoch, index), so runs reproduce.
+``images`` / ``images_aug`` (F, 3, H, W) float32 in [0, 1] (frame f is ``frame_ids[f]``; with
+``data.stereo`` one more, the stereo partner's frame taken with the target, last: F + 1 images), ``K`` /
+``inv_K`` (NUM_SCALES, 3, 3) for an image of W / 2**s x H / 2**s, ``travel`` (F - 1,) float32 metres
+travelled between the target and each source of ``frame_ids[1:]`` (NaN: unknown), ``stereo_T`` (4, 4)
+float32 target camera -> partner camera (with ``data.stereo`` only), ``depth_gt`` (1, H, W) metres when the
+source has ground truth, and ``index``. Augmentation is a pure function of (seed, epoch, index), so runs
+reproduce.
 """
 
 from __future__ import annotations
@@ -108,6 +112,20 @@ def flip_intrinsics(intrinsics: Intrinsics) -> Intrinsics:
     return dataclasses.replace(intrinsics, cx=intrinsics.width - 1 - intrinsics.cx)
 
 
+# Mirroring the images mirrors the world seen through them: camera coordinates x -> -x.
+_MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
+
+
+def flip_transform(transform: np.ndarray) -> np.ndarray:
+    """A camera-to-camera transform of the mirrored rig: (4, 4) ``T`` -> ``M T M``, ``M = diag(-1, 1, 1, 1)``.
+
+    A point ``p`` of the mirrored images is ``M q`` for a point ``q`` of the originals, so the partner sees it
+    at ``M T q = M T M p``. The x translation changes sign (the partner moves to the other side), as do the
+    rotation entries that couple x with y or z.
+    """
+    return _MIRROR @ transform @ _MIRROR
+
+
 def sample_jitter(config: DataConfig, generator: torch.Generator) -> dict[str, Any]:
     """Colour-jitter factors (brightness/contrast/saturation in [1 - r, 1 + r], hue in [-h, h]), op order."""
 
@@ -139,8 +157,9 @@ def apply_jitter(images: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
 class TripletDataset(Dataset):
     """``samples[i] = (sequence index, target frame)`` -> one training sample dict, or None if unreadable.
 
-    Train mode flips (all frames, depth and cx) with ``flip_probability`` and colour-jitters the network
-    inputs ``images_aug`` with ``jitter_probability``; eval mode does neither. Use with
+    Train mode flips (all frames, depth, cx and the stereo rig) with ``flip_probability`` and colour-jitters
+    the network inputs ``images_aug`` with ``jitter_probability``; eval mode does neither. With
+    ``data.stereo`` every sequence the samples use must have a stereo partner camera. Use with
     :func:`collate_skipping`.
     """
 
@@ -157,7 +176,7 @@ class TripletDataset(Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
-        self.frame_ids = check_frame_ids(data_config.frame_ids)
+        self.frame_ids = check_frame_ids(data_config.frame_ids, stereo=data_config.stereo)
         divisor = 2 ** (NUM_SCALES - 1)
         if data_config.height % divisor or data_config.width % divisor:
             raise ValueError(
@@ -165,8 +184,24 @@ class TripletDataset(Dataset):
                 f"got {data_config.height}x{data_config.width}"
             )
         self.samples = list(samples)
-        self._frames: dict[tuple[int, int], np.ndarray] = {}  # (sequence, frame) -> resized RGB
+        if data_config.stereo:
+            used = {s for s, _ in self.samples}
+            unpaired = sorted(
+                self.sequences[s].name for s in used if self.sequences[s].stereo_transform is None
+            )
+            if unpaired:
+                raise ValueError(
+                    f"data.stereo is on but sequence(s) {', '.join(unpaired)} have no stereo partner camera "
+                    "(stereo_transform is None): train on stereo recordings or set data.stereo=false"
+                )
+        # (sequence, frame, partner?) -> resized RGB
+        self._frames: dict[tuple[int, int, bool], np.ndarray] = {}
         if data_config.static_threshold > 0:
+            if len(self.frame_ids) == 1:
+                raise ValueError(
+                    f"data.static_threshold={data_config.static_threshold} drops frames without temporal "
+                    "motion, but frame_ids [0] (stereo only) have no temporal source: set it to 0"
+                )
             size = (data_config.width // 4, data_config.height // 4)
             self.samples = filter_static(
                 self.sequences, self.samples, self.frame_ids, data_config.static_threshold, size
@@ -179,21 +214,30 @@ class TripletDataset(Dataset):
         """Select the augmentation draw of ``epoch`` (call before each epoch, as with DistributedSampler)."""
         self.epoch = epoch
 
+    def travel(self, index: int) -> np.ndarray:
+        """(F - 1,) float32 metres travelled from sample ``index``'s target to each source of
+        ``frame_ids[1:]``, NaN where the sequence has no odometry."""
+        s, frame = self.samples[index]
+        travel = [self.sequences[s].travel(frame, frame + offset) for offset in self.frame_ids[1:]]
+        return np.asarray(travel, dtype=np.float32)
+
     def _generator(self, index: int) -> torch.Generator:
         seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
         return torch.Generator().manual_seed(int(seed))
 
-    def _frame(self, s: int, index: int) -> np.ndarray:
-        """Frame ``index`` of sequence ``s`` at the network size, decoded once when ``data.cache_frames``."""
-        key = (s, index)
+    def _frame(self, s: int, index: int, partner: bool = False) -> np.ndarray:
+        """Frame ``index`` of sequence ``s`` (or of its stereo partner) at the network size, decoded once when
+        ``data.cache_frames``."""
+        key = (s, index, partner)
         if key in self._frames:
             return self._frames[key]
         sequence = self.sequences[s]
         native = sequence.intrinsics
-        image = sequence.image(index)
+        image = sequence.stereo_image(index) if partner else sequence.image(index)
         if image.shape[:2] != (native.height, native.width):
+            camera = "stereo partner frame" if partner else "frame"
             raise FrameError(
-                f"{sequence.name} frame {index}: image is {image.shape[1]}x{image.shape[0]} "
+                f"{sequence.name} {camera} {index}: image is {image.shape[1]}x{image.shape[0]} "
                 f"but the intrinsics are for {native.width}x{native.height}"
             )
         image = resize_image(image, self.config.width, self.config.height)
@@ -208,6 +252,8 @@ class TripletDataset(Dataset):
         native = sequence.intrinsics
         try:
             frames = [self._frame(s, frame + offset) for offset in self.frame_ids]
+            if self.config.stereo:
+                frames.append(self._frame(s, frame, partner=True))
             depth = sequence.depth(frame)
         except FrameError as err:
             logger.warning("skipping sample %d (%s frame %d): %s", index, sequence.name, frame, err)
@@ -230,8 +276,12 @@ class TripletDataset(Dataset):
             "images_aug": images_aug,
             "K": torch.stack([k.K() for k in scaled]),
             "inv_K": torch.stack([k.inv_K() for k in scaled]),
+            "travel": torch.from_numpy(self.travel(index)),
             "index": index,
         }
+        if self.config.stereo:
+            stereo_T = np.asarray(sequence.stereo_transform, dtype=np.float64)
+            sample["stereo_T"] = torch.from_numpy(flip_transform(stereo_T) if flip else stereo_T).float()
         if depth is not None:
             depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
             depth_gt = torch.from_numpy(depth)[None]

@@ -2,8 +2,9 @@
 
 The exported graph takes ``image`` (1, 3, H, W) float32 RGB in [0, 1] (ImageNet normalisation is inside the
 graph) and returns ``disparity`` (1, 1, H, W), the sigmoid disparity that ``geometry.disparity_to_depth`` maps
-to metres. The depth range, the training and export resolutions and the full training config travel with the
-model as ONNX metadata props (:class:`ExportMetadata`), so a runtime needs nothing but the file.
+to metres. The depth range, the training and export resolutions, the full training config and the source of
+the depth's metric scale travel with the model as ONNX metadata props (:class:`ExportMetadata`), so a runtime
+needs nothing but the file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import onnx
 import torch
 import yaml
 
-from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata, metric_source
 from ssim_depth_core.checkpoint import load_depth_net, write_atomic
 from ssim_depth_core.config import to_dict
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
@@ -151,6 +152,7 @@ def export_onnx(
     except ImportError as error:
         raise ImportError(f"ONNX export needs onnxscript (pip install onnxscript): {error}") from error
     model = program.model_proto
+    config_dict = to_dict(config)
     metadata = ExportMetadata(
         min_depth=config.model.min_depth,
         max_depth=config.model.max_depth,
@@ -158,7 +160,8 @@ def export_onnx(
         train_width=config.data.width,
         height=height,
         width=width,
-        config_yaml=yaml.safe_dump(to_dict(config), sort_keys=False),
+        config_yaml=yaml.safe_dump(config_dict, sort_keys=False),
+        metric=metric_source(config_dict),
     )
     for node in model.graph.node:  # the exporter's per-node stack traces carry local paths
         del node.metadata_props[:]
@@ -170,7 +173,15 @@ def export_onnx(
     for problem in check_tensorrt_ops(model):
         logger.warning("%s: TensorRT compatibility: %s", onnx_path, problem)
     write_atomic(onnx_path, data)
-    logger.info("exported %s (%dx%d, opset %d, %.1f MB)", onnx_path, height, width, opset, len(data) / 2**20)
+    logger.info(
+        "exported %s (%dx%d, opset %d, %.1f MB, metric scale: %s)",
+        onnx_path,
+        height,
+        width,
+        opset,
+        len(data) / 2**20,
+        metadata.metric,
+    )
     return Path(onnx_path)
 
 

@@ -4,7 +4,7 @@ A serialized engine only runs on the GPU model and TensorRT version that built i
 hashes the ONNX bytes together with the GPU name, its compute capability, the TensorRT version and the
 precision: a moved disk, a new GPU or an upgraded TensorRT gets a new key, so the engine is rebuilt instead of
 a stale one being loaded. Beside each engine a ``<engine>.json`` sidecar keeps the ONNX metadata props (depth
-range, input size, config) that a runtime needs, since an engine file cannot carry them.
+range, input size, config, metric source) that a runtime needs, since an engine file cannot carry them.
 
 ``tensorrt`` and ``pycuda`` are optional (extra ``tensorrt``) and imported only inside functions.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from ssim_depth_core.accelerator import cuda_device, import_tensorrt
-from ssim_depth_core.artifact import engine_sidecar_path
+from ssim_depth_core.artifact import engine_sidecar_path, read_metadata
 from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.export.onnx import check_tensorrt_ops
 
@@ -76,7 +76,8 @@ def build_engine(
         The engine path; its metadata sidecar is :func:`engine_sidecar_path`.
 
     Raises:
-        ValueError: bad precision/workspace, or an op or attribute TensorRT 10 does not support.
+        ValueError: bad precision/workspace, an op or attribute TensorRT 10 does not support, or missing or
+            malformed model metadata.
         TensorRTUnavailableError: tensorrt, pycuda or a GPU is missing.
         EngineBuildError: the parser or builder failed (its messages are included).
     """
@@ -95,6 +96,7 @@ def build_engine(
 
     trt = import_tensorrt()
     _, device = cuda_device()
+    metadata = read_metadata(model, onnx_path)  # checked before the build; normalised in the sidecar
     gpu_name, capability = device.name(), device.compute_capability()
     key = engine_cache_key(onnx_bytes, gpu_name, capability, trt.__version__, precision)
     if engine_path is None:
@@ -135,7 +137,7 @@ def build_engine(
 
     write_atomic(engine_path, bytes(serialized))
     sidecar = {
-        "metadata": {p.key: p.value for p in model.metadata_props},
+        "metadata": metadata.to_props(),
         "onnx": str(onnx_path),
         "precision": precision,
         "cache_key": key,

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssim_depth_core.config import LossConfig, check_frame_ids
+from ssim_depth_core.config import LossConfig, check_frame_ids, source_slots
 from ssim_depth_core.losses.photometric import min_reprojection_loss, reprojection_error
 from ssim_depth_core.losses.smoothness import edge_aware_smoothness
 from ssim_depth_core.losses.ssim import SSIMLoss
+from ssim_depth_core.losses.velocity import velocity_loss
 
 Batch = dict[str, Any]
 Outputs = dict[str, Any]
@@ -55,10 +56,16 @@ class Objective(nn.Module):
         frame_ids: frame offsets of the batch, the target (0) first.
         scales: model output scales; scale index i has resolution ``input / 2**scales[i]``.
         seed: seed of the auto-mask tie-breaking noise (a generator per device, advanced every call).
+        stereo: the stereo partner (key ``"s"``, the batch's last image) is a source too.
     """
 
     def __init__(
-        self, loss_config: LossConfig, frame_ids: Sequence[int], scales: Sequence[int], seed: int = 0
+        self,
+        loss_config: LossConfig,
+        frame_ids: Sequence[int],
+        scales: Sequence[int],
+        seed: int = 0,
+        stereo: bool = False,
     ):
         super().__init__()
         unknown = sorted(set(loss_config.weights) - set(TERMS))
@@ -76,7 +83,13 @@ class Objective(nn.Module):
             warmup = loss_config.automask_warmup_steps
             raise ValueError(f"loss.automask_warmup_steps must be >= 0, got {warmup}")
         self.config = loss_config
-        self.frame_ids = check_frame_ids(frame_ids)
+        self.frame_ids = check_frame_ids(frame_ids, stereo=stereo)
+        if "velocity" in self.weights and len(self.frame_ids) == 1:
+            raise ValueError(
+                "loss.weights.velocity supervises the pose net's motion between temporal frames, but "
+                f"frame_ids {self.frame_ids} have no temporal source"
+            )
+        self.sources = source_slots(self.frame_ids, stereo)  # source key -> its slot in batch["images"]
         self.scales = list(scales)
         self.seed = seed
         self.ssim = SSIMLoss(
@@ -124,16 +137,19 @@ class Objective(nn.Module):
 
 @register_term("photometric")
 def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
-    """Min-reprojection photometric error of the warped sources, auto-masked, averaged over scales."""
+    """Min-reprojection photometric error of the warped sources (temporal and stereo), auto-masked, averaged
+    over scales."""
     config = objective.config
     images = batch["images"]
     target = images[:, 0]
-    sources = range(1, len(objective.frame_ids))
     identity = None
     if objective.automask_active:
         with torch.no_grad():
             identity = torch.cat(
-                [reprojection_error(images[:, f], target, objective.ssim, config.alpha) for f in sources],
+                [
+                    reprojection_error(images[:, slot], target, objective.ssim, config.alpha)
+                    for slot in objective.sources.values()
+                ],
                 dim=1,
             )
     generator = objective.generator(target.device)
@@ -142,10 +158,8 @@ def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
     for i in range(len(objective.scales)):
         warped = torch.cat(
             [
-                reprojection_error(
-                    _warped(outputs, objective.frame_ids[f], i), target, objective.ssim, config.alpha
-                )
-                for f in sources
+                reprojection_error(_warped(outputs, source, i), target, objective.ssim, config.alpha)
+                for source in objective.sources
             ],
             dim=1,
         )
@@ -171,11 +185,21 @@ def smoothness_term(batch: Batch, outputs: Outputs, objective: Objective):
     return total / len(objective.scales), {}
 
 
-def _warped(outputs: Outputs, frame_id: int, scale_index: int) -> torch.Tensor:
+@register_term("velocity")
+def velocity_term(batch: Batch, outputs: Outputs, objective: Objective):
+    """| ||t_pred|| - travel | of every temporal source with known ``batch["travel"]`` (velocity.py)."""
+    if "travel" not in batch:
+        raise KeyError("the velocity term needs batch['travel'] (B, F - 1): metres to each temporal source")
+    transforms = outputs["transforms"]
+    translation = torch.stack([transforms[f][:, :3, 3] for f in objective.frame_ids[1:]], dim=1)
+    return velocity_loss(translation, batch["travel"]), {}
+
+
+def _warped(outputs: Outputs, source: int | str, scale_index: int) -> torch.Tensor:
     warped = outputs["warped"]
-    if (frame_id, scale_index) not in warped:
+    if (source, scale_index) not in warped:
         raise KeyError(
-            f"outputs['warped'] has no entry ({frame_id}, {scale_index}) (source frame, scale index); "
-            f"present: {sorted(warped)}"
+            f"outputs['warped'] has no entry ({source!r}, {scale_index}) (source, scale index); "
+            f"present: {sorted(warped, key=str)}"
         )
-    return warped[(frame_id, scale_index)]
+    return warped[(source, scale_index)]

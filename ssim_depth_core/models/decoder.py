@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +37,8 @@ class DepthDecoder(nn.Module):
         num_ch_enc: channels of the five encoder maps.
         scales: output scales, a subset of 0..3; scale s is at 1/2**s of the input size.
         padding_mode: "reflection" (fewer border artefacts) or "zeros" (exports to any TensorRT version).
+        initial_disparity: the sigmoid output in (0, 1) the untrained heads give (their bias); None keeps
+            PyTorch's default initialisation (about 0.5).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class DepthDecoder(nn.Module):
         num_ch_enc: Sequence[int],
         scales: Sequence[int] = OUTPUT_SCALES,
         padding_mode: str = "reflection",
+        initial_disparity: float | None = None,
     ) -> None:
         super().__init__()
         if len(num_ch_enc) != len(DECODER_CHANNELS):
@@ -64,6 +68,11 @@ class DepthDecoder(nn.Module):
         self.heads = nn.ModuleDict(
             {str(s): conv3x3(DECODER_CHANNELS[s], 1, padding_mode) for s in self.scales}
         )
+        if initial_disparity is not None:
+            if not 0 < initial_disparity < 1:
+                raise ValueError(f"initial_disparity must be within (0, 1), got {initial_disparity!r}")
+            for head in self.heads.values():
+                nn.init.constant_(head.bias, math.log(initial_disparity / (1 - initial_disparity)))
 
     def forward(
         self, features: Sequence[torch.Tensor], scales: Sequence[int] | None = None

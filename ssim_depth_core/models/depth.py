@@ -33,6 +33,7 @@ class DepthNet(nn.Module):
         pretrained: start the encoder from torchvision's ImageNet weights.
         padding_mode: decoder conv padding, "reflection" or "zeros".
         scales: decoder output scales (subset of 0..3, must include 0) returned by :meth:`forward_multiscale`.
+        initial_disparity: the untrained decoder's sigmoid output (``DepthDecoder``); None: PyTorch's default.
     """
 
     def __init__(
@@ -41,12 +42,13 @@ class DepthNet(nn.Module):
         pretrained: bool = False,
         padding_mode: str = "reflection",
         scales: Sequence[int] = OUTPUT_SCALES,
+        initial_disparity: float | None = None,
     ) -> None:
         super().__init__()
         if 0 not in scales:
             raise ValueError(f"scales must include 0 (the full-resolution output), got {list(scales)}")
         self.encoder = ResnetEncoder(num_layers, pretrained)
-        self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, padding_mode)
+        self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Full-resolution disparity, the inference/export entry point.

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, check_frame_ids
-from ..geometry import disparity_to_depth, pose_to_matrix, warp
+from ..config import STEREO, ModelConfig, check_frame_ids, source_slots
+from ..geometry import depth_to_disparity, disparity_to_depth, pose_to_matrix, warp
 from .conv_grad import use_small_map_weight_grad
 from .depth import DepthNet
 from .pose import PoseNet
@@ -19,48 +19,69 @@ from .pose import PoseNet
 class MonodepthModel(nn.Module):
     """DepthNet + PoseNet producing disparities, depths, source->target warps for a training batch.
 
+    The sources are the temporal frames ``frame_ids[1:]``, whose motion the pose net estimates, and with
+    ``stereo`` the stereo partner's frame (key :data:`STEREO`), whose transform is the batch's known rig
+    ``stereo_T``. Stereo-only training (``frame_ids`` [0]) builds no pose net.
+
     Args:
         model_config: network and depth-range settings.
         frame_ids: the batch's frame offsets; ``frame_ids[0]`` must be 0 (the target), the rest distinct
-            non-zero source offsets (negative = earlier).
+            non-zero source offsets (negative = earlier); [0] alone with ``stereo``.
+        stereo: the batch carries the stereo partner's frame as its last image (Monodepth2's S / MS modes).
     """
 
-    def __init__(self, model_config: ModelConfig, frame_ids: Sequence[int]) -> None:
+    def __init__(self, model_config: ModelConfig, frame_ids: Sequence[int], stereo: bool = False) -> None:
         super().__init__()
-        self.frame_ids = check_frame_ids(frame_ids)
+        self.frame_ids = check_frame_ids(frame_ids, stereo=stereo)
+        self.stereo = stereo
+        self.slots = source_slots(self.frame_ids, stereo)
         self.min_depth = model_config.min_depth
         self.max_depth = model_config.max_depth
         self.depth_net = DepthNet(
-            model_config.num_layers, model_config.pretrained, model_config.padding_mode, model_config.scales
+            model_config.num_layers,
+            model_config.pretrained,
+            model_config.padding_mode,
+            model_config.scales,
+            _initial_disparity(model_config),
         )
         if model_config.pose_downsample < 1:
             raise ValueError(f"model.pose_downsample must be >= 1, got {model_config.pose_downsample}")
         self.pose_downsample = model_config.pose_downsample
-        self.pose_net = PoseNet(model_config.pose_num_layers, model_config.pretrained)
+        temporal = len(self.frame_ids) > 1
+        self.pose_net = PoseNet(model_config.pose_num_layers, model_config.pretrained) if temporal else None
         if model_config.small_map_weight_grad:
             use_small_map_weight_grad(self)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Run both networks and synthesise the target view from every source at every scale.
+        """Run the networks and synthesise the target view from every source at every scale.
 
         Args:
             batch: the training batch contract: "images" and "images_aug" (B, F, 3, H, W) in [0, 1] with F =
-                len(frame_ids); "K" and "inv_K" (B, S, 3, 3), of which scale 0 is used.
+                len(frame_ids), plus one with ``stereo`` (the partner's frame, last); "K" and "inv_K"
+                (B, S, 3, 3), of which scale 0 is used; with ``stereo``, "stereo_T" (B, 4, 4) target camera ->
+                partner camera.
 
         Returns:
             "disparities": list over scales of (B, 1, H / 2**s, W / 2**s);
             "depths": list over scales of (B, 1, H, W), each disparity upsampled then converted;
-            "transforms": {frame_id: (B, 4, 4) target camera -> source camera};
-            "warped": {(frame_id, scale_index): (B, 3, H, W) batch["images"] source warped into the target}.
+            "transforms": {source: (B, 4, 4) target camera -> source camera}, sources ``frame_ids[1:]``
+            and, with ``stereo``, :data:`STEREO` (``batch["stereo_T"]``);
+            "warped": {(source, scale_index): (B, 3, H, W) batch["images"] source warped into the target}.
         """
         images, images_aug = batch["images"], batch["images_aug"]
-        if images_aug.dim() != 5 or images_aug.shape[1] != len(self.frame_ids):
+        count = len(self.frame_ids) + self.stereo
+        if images_aug.dim() != 5 or images_aug.shape[1] != count:
+            partner = " + the stereo partner" if self.stereo else ""
             raise ValueError(
-                f"batch['images_aug'] must be (B, {len(self.frame_ids)}, 3, H, W) for frame_ids "
-                f"{self.frame_ids}, got shape {tuple(images_aug.shape)}"
+                f"batch['images_aug'] must be (B, {count}, 3, H, W) for frame_ids {self.frame_ids}{partner}, "
+                f"got shape {tuple(images_aug.shape)}"
             )
         disparities = self.depth_net.forward_multiscale(images_aug[:, 0])
-        transforms = self.source_transforms(batch)
+        transforms: dict[int | str, torch.Tensor] = {}
+        if self.pose_net is not None:
+            transforms.update(self.source_transforms(batch))
+        if self.stereo:
+            transforms[STEREO] = _stereo_transform(batch, images.shape[0])
 
         # Geometry in float32 even under autocast: half-precision pixel coordinates are off by whole pixels.
         with torch.autocast(images.device.type, enabled=False):
@@ -75,20 +96,20 @@ class MonodepthModel(nn.Module):
                 depths.append(disparity_to_depth(disparity, self.min_depth, self.max_depth)[1])
 
             K, inv_K = batch["K"][:, 0].float(), batch["inv_K"][:, 0].float()
-            warped: dict[tuple[int, int], torch.Tensor] = {}
-            for index, frame_id in enumerate(self.frame_ids[1:], start=1):
+            warped: dict[tuple[int | str, int], torch.Tensor] = {}
+            for source, transform in transforms.items():
                 for scale_index, depth in enumerate(depths):
-                    warped[(frame_id, scale_index)] = warp(
-                        images[:, index], depth, transforms[frame_id], K, inv_K, "border"
+                    warped[(source, scale_index)] = warp(
+                        images[:, self.slots[source]], depth, transform, K, inv_K, "border"
                     )
         return {"disparities": disparities, "depths": depths, "transforms": transforms, "warped": warped}
 
     def source_transforms(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """The pose net's motion estimate: {source frame_id: (B, 4, 4) target camera -> source camera}.
 
-        One pose-net pass over all (earlier, later) pairs of ``batch["images_aug"]``.
+        One pose-net pass over all (earlier, later) pairs of the temporal frames of ``batch["images_aug"]``.
         """
-        images_aug = batch["images_aug"]
+        images_aug = batch["images_aug"][:, : len(self.frame_ids)]
         if self.pose_downsample > 1:
             frames = images_aug.flatten(0, 1)
             images_aug = F.avg_pool2d(frames, self.pose_downsample).unflatten(0, images_aug.shape[:2])
@@ -106,3 +127,26 @@ class MonodepthModel(nn.Module):
                     self.frame_ids[1:], axis_angle.chunk(count), translation.chunk(count), strict=True
                 )
             }
+
+
+def _initial_disparity(model_config: ModelConfig) -> float | None:
+    """``model.initial_depth`` as the decoder's sigmoid output, checked against the depth range."""
+    depth = model_config.initial_depth
+    if depth == 0:
+        return None
+    if not model_config.min_depth < depth < model_config.max_depth:
+        raise ValueError(
+            f"model.initial_depth must lie strictly between model.min_depth {model_config.min_depth} and "
+            f"model.max_depth {model_config.max_depth} metres, got {depth!r}"
+        )
+    return depth_to_disparity(depth, model_config.min_depth, model_config.max_depth)
+
+
+def _stereo_transform(batch: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+    """``batch["stereo_T"]`` checked: (B, 4, 4) float32 target camera -> stereo partner camera."""
+    if "stereo_T" not in batch:
+        raise KeyError("stereo training needs batch['stereo_T'] (B, 4, 4): target camera -> partner camera")
+    stereo_T = batch["stereo_T"]
+    if stereo_T.shape != (batch_size, 4, 4):
+        raise ValueError(f"batch['stereo_T'] must be ({batch_size}, 4, 4), got {tuple(stereo_T.shape)}")
+    return stereo_T.float()

@@ -1,8 +1,8 @@
 """Inference backends behind one interface: TensorRT engine, ONNX Runtime session, PyTorch checkpoint.
 
 Every backend maps a float32 (B, 3, H, W) RGB batch in [0, 1] at its fixed ``input_size`` to the (B, 1, H, W)
-sigmoid disparity, and reports the depth range the network was trained for. :func:`create_backend` picks one
-from the model file:
+sigmoid disparity, and reports the depth range the network was trained for and where its metric scale comes
+from (``metric``). :func:`create_backend` picks one from the model file:
 
 ========== ================================================================================================
 suffix     ``backend="auto"``
@@ -26,8 +26,15 @@ import numpy as np
 import torch
 
 from ssim_depth_core.accelerator import cuda_device, import_tensorrt, tensorrt_available
-from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata, engine_sidecar_path
+from ssim_depth_core.artifact import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportMetadata,
+    engine_sidecar_path,
+    metric_source,
+)
 from ssim_depth_core.checkpoint import load_depth_net
+from ssim_depth_core.config import to_dict
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
 
 logger = logging.getLogger(__name__)
@@ -49,6 +56,8 @@ class Backend(ABC):
         name: "tensorrt", "onnxruntime" or "torch".
         input_size: (H, W) the network takes.
         min_depth, max_depth: the training depth range in metres (None when the model file does not say).
+        metric: where the depth's metric scale comes from, one of ``artifact.METRIC_SOURCES``; "none" =
+            scale-less (metres only up to a factor), also for model files that do not say.
         max_batch: the largest batch one inference call takes (None: any); larger batches are split.
     """
 
@@ -56,6 +65,7 @@ class Backend(ABC):
     input_size: tuple[int, int]
     min_depth: float | None
     max_depth: float | None
+    metric: str
     max_batch: int | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -95,7 +105,10 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         height, width = self.input_size
-        return f"{type(self).__name__}({height}x{width}, depth {self.min_depth}..{self.max_depth} m)"
+        return (
+            f"{type(self).__name__}({height}x{width}, depth {self.min_depth}..{self.max_depth} m, "
+            f"metric {self.metric})"
+        )
 
 
 class TorchBackend(Backend):
@@ -124,6 +137,7 @@ class TorchBackend(Backend):
             )
         self.device = _torch_device(device)
         self.min_depth, self.max_depth = config.model.min_depth, config.model.max_depth
+        self.metric = metric_source(to_dict(config))
         self._net = net.to(self.device)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -132,7 +146,7 @@ class TorchBackend(Backend):
 
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime session on an exported model; size and depth range come from its metadata props.
+    """ONNX Runtime session on an exported model; size, depth range and metric come from its metadata props.
 
     Args:
         onnx_path: model from ``export_onnx``.
@@ -169,6 +183,7 @@ class OnnxRuntimeBackend(Backend):
         metadata = ExportMetadata.from_props(self._session.get_modelmeta().custom_metadata_map, onnx_path)
         self.input_size = (metadata.height, metadata.width)
         self.min_depth, self.max_depth = metadata.min_depth, metadata.max_depth
+        self.metric = metadata.metric
         (model_input,) = self._session.get_inputs()
         if model_input.name != INPUT_NAME or [o.name for o in self._session.get_outputs()] != [OUTPUT_NAME]:
             raise ValueError(f"{onnx_path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}'")
@@ -183,9 +198,9 @@ class OnnxRuntimeBackend(Backend):
 class TensorRTBackend(Backend):
     """A serialized TensorRT engine run with pycuda: page-locked host buffers, async copies on one stream.
 
-    The depth range comes from the engine's metadata sidecar (written by ``build_engine``); without one,
-    ``min_depth``/``max_depth`` stay None unless given here. Engines with a dynamic batch take up to the
-    maximum of optimisation profile 0, static ones exactly their batch.
+    The depth range and metric source come from the engine's metadata sidecar (written by ``build_engine``);
+    without one, ``min_depth``/``max_depth`` stay None unless given here and ``metric`` is "none". Engines
+    with a dynamic batch take up to the maximum of optimisation profile 0, static ones exactly their batch.
 
     Args:
         engine_path: serialized engine (``.engine``).
@@ -207,10 +222,15 @@ class TensorRTBackend(Backend):
         metadata = None
         if sidecar.is_file():
             metadata = ExportMetadata.from_props(json.loads(sidecar.read_text())["metadata"], sidecar)
-        self.min_depth, self.max_depth = min_depth, max_depth
-        if metadata is not None:
+        self.min_depth, self.max_depth, self.metric = min_depth, max_depth, "none"
+        if metadata is None:
+            logger.warning(
+                "%s: no metadata sidecar %s: metric source unknown, taken as 'none'", engine_path, sidecar
+            )
+        else:
             self.min_depth = metadata.min_depth if min_depth is None else min_depth
             self.max_depth = metadata.max_depth if max_depth is None else max_depth
+            self.metric = metadata.metric
 
         # Share the device's primary context with PyTorch / other CUDA users instead of creating another.
         self._cuda_context = device.retain_primary_context()

@@ -6,14 +6,22 @@ Everything a depth server does beyond converting messages, shared by the ROS nod
 - the estimator's lifecycle: built from :class:`ModelSettings`, rebuilt by :meth:`FramePipeline.configure`
   (reusing the open backend unless the model file or the backend changed), closed by
   :meth:`FramePipeline.close`;
-- range masking: depths outside the open interval (range_min, range_max) become NaN (REP 117);
+- the metric scale (:class:`ScaleSettings`): "model" = the network's own metric depth (scale 1; a model whose
+  metadata says it is scale-less, ``metric == "none"``, is refused), "fixed" = ``depth_scale``,
+  "camera_height" = the ground plane fitted in each frame's depth (:mod:`~ssim_depth_core.runtime.scale`),
+  smoothed over time. With "camera_height" nothing metric is made up: until the first plane fit, and after the
+  plane has been lost for more than ``max_hold`` frames, the frame's depth is withheld (``depth``, ``cloud``
+  None, ``scale`` None, the reason in ``ground``); while the plane is lost for fewer frames, depth is scaled
+  by the last smoothed scale (``ground.reason`` says so);
+- range masking: depths outside the open interval (range_min, range_max) become NaN (REP 117), after scaling;
 - the camera: the frame's own intrinsics (any resolution), else the fallback (fx, fy, cx, cy) at the frame's
   resolution (none, with the reason in :attr:`DepthFrame.camera_problem`, when implausible for that size:
   :class:`Intrinsics` checks), else none; scaled to the depth's resolution (a plain resize,
   :meth:`Intrinsics.scaled`);
 - the point cloud (:func:`~ssim_depth_core.runtime.pointcloud.depth_to_pointcloud`), coloured by the frame
   area-resized (``imaging.resize_image``) to the depth's resolution, and the preview
-  (:func:`~ssim_depth_core.imaging.colorize_depth`).
+  (:func:`~ssim_depth_core.imaging.colorize_depth`, normalised per frame, so it is made from the unscaled
+  depth of a frame whose depth is withheld as well).
 """
 
 from __future__ import annotations
@@ -30,8 +38,50 @@ from ssim_depth_core.imaging import colorize_depth, resize_image
 from ssim_depth_core.runtime.backends import BACKENDS, Backend, create_backend
 from ssim_depth_core.runtime.estimator import DepthEstimator
 from ssim_depth_core.runtime.pointcloud import PointCloudData, depth_to_pointcloud
+from ssim_depth_core.runtime.scale import GroundPlaneScale, GroundPlaneSettings, ScaleState
 
 OutputResolution = Literal["input", "network"]
+ScaleSource = Literal["model", "camera_height", "fixed"]
+SCALE_SOURCES: tuple[str, ...] = get_args(ScaleSource)
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """Where the depth's metric scale comes from.
+
+    Attributes:
+        source: "model" (the network is metric: velocity or stereo supervision; scale 1), "fixed"
+            (``depth_scale``) or "camera_height" (the ground plane, ``ground``).
+        depth_scale: the "fixed" scale, multiplying every depth; unused by the other sources.
+        ground: the camera's mounting and the plane fit; required by "camera_height", unused by the others.
+    """
+
+    source: ScaleSource = "model"
+    depth_scale: float = 1.0
+    ground: GroundPlaneSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SCALE_SOURCES:
+            raise ValueError(f"scale_source '{self.source}' is not one of {', '.join(SCALE_SOURCES)}")
+        if not (isinstance(self.depth_scale, int | float) and 0 < self.depth_scale < math.inf):
+            raise ValueError(f"depth_scale must be a finite number > 0, got {self.depth_scale!r}")
+        if self.source == "camera_height" and self.ground is None:
+            raise ValueError(
+                "scale_source 'camera_height' needs camera_height: the height of the camera's optical centre "
+                "above the ground in metres (> 0)"
+            )
+
+
+def scale_problem(scale: ScaleSettings, metric: str, model_path: str | Path) -> str | None:
+    """Why ``scale`` cannot serve a model whose backend reports ``metric``, else None."""
+    if scale.source == "model" and metric == "none":
+        return (
+            f"{model_path}: scale_source 'model' needs a metric model, and this one is scale-less (its "
+            "metadata says metric: none, i.e. trained without velocity or stereo supervision): set "
+            "scale_source to 'camera_height' (with camera_height, the camera's height above the ground in "
+            "metres) or 'fixed' (with depth_scale), or train the model with velocity or stereo supervision"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -42,16 +92,16 @@ class ModelSettings:
         model_path: ``.engine``, ``.onnx`` or ``.pt`` file (stored as a string).
         backend: "auto", "tensorrt", "onnxruntime" or "torch".
         min_depth, max_depth: network depth range in metres; None = the model's training range.
-        depth_scale: metric scale factor multiplying every depth.
         output_resolution: "input" (depth at each frame's size) or "network" (at the network's size).
+        scale: where the metric scale comes from; the default ("model") needs a metric model.
     """
 
     model_path: str | Path
     backend: str = "auto"
     min_depth: float | None = None
     max_depth: float | None = None
-    depth_scale: float = 1.0
     output_resolution: OutputResolution = "input"
+    scale: ScaleSettings = ScaleSettings()
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -112,19 +162,26 @@ class DepthFrame:
     """One processed frame of (h, w) pixels: the input frame's size, or the network's ("network" output).
 
     Attributes:
-        depth: (h, w) float32 depth in metres, NaN = invalid.
-        intrinsics: the camera of ``depth`` (width w, height h), or None when the frame had none.
-        cloud: the point cloud of ``depth`` when requested and a camera is known, else None.
+        depth: (h, w) float32 depth in metres, NaN = invalid; None when withheld for want of a scale
+            ("camera_height" before a plane fit, or after a long loss: ``ground.reason`` says why).
+        intrinsics: the camera of the depth map (width w, height h), or None when the frame had none.
+        cloud: the point cloud of ``depth`` when requested, a camera is known and depth not withheld.
         preview: (h, w, 3) uint8 BGR colourised inverse depth when requested, else None.
+        scale: the metric scale applied (1 for "model"), None when depth is withheld.
+        scale_source: the :class:`ScaleSettings` source in use.
         camera_problem: why the fallback camera was not used for this frame (implausible at its size), else
             None.
+        ground: the ground-plane fit and smoothing state ("camera_height"), else None.
     """
 
-    depth: np.ndarray
+    depth: np.ndarray | None
     intrinsics: Intrinsics | None
     cloud: PointCloudData | None
     preview: np.ndarray | None
+    scale: float | None
+    scale_source: ScaleSource
     camera_problem: str | None = None
+    ground: ScaleState | None = None
 
 
 class FramePipeline:
@@ -132,19 +189,26 @@ class FramePipeline:
 
     Not thread-safe: configure and process frames from one thread.
 
+    Attributes:
+        ground: the ground-plane scale estimator of "camera_height", else None.
+
     Raises:
-        ValueError, RuntimeError, OSError: the model cannot be opened (from :func:`create_backend`).
+        ValueError, RuntimeError, OSError: the model cannot be opened (from :func:`create_backend`);
+            ValueError also for scale source "model" with a scale-less model (:func:`scale_problem`).
     """
 
     def __init__(self, settings: ModelSettings) -> None:
         self.estimator = _build_estimator(settings, None)
         self.settings = settings
+        self.ground = _ground_scale(settings.scale)
 
     def configure(self, settings: ModelSettings) -> bool:
         """Switch to ``settings``; returns whether the estimator was rebuilt (any setting changed).
 
         The open backend is reused unless ``model_path`` or ``backend`` changed; then the new model is opened
-        first and the old backend closed after. If that raises, the pipeline keeps its previous model.
+        first and the old backend closed after. If that raises (or the scale source refuses the model), the
+        pipeline keeps its previous model and settings. The ground-plane state restarts when the model or the
+        scale settings change.
         """
         if settings == self.settings:
             return False
@@ -154,6 +218,8 @@ class FramePipeline:
         self.settings = settings
         if not same_model:
             old.backend.close()
+        if not same_model or settings.scale != previous.scale:
+            self.ground = _ground_scale(settings.scale)
         return True
 
     def __call__(
@@ -167,10 +233,7 @@ class FramePipeline:
                 ``options.fallback_camera`` at (W, H), if set.
             options: range limits, fallback camera, which of cloud and preview to make.
         """
-        depth = self.estimator(rgb)
-        if options.range_min or options.range_max:
-            upper = options.range_max or math.inf
-            depth[~((depth > options.range_min) & (depth < upper))] = np.nan
+        depth = self.estimator(rgb)  # metres for "model" and "fixed", depth units for "camera_height"
         height, width = depth.shape
         problem = None
         if camera is None and options.fallback_camera is not None:
@@ -180,6 +243,19 @@ class FramePipeline:
                 problem = f"fallback camera {options.fallback_camera}: {error}"
         if camera is not None and (camera.width, camera.height) != (width, height):
             camera = camera.scaled(width, height)
+        source, ground = self.settings.scale.source, None
+        if self.ground is None:
+            scale = self.settings.scale.depth_scale if source == "fixed" else 1.0
+        else:
+            ground = self.ground.update(depth, camera)
+            scale = ground.scale
+            if scale is None:
+                preview = colorize_depth(depth) if options.preview else None
+                return DepthFrame(None, camera, None, preview, None, source, problem, ground)
+            depth *= np.float32(scale)
+        if options.range_min or options.range_max:
+            upper = options.range_max or math.inf
+            depth[~((depth > options.range_min) & (depth < upper))] = np.nan
         cloud = None
         if options.points and camera is not None:
             cloud = depth_to_pointcloud(
@@ -190,7 +266,7 @@ class FramePipeline:
                 organized=options.organized_points,
             )
         preview = colorize_depth(depth) if options.preview else None
-        return DepthFrame(depth, camera, cloud, preview, camera_problem=problem)
+        return DepthFrame(depth, camera, cloud, preview, scale, source, problem, ground)
 
     def close(self) -> None:
         """Close the backend."""
@@ -204,12 +280,26 @@ class FramePipeline:
 
 
 def _build_estimator(settings: ModelSettings, backend: Backend | None) -> DepthEstimator:
-    """A DepthEstimator for ``settings`` on ``backend``, or on a newly opened one when None."""
+    """A DepthEstimator for ``settings`` on ``backend``, or on a newly opened one when None (closed again
+    when the estimator cannot be built or the scale source refuses the model)."""
+    opened = backend is None
     backend = backend or create_backend(settings.model_path, settings.backend)
-    return DepthEstimator(
-        backend,
-        min_depth=settings.min_depth,
-        max_depth=settings.max_depth,
-        depth_scale=settings.depth_scale,
-        output_size=backend.input_size if settings.output_resolution == "network" else None,
-    )
+    try:
+        problem = scale_problem(settings.scale, backend.metric, settings.model_path)
+        if problem:
+            raise ValueError(problem)
+        return DepthEstimator(
+            backend,
+            min_depth=settings.min_depth,
+            max_depth=settings.max_depth,
+            depth_scale=settings.scale.depth_scale if settings.scale.source == "fixed" else 1.0,
+            output_size=backend.input_size if settings.output_resolution == "network" else None,
+        )
+    except BaseException:
+        if opened:
+            backend.close()
+        raise
+
+
+def _ground_scale(scale: ScaleSettings) -> GroundPlaneScale | None:
+    return GroundPlaneScale(scale.ground) if scale.source == "camera_height" else None

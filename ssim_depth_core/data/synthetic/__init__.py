@@ -8,11 +8,12 @@ windows on facades), mapped in world/object coordinates and mip-mapped (trilinea
 long-wavelength waves so nothing repeats. The sky is a direction-only environment (at infinity): its
 ground-truth depth is 0 (invalid), like KITTI, which has no sky depth either.
 
-The car (an OXTS/IMU frame carrying camera 02 and a velodyne with KITTI's lever arms, :class:`KittiRig`)
-drives forward 0.5-1.5 m/frame at 10 Hz with a gentle lane weave (yaw) and road-roughness pitch/roll, all
-functions of travelled distance, so a stop is a true standstill. Training drives may contain a lead car
-moving rigidly with the ego car (static in the image, until it pulls away), a standstill and oncoming cars;
-the last drive of a dataset (the held-out one) is static apart from the ego car.
+The car (an OXTS/IMU frame carrying camera 02, optionally its stereo partner camera 03, and a velodyne with
+KITTI's lever arms, :class:`KittiRig`) drives forward 0.5-1.5 m/frame at 10 Hz with a gentle lane weave
+(yaw) and road-roughness pitch/roll, all functions of travelled distance, so a stop is a true standstill.
+Training drives may contain a lead car moving rigidly with the ego car (static in the image, until it pulls
+away), a standstill and oncoming cars; the last drive of a dataset (the held-out one) is static apart from
+the ego car.
 
 Rendering is analytic ray casting (ray/ground-plane and ray/oriented-box slab tests, nearest hit) in torch
 float32 on the rays of :func:`ssim_depth_core.geometry.ray_grid`; only the pixels inside each box's projected
@@ -26,7 +27,7 @@ camera frames), ``lidar`` (velodyne scans), ``drive`` (:class:`SyntheticDrive`, 
 ``writers`` (KITTI layout, splits, rosbag2, :func:`generate_dataset`).
 """
 
-from ssim_depth_core.data.synthetic.drive import FRAME_RATE, RenderedFrame, SyntheticDrive
+from ssim_depth_core.data.synthetic.drive import FRAME_RATE, STEREO_CAMERA, RenderedFrame, SyntheticDrive
 from ssim_depth_core.data.synthetic.lidar import MAX_GT_DEPTH, render_lidar
 from ssim_depth_core.data.synthetic.raycast import GROUND_FAR, cast_rays
 from ssim_depth_core.data.synthetic.scene import (
@@ -55,6 +56,7 @@ __all__ = [
     "FRAME_RATE",
     "GROUND_FAR",
     "MAX_GT_DEPTH",
+    "STEREO_CAMERA",
     "DriveSpec",
     "MipAtlas",
     "RenderedFrame",

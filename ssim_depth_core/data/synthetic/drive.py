@@ -1,4 +1,5 @@
-"""One synthetic drive as a :class:`FrameSequence`: poses, timestamps, OXTS, frames rendered on demand."""
+"""One synthetic drive as a :class:`FrameSequence`: poses, timestamps, odometer, OXTS, frames rendered on
+demand (camera 02, and camera 03 as its stereo partner)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from ssim_depth_core.data import kitti_layout as kl
+from ssim_depth_core.data.odometry import odometer_from_positions
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.data.synthetic.lidar import MAX_GT_DEPTH, render_lidar
 from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec, StreetScene, build_scene, make_trajectory
@@ -17,6 +19,7 @@ from ssim_depth_core.data.synthetic.shading import render_camera
 from ssim_depth_core.geometry import euler_zyx_to_matrix
 
 FRAME_RATE = 10.0
+STEREO_CAMERA = "03"  # camera 02's rectified stereo partner on the KITTI rig, 0.54 m to its right
 
 
 def _date(seed: int) -> datetime:
@@ -35,17 +38,26 @@ class RenderedFrame:
 class SyntheticDrive(FrameSequence):
     """One synthetic drive, rendered on demand (deterministic in ``spec``).
 
-    Poses, timestamps and OXTS are ready at construction; the scene (textures) is built on first render.
+    Poses, timestamps, the odometer (camera 02's path length) and OXTS are ready at construction; the scene
+    (textures) is built on first render. With ``stereo``, camera 03 is the stereo partner (exact ground truth
+    like camera 02); without, it is never rendered.
 
     Attributes:
-        T_world_imu, T_world_cam, T_world_velo: (F, 4, 4) poses in the street frame.
+        T_world_imu, T_world_cam, T_world_velo: (F, 4, 4) poses in the street frame (T_world_cam: camera 02).
         poses: (F, 4, 4) camera-02-to-world with world = camera 02 at frame 0 (the poses file).
     """
 
-    def __init__(self, spec: DriveSpec, width: int = 416, height: int = 128, antialias: bool = True) -> None:
+    def __init__(
+        self,
+        spec: DriveSpec,
+        width: int = 416,
+        height: int = 128,
+        antialias: bool = True,
+        stereo: bool = False,
+    ) -> None:
         if spec.frames < 2:
             raise ValueError(f"a drive needs at least 2 frames, got {spec.frames}")
-        self.spec, self.antialias = spec, antialias
+        self.spec, self.antialias, self.stereo = spec, antialias, stereo
         self.rig = kl.KittiRig()
         self.date = _date(spec.seed).strftime("%Y_%m_%d")
         self.drive_folder = kl.drive_folder_name(self.date, spec.index + 1)
@@ -66,10 +78,23 @@ class SyntheticDrive(FrameSequence):
         self.stamps_ns = start_ns + self.offsets_ns  # UTC, as KITTI timestamps are read
         self.timestamps = self.stamps_ns / 1e9
         self.T_world_imu = self.trajectory.T_scene_imu
-        self.T_world_cam = self.T_world_imu @ np.linalg.inv(self.rig.T_cam_imu(CAMERA))
+        self.T_world_cam = self.T_world_camera(CAMERA)
         self.T_world_velo = self.T_world_imu @ np.linalg.inv(self.rig.T_velo_imu)
-        self.poses = np.linalg.inv(self.T_world_cam[0]) @ self.T_world_cam
-        self._cache: tuple[int, RenderedFrame] | None = None
+        self.poses = self.camera_poses(CAMERA)
+        self.odometer = odometer_from_positions(self.T_world_cam[:, :3, 3])
+        if stereo:
+            cam0_to_partner, cam0_to_cam = (self.rig.T_cam_cam0(c) for c in (STEREO_CAMERA, CAMERA))
+            self.stereo_transform = cam0_to_partner @ np.linalg.inv(cam0_to_cam)
+        self._cache: dict[str, tuple[int, RenderedFrame]] = {}  # camera -> its last rendered frame
+
+    def T_world_camera(self, camera: str) -> np.ndarray:
+        """(F, 4, 4) poses of rectified camera ``camera`` (a :class:`KittiRig` camera) in the street frame."""
+        return self.T_world_imu @ np.linalg.inv(self.rig.T_cam_imu(camera))
+
+    def camera_poses(self, camera: str) -> np.ndarray:
+        """(F, 4, 4) camera-to-world poses of ``camera``, world = that camera at frame 0 (its poses file)."""
+        T_world_camera = self.T_world_camera(camera)
+        return np.linalg.inv(T_world_camera[0]) @ T_world_camera
 
     @functools.cached_property
     def scene(self) -> StreetScene:
@@ -81,17 +106,22 @@ class SyntheticDrive(FrameSequence):
         first = len(self.scene.static) + 1
         return set(range(first, first + len(self.scene.dynamic)))
 
-    def render(self, index: int) -> RenderedFrame:
-        """Image, ground-truth depth and hit ids of frame ``index`` (the last frame is cached)."""
+    def render(self, index: int, camera: str = CAMERA) -> RenderedFrame:
+        """Image, ground-truth depth and hit ids of frame ``index`` seen by ``camera`` (02, or 03 with
+        ``stereo``); each camera's last frame is cached."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: frame {index} out of range [0, {len(self)})")
-        if self._cache is None or self._cache[0] != index:
-            rgb, depth, ids = render_camera(
-                self.scene, index, self.T_world_cam[index], self.intrinsics, self.antialias
-            )
+        if camera not in (CAMERA, STEREO_CAMERA) or (camera == STEREO_CAMERA and not self.stereo):
+            cameras = f"{CAMERA} or {STEREO_CAMERA}" if self.stereo else f"{CAMERA} (stereo is off)"
+            raise ValueError(f"{self.name}: no camera '{camera}', expected {cameras}")
+        cached = self._cache.get(camera)
+        if cached is None or cached[0] != index:
+            T_world_cam = self.T_world_camera(camera)[index]
+            rgb, depth, ids = render_camera(self.scene, index, T_world_cam, self.intrinsics, self.antialias)
             depth = np.where(np.isfinite(depth) & (depth <= MAX_GT_DEPTH), depth, 0).astype(np.float32)
-            self._cache = index, RenderedFrame((rgb * 255 + 0.5).astype(np.uint8), depth, ids)
-        return self._cache[1]
+            frame = RenderedFrame((rgb * 255 + 0.5).astype(np.uint8), depth, ids)
+            cached = self._cache[camera] = index, frame
+        return cached[1]
 
     def image(self, index: int) -> np.ndarray:
         return self.render(index).rgb
@@ -101,6 +131,11 @@ class SyntheticDrive(FrameSequence):
 
     def pose(self, index: int) -> np.ndarray:
         return self.poses[index].copy()
+
+    def stereo_image(self, index: int) -> np.ndarray:
+        if not self.stereo:
+            return super().stereo_image(index)
+        return self.render(index, STEREO_CAMERA).rgb
 
     def scan(self, index: int) -> np.ndarray:
         """Velodyne scan of frame ``index``: (N, 4) float32 in the velodyne frame."""

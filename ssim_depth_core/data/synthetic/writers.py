@@ -1,4 +1,8 @@
-"""Writing synthetic drives to disk: the KITTI raw layout, split files and rosbag2, drives in parallel."""
+"""Writing synthetic drives to disk: the KITTI raw layout, split files and rosbag2, drives in parallel.
+
+A stereo drive adds camera 03 (``image_03``, its ground truth and poses) and the right camera topic in the
+bag; every bag carries the drive's ground-truth motion (the IMU pose) as odometry.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ssim_depth_core.data import kitti_layout as kl
-from ssim_depth_core.data.synthetic.drive import FRAME_RATE, SyntheticDrive
+from ssim_depth_core.data.synthetic.drive import FRAME_RATE, STEREO_CAMERA, SyntheticDrive
 from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec
 from ssim_depth_core.imaging import encode_depth_png, write_png
 from ssim_depth_core.progress import progress_bar
@@ -47,8 +51,9 @@ def write_drive(
 ) -> Path:
     """Write ``drive`` under ``root`` in the KITTI raw layout (+ a rosbag2 under ``root/bags``).
 
-    ``on_frame`` is called after each frame (progress); ``calibration=False`` leaves the date folder's
-    calibration files to the caller (parallel writers of one date).
+    Camera 03 is written too when ``drive.stereo``. ``on_frame`` is called after each frame (progress);
+    ``calibration=False`` leaves the date folder's calibration files to the caller (parallel writers of one
+    date).
     """
     if bag not in BAG_STORAGES:
         raise ValueError(f"bag must be one of {BAG_STORAGES}, got '{bag}'")
@@ -62,14 +67,16 @@ def write_drive(
         shutil.rmtree(out)
     offsets = drive.offsets_ns
     half_sweep = int(0.5e9 / FRAME_RATE)
-    kl.write_timestamps(out / f"image_{CAMERA}" / "timestamps.txt", drive.start, offsets)
+    cameras = (CAMERA, STEREO_CAMERA) if drive.stereo else (CAMERA,)
+    for camera in cameras:
+        kl.write_timestamps(out / f"image_{camera}" / "timestamps.txt", drive.start, offsets)
+        kl.write_poses(out / f"poses_cam_{camera}.txt", drive.camera_poses(camera))
     kl.write_timestamps(out / "oxts" / "timestamps.txt", drive.start, offsets)
     velo = out / "velodyne_points"
     kl.write_timestamps(velo / "timestamps.txt", drive.start, offsets)
     kl.write_timestamps(velo / "timestamps_start.txt", drive.start, offsets - half_sweep)
     kl.write_timestamps(velo / "timestamps_end.txt", drive.start, offsets + half_sweep)
     kl.write_oxts(out / "oxts", drive.oxts())
-    kl.write_poses(out / f"poses_cam_{CAMERA}.txt", drive.poses)
 
     with contextlib.ExitStack() as stack:
         bag_writer = None
@@ -85,16 +92,26 @@ def write_drive(
                 logger.info("replacing existing bag %s", bag_dir)
                 shutil.rmtree(bag_dir)
             bag_dir.parent.mkdir(parents=True, exist_ok=True)
-            bag_writer = stack.enter_context(CameraBagWriter(bag_dir, drive.intrinsics, storage=bag))
+            baseline = -float(drive.stereo_transform[0, 3]) if drive.stereo else None
+            bag_writer = stack.enter_context(
+                CameraBagWriter(bag_dir, drive.intrinsics, storage=bag, stereo_baseline=baseline)
+            )
         for index in range(len(drive)):
-            frame = drive.render(index)
             name = f"{index:010d}"
-            write_png(out / f"image_{CAMERA}" / "data" / f"{name}.png", frame.rgb)
-            depth_png = out / "proj_depth" / "groundtruth" / f"image_{CAMERA}" / f"{name}.png"
-            write_png(depth_png, encode_depth_png(frame.depth))
+            frames = {camera: drive.render(index, camera) for camera in cameras}
+            for camera, frame in frames.items():
+                write_png(out / f"image_{camera}" / "data" / f"{name}.png", frame.rgb)
+                depth_png = out / "proj_depth" / "groundtruth" / f"image_{camera}" / f"{name}.png"
+                write_png(depth_png, encode_depth_png(frame.depth))
             kl.write_velodyne(velo / "data" / f"{name}.bin", drive.scan(index))
             if bag_writer is not None:
-                bag_writer.write(frame.rgb, int(drive.stamps_ns[index]))
+                right = frames.get(STEREO_CAMERA)
+                bag_writer.write(
+                    frames[CAMERA].rgb,
+                    int(drive.stamps_ns[index]),
+                    right_rgb=None if right is None else right.rgb,
+                    odometry=drive.T_world_imu[index],
+                )
             if on_frame is not None:
                 on_frame()
     return out
@@ -116,12 +133,13 @@ def split_entries(drives: list[SyntheticDrive]) -> dict[str, list[tuple[str, int
     return {"train": train, "val": val, "test": test}
 
 
-def _write_drive_task(spec: DriveSpec, width: int, height: int, root: Path, bag: str, ticks: Any) -> None:
+def _write_drive_task(
+    spec: DriveSpec, width: int, height: int, stereo: bool, root: Path, bag: str, ticks: Any
+) -> None:
     """Worker process body: one drive, single-threaded torch (the processes share the cores)."""
     torch.set_num_threads(1)
-    write_drive(
-        SyntheticDrive(spec, width, height), root, bag, on_frame=lambda: ticks.put(1), calibration=False
-    )
+    drive = SyntheticDrive(spec, width, height, stereo=stereo)
+    write_drive(drive, root, bag, on_frame=lambda: ticks.put(1), calibration=False)
 
 
 def generate_dataset(
@@ -134,14 +152,16 @@ def generate_dataset(
     bag: str = "mcap",
     progress: bool = True,
     workers: int | None = None,
+    stereo: bool = False,
 ) -> Path:
     """Render ``drives`` synthetic drives of ``frames`` frames at ``width`` x ``height`` into ``out_dir``.
 
     Writes the KITTI raw layout under ``out_dir/<date>`` (date = 2001-01-01 + seed days), split files under
     ``out_dir/splits/synthetic/{train,val,test}_files.txt`` and, unless ``bag == "none"``, one rosbag2
-    (``mcap`` or ``sqlite3``) per drive under ``out_dir/bags/<drive folder>``. Deterministic in ``seed``
-    (and independent of ``workers``: drives are rendered in parallel processes, one per CPU core by default).
-    Returns ``out_dir``.
+    (``mcap`` or ``sqlite3``) per drive under ``out_dir/bags/<drive folder>``, with the ground-truth motion
+    on its odometry topic. ``stereo`` adds camera 03 (0.54 m right of camera 02) to the drives and the bags
+    (twice the rendering time). Deterministic in ``seed`` (and independent of ``workers``: drives are
+    rendered in parallel processes, one per CPU core by default). Returns ``out_dir``.
     """
     if drives < 1:
         raise ValueError(f"drives must be >= 1, got {drives}")
@@ -151,7 +171,7 @@ def generate_dataset(
         raise ValueError(f"bag must be one of {BAG_STORAGES}, got '{bag}'")
     root = Path(out_dir)
     specs = [DriveSpec.for_dataset(seed, index, drives, frames) for index in range(drives)]
-    made = [SyntheticDrive(spec, width, height) for spec in specs]
+    made = [SyntheticDrive(spec, width, height, stereo=stereo) for spec in specs]
     for drive in made:
         logger.info(
             "drive %s: %d frames at %dx%d, %.0f m, lead car %s, standstill %s, oncoming cars %s",
@@ -168,7 +188,7 @@ def generate_dataset(
                     write_drive(drive, root, bag, on_frame=bar.update)
         else:
             write_calibration(root, made[0])
-            _write_in_parallel(specs, width, height, root, bag, workers, bar)
+            _write_in_parallel(specs, width, height, stereo, root, bag, workers, bar)
     if drives == 1:
         logger.warning("a single drive is used for training, validation and test alike")
     for split, entries in split_entries(made).items():
@@ -190,13 +210,22 @@ def _single_threaded_torch() -> Iterator[None]:
 
 
 def _write_in_parallel(
-    specs: list[DriveSpec], width: int, height: int, root: Path, bag: str, workers: int, bar: tqdm
+    specs: list[DriveSpec],
+    width: int,
+    height: int,
+    stereo: bool,
+    root: Path,
+    bag: str,
+    workers: int,
+    bar: tqdm,
 ) -> None:
     """One drive per task in ``workers`` spawned processes; frame ticks come back through a queue."""
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         ticks = manager.Queue()
-        tasks = [pool.submit(_write_drive_task, spec, width, height, root, bag, ticks) for spec in specs]
+        tasks = [
+            pool.submit(_write_drive_task, spec, width, height, stereo, root, bag, ticks) for spec in specs
+        ]
         while not all(task.done() for task in tasks) or not ticks.empty():
             try:
                 ticks.get(timeout=0.2)

@@ -8,6 +8,13 @@ Threading: the image subscription callback only stores the newest message (repla
 counts as a dropped frame) and wakes a worker thread, which decodes, infers and publishes. The executor is
 never blocked by inference, and the node never builds a backlog: it always works on the latest frame.
 
+Metres: parameter ``scale_source`` (:class:`~ssim_depth_core.runtime.frames.ScaleSettings`): ``model`` (the
+default; the model must be metric, velocity- or stereo-supervised, or the node refuses to start), ``fixed``
+(``depth_scale``) or ``camera_height`` (the ground plane fitted per frame with ``camera_height``,
+``camera_pitch``, ``camera_roll``). With ``camera_height`` nothing metric is guessed: until the first plane
+fit, and once the plane has been lost for more than a few frames, depth, depth/camera_info and points are
+withheld (a throttled warning says why; the preview, normalised per frame, is still published).
+
 Topics (all relative, remappable; outputs carry the input header):
     image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage, parameter ``compressed``),
     camera_info (sensor_msgs/CameraInfo) in, sensor-data QoS unless overridden by the parameters
@@ -15,11 +22,14 @@ Topics (all relative, remappable; outputs carry the input header):
     than ``max_input_pixels`` are dropped before decoding; an unusable camera_info (implausible intrinsics,
     another aspect ratio) is ignored for the fx/fy/cx/cy parameters or, without them, depth only;
     depth (32FC1, metres, NaN = invalid), depth/camera_info, points (PointCloud2 x y z rgb),
-    depth/preview (bgr8) out.
+    depth/preview (bgr8) out; depth/scale (std_msgs/Float32: the scale applied to the frame, NaN when its
+    depth is withheld) out once per processed frame, just before that frame's depth: Float32 has no header,
+    so a subscriber pairs it with the depth by arrival order, not by stamp.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -34,6 +44,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Float32, Header
 
 from ssim_depth.codecs import (
     ImageDecodeError,
@@ -47,8 +58,16 @@ from ssim_depth.codecs import (
 )
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.runtime.backends import BACKENDS
-from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings
+from ssim_depth_core.runtime.frames import (
+    DepthFrame,
+    FrameOptions,
+    FramePipeline,
+    ModelSettings,
+    ScaleSettings,
+    scale_problem,
+)
 from ssim_depth_core.runtime.latency import FrameStats
+from ssim_depth_core.runtime.scale import GroundPlaneSettings
 
 WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings
 OUTPUT_QOS = QoSProfile(depth=5)  # reliable: RViz and rosbag2 defaults can subscribe
@@ -62,7 +81,11 @@ class DepthParams:
     backend: str = "auto"
     min_depth: float = 0.0
     max_depth: float = 0.0
+    scale_source: str = "model"
     depth_scale: float = 1.0
+    camera_height: float = 0.0
+    camera_pitch: float = 0.0
+    camera_roll: float = 0.0
     range_min: float = 0.0
     range_max: float = 0.0
     output_resolution: str = "input"
@@ -78,14 +101,18 @@ class DepthParams:
     max_input_pixels: int = 16_000_000
 
     def model_settings(self) -> ModelSettings:
-        """The frame pipeline's model settings (0 depth limits = the model's range); raises ValueError."""
+        """The frame pipeline's model settings (0 depth limits = the model's range, camera_height 0 = unset);
+        raises ValueError."""
+        ground = None
+        if self.camera_height > 0:
+            ground = GroundPlaneSettings(self.camera_height, self.camera_pitch, self.camera_roll)
         return ModelSettings(
             self.model_path,
             self.backend,
             min_depth=self.min_depth or None,
             max_depth=self.max_depth or None,
-            depth_scale=self.depth_scale,
             output_resolution=self.output_resolution,
+            scale=ScaleSettings(self.scale_source, self.depth_scale, ground),
         )
 
     def frame_options(self) -> FrameOptions:
@@ -117,7 +144,27 @@ _DESCRIPTORS = {
         "network depth range maximum in metres; 0 = the model's training range",
         _float_range(0, 1e5),
     ),
-    "depth_scale": ("metric scale factor multiplying every depth", _float_range(1e-6, 1e6)),
+    "scale_source": (
+        "where metres come from: model (the model is metric: velocity or stereo supervision) | camera_height "
+        "(the ground plane fitted per frame, with camera_height) | fixed (depth_scale)",
+        {},
+    ),
+    "depth_scale": ("scale_source fixed: the factor multiplying every depth", _float_range(1e-6, 1e6)),
+    "camera_height": (
+        "scale_source camera_height: height of the camera's optical centre above the ground in metres; "
+        "0 = unset",
+        _float_range(0, 100),
+    ),
+    "camera_pitch": (
+        "scale_source camera_height: angle of the optical axis below the horizontal in radians (REP 103 "
+        "pitch: > 0 looks down)",
+        _float_range(-1.5, 1.5),
+    ),
+    "camera_roll": (
+        "scale_source camera_height: roll about the optical axis in radians (REP 103: > 0 lowers the "
+        "image's right side)",
+        _float_range(-1.5, 1.5),
+    ),
     "range_min": ("published depths <= range_min become NaN (0 = no limit)", _float_range(0, 1e5)),
     "range_max": ("published depths >= range_max become NaN (0 = no limit)", _float_range(0, 1e5)),
     "output_resolution": ("resolution of depth, depth/camera_info and points: input | network", {}),
@@ -180,6 +227,7 @@ class DepthNode(Node):
             Node.destroy_node(self)  # nothing of ours to stop yet
             raise
         self._reload = False
+        self._scale_line = f"scale source {self.params.scale_source}: no frame yet"
 
         self.stats = FrameStats()
         self._cond = threading.Condition()
@@ -191,6 +239,7 @@ class DepthNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, "depth/camera_info", OUTPUT_QOS)
         self._points_pub = self.create_publisher(PointCloud2, "points", OUTPUT_QOS)
         self._preview_pub = self.create_publisher(Image, "depth/preview", OUTPUT_QOS)
+        self._scale_pub = self.create_publisher(Float32, "depth/scale", OUTPUT_QOS)
         image_type, image_topic = (
             (CompressedImage, "image/compressed") if self.params.compressed else (Image, "image")
         )
@@ -221,7 +270,8 @@ class DepthNode(Node):
         estimator = self._pipeline.estimator
         self.get_logger().info(
             f"serving {self.params.model_path} on {estimator.backend.name} at {estimator.input_size[1]}x"
-            f"{estimator.input_size[0]}, depth range [{estimator.min_depth}, {estimator.max_depth}] m; "
+            f"{estimator.input_size[0]}, depth range [{estimator.min_depth}, {estimator.max_depth}] m, "
+            f"metric: {estimator.backend.metric}, scale source {self.params.scale_source}; "
             f"input {self._image_topic}"
         )
 
@@ -241,7 +291,13 @@ class DepthNode(Node):
         return DepthParams(**values)
 
     def _check_new_params(self, parameters: list[Parameter]) -> SetParametersResult:
-        problem = validate_params(self._read_params({p.name: p.value for p in parameters}))
+        params = self._read_params({p.name: p.value for p in parameters})
+        problem = validate_params(params)
+        serving = self._pipeline.settings
+        if problem is None and (params.model_path, params.backend) == (serving.model_path, serving.backend):
+            # the open model decides now; a new model is checked when the worker opens it
+            metric = self._pipeline.estimator.backend.metric
+            problem = scale_problem(params.model_settings().scale, metric, params.model_path)
         return SetParametersResult(successful=problem is None, reason=problem or "")
 
     def _apply_new_params(self, parameters: list[Parameter]) -> None:
@@ -274,7 +330,7 @@ class DepthNode(Node):
             self._stats_timer = self.create_timer(period, self._log_stats)
 
     def _log_stats(self) -> None:
-        self.get_logger().info(self.stats.take_window())
+        self.get_logger().info(f"{self.stats.take_window()}; {self._scale_line}")
 
     # ------------------------------------------------------------------------------------------ callbacks
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -320,7 +376,27 @@ class DepthNode(Node):
         params, header = self.params, msg.header
         camera, info, problem = self._camera(rgb.shape[1], rgb.shape[0])
         frame = self._pipeline(rgb, camera, params.frame_options())
-        self._depth_pub.publish(depth_to_image_msg(frame.depth, header))
+        self._scale_line = _describe_scale(frame, self._pipeline.estimator.backend.metric)
+        self._scale_pub.publish(Float32(data=math.nan if frame.scale is None else frame.scale))
+        if frame.depth is None:
+            reasons = [r for r in (problem, frame.camera_problem, frame.ground.reason) if r]
+            self.get_logger().warning(
+                f"no metric scale ({'; '.join(reasons)}): withholding depth, depth/camera_info and points",
+                throttle_duration_sec=WARN_PERIOD_S,
+            )
+        else:
+            self._depth_pub.publish(depth_to_image_msg(frame.depth, header))
+            self._publish_camera_info(frame, info, problem, header)
+        if frame.cloud is not None:
+            self._points_pub.publish(cloud_to_pointcloud2_msg(frame.cloud, header))
+        if frame.preview is not None:
+            self._preview_pub.publish(preview_image_msg(frame.preview, header))
+        self.stats.frame_done(time.monotonic() - received)
+
+    def _publish_camera_info(
+        self, frame: DepthFrame, info: CameraInfo | None, problem: str | None, header: Header
+    ) -> None:
+        """depth/camera_info of a published depth, or a throttled warning why there is none."""
         if frame.intrinsics is None:
             reasons = [r for r in (problem, frame.camera_problem) if r] or [
                 "no camera_info yet and fx/fy/cx/cy unset"
@@ -329,22 +405,17 @@ class DepthNode(Node):
                 f"{'; '.join(reasons)}: publishing depth only (no points, no depth/camera_info)",
                 throttle_duration_sec=WARN_PERIOD_S,
             )
-        else:
-            if problem:
-                self.get_logger().warning(
-                    f"{problem}: using the fx/fy/cx/cy parameters", throttle_duration_sec=WARN_PERIOD_S
-                )
-            height, width = frame.depth.shape
-            self._info_pub.publish(
-                scaled_camera_info(info, width, height, header)
-                if info is not None
-                else camera_info_from_intrinsics(frame.intrinsics, header)
+            return
+        if problem:
+            self.get_logger().warning(
+                f"{problem}: using the fx/fy/cx/cy parameters", throttle_duration_sec=WARN_PERIOD_S
             )
-        if frame.cloud is not None:
-            self._points_pub.publish(cloud_to_pointcloud2_msg(frame.cloud, header))
-        if frame.preview is not None:
-            self._preview_pub.publish(preview_image_msg(frame.preview, header))
-        self.stats.frame_done(time.monotonic() - received)
+        height, width = frame.depth.shape
+        self._info_pub.publish(
+            scaled_camera_info(info, width, height, header)
+            if info is not None
+            else camera_info_from_intrinsics(frame.intrinsics, header)
+        )
 
     def _camera(self, width: int, height: int) -> tuple[Intrinsics | None, CameraInfo | None, str | None]:
         """The latest camera_info as intrinsics of the ``width`` x ``height`` image; the message itself when
@@ -374,6 +445,15 @@ class DepthNode(Node):
             self._worker.join()
         self._pipeline.close()
         super().destroy_node()
+
+
+def _describe_scale(frame: DepthFrame, metric: str) -> str:
+    """The scale part of the statistics line."""
+    if frame.ground is not None:
+        return f"scale source camera_height: {frame.ground.describe()}"
+    if frame.scale_source == "model":
+        return f"scale 1 (source model, metric by {metric})"
+    return f"scale {frame.scale:g} (source fixed: depth_scale)"
 
 
 def main(args: list[str] | None = None) -> int:

@@ -22,3 +22,5 @@ _spec.loader.exec_module(_shared)
 
 random_checkpoint = _shared.random_checkpoint
 random_onnx = _shared.random_onnx
+velocity_checkpoint = _shared.velocity_checkpoint
+velocity_onnx = _shared.velocity_onnx

@@ -1,16 +1,21 @@
 """The depth node and the bag player on a real ROS 2 graph (rclpy from the pip wheels, DDS on localhost).
 
-A randomly initialised 64x96 network is exported to ONNX and served with onnxruntime; the published depth
-is compared with the bare DepthEstimator on the same frame, the cloud with the pinhole back-projection
-formula written out here. Every node runs in one rclpy context with its own namespace, so tests cannot
-hear each other; the domain id is random and discovery is limited to localhost, so parallel runs cannot
-either. Waiting is bounded (TIMEOUT) and fails with what was awaited.
+A randomly initialised 64x96 network is exported to ONNX and served with onnxruntime (scale source "fixed":
+the network is scale-less); the published depth is compared with the bare DepthEstimator on the same frame,
+the cloud with the pinhole back-projection formula written out here. The scale sources are checked with
+"oracle" models (the repository's tests/depth_oracle.py) that predict a rendered street's exact depth / 3.
+Every node runs in one rclpy context with its own namespace, so tests cannot hear each other; the domain id
+is random and discovery is limited to localhost, so parallel runs cannot either. Waiting is bounded
+(TIMEOUT) and fails with what was awaited.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import math
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -32,6 +37,7 @@ from skimage import data
 from ssim_depth.codecs import image_msg_to_depth
 from ssim_depth.node import DepthNode
 from ssim_depth.tools.play import play
+from std_msgs.msg import Float32
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.bagio import CameraBagWriter
@@ -45,6 +51,10 @@ TIMEOUT = 20.0
 OUTPUTS = {"depth": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "depth/preview": Image}
 _stamps = itertools.count(1)
 _namespaces = itertools.count(1)
+_ORACLE = Path(__file__).resolve().parents[4] / "tests" / "depth_oracle.py"
+_spec = importlib.util.spec_from_file_location("ssim_depth_test_depth_oracle", _ORACLE)
+depth_oracle = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(depth_oracle)
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -88,7 +98,13 @@ class Graph:
     def __init__(self, ros, model: Path, **params) -> None:
         self.context, self.executor = ros
         namespace = f"/t{next(_namespaces)}"
-        overrides = {"model_path": str(model), "backend": "onnxruntime", "stats_period": 0.0, **params}
+        overrides = {
+            "model_path": str(model),
+            "backend": "onnxruntime",
+            "stats_period": 0.0,
+            "scale_source": "fixed",
+            **params,
+        }
         overrides = {name.replace("{namespace}", namespace): value for name, value in overrides.items()}
         self.node = DepthNode(
             context=self.context,
@@ -99,6 +115,8 @@ class Graph:
         self.received: dict[str, dict[tuple[int, int], object]] = {topic: {} for topic in OUTPUTS}
         for topic, kind in OUTPUTS.items():
             self.client.create_subscription(kind, topic, lambda msg, t=topic: self._store(t, msg), 10)
+        self.scales: list[float] = []  # depth/scale in arrival order (Float32 has no header)
+        self.client.create_subscription(Float32, "depth/scale", lambda msg: self.scales.append(msg.data), 10)
         self.image_pub = self.client.create_publisher(Image, "image", 10)
         self.compressed_pub = self.client.create_publisher(CompressedImage, "image/compressed", 10)
         self.info_pub = self.client.create_publisher(CameraInfo, "camera_info", 10)
@@ -504,6 +522,8 @@ def test_parameter_validation(graph, model, ros, tmp_path):
         "output_resolution": ("half", "output_resolution 'half'"),
         "model_path": (str(tmp_path / "missing.onnx"), "missing.onnx' is not a file"),
         "min_depth": (200.0, "min_depth 200.0 must be < max_depth"),
+        "scale_source": ("lidar", "scale_source 'lidar' is not one of model, camera_height, fixed"),
+        "camera_pitch": (2.0, "out of range"),
     }
     g.node.set_parameters([Parameter("max_depth", value=100.0)])
     for name, (value, reason) in cases.items():
@@ -581,3 +601,134 @@ def test_player_publishes_the_recorded_messages(ros, tmp_path, photo):
         np.testing.assert_allclose(infos[stamp].k, intrinsics.matrix.ravel())
     with pytest.raises(ValueError, match="rate must be > 0"):
         play(tmp_path / "bag", rate=0.0, node=player)
+
+
+# ------------------------------------------------------------------------------------------ scale sources
+@pytest.fixture(scope="module")
+def street():
+    return depth_oracle.synthetic_street()
+
+
+@pytest.fixture(scope="module")
+def oracles(street, tmp_path_factory):
+    """Models predicting the street's depth / 3: scale-less, and one whose metadata says velocity-trained."""
+    folder = tmp_path_factory.mktemp("oracles")
+    third = street.depth / 3.0
+    return {
+        metric: depth_oracle.write_oracle_onnx(folder / f"{metric}.onnx", third, metric)
+        for metric in ("none", "velocity")
+    }
+
+
+def street_request(g: Graph, street, outputs=("depth",)) -> dict[str, object]:
+    k = street.intrinsics
+    info = CameraInfo(width=k.width, height=k.height, distortion_model="plumb_bob", d=[0.0] * 5)
+    info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+    return g.request(image_msg(street.rgb), info, outputs=outputs)
+
+
+def latest_scale(g: Graph, condition, what: str) -> float:
+    """The newest depth/scale once one satisfies ``condition`` (it is published just before the depth)."""
+    wait_until(lambda: g.scales and condition(g.scales[-1]), f"depth/scale {what}")
+    return g.scales[-1]
+
+
+def test_scale_source_model_refuses_a_scale_less_model_at_start(ros, oracles):
+    context, _ = ros
+    with pytest.raises(ValueError) as error:
+        DepthNode(
+            context=context,
+            namespace="/scale_less",
+            parameter_overrides=[Parameter("model_path", value=str(oracles["none"]))],  # default: model
+        )
+    message = str(error.value)
+    assert str(oracles["none"]) in message and "scale-less" in message
+    assert "'camera_height'" in message and "'fixed'" in message
+
+
+def test_scale_source_model_serves_a_metric_model_as_it_is(graph, oracles, street):
+    g = graph(model_path=str(oracles["velocity"]), scale_source="model")
+    depth = image_msg_to_depth(street_request(g, street)["depth"])
+    valid = street.depth > 0
+    np.testing.assert_allclose(depth[valid], street.depth[valid] / 3.0, rtol=1e-4)
+    assert latest_scale(g, lambda s: True, "after the first frame") == 1.0
+
+
+def test_scale_source_fixed_publishes_its_factor(graph, estimator, photo):
+    g = graph(depth_scale=2.5, publish_preview=False)
+    out = g.request(image_msg(photo), camera_info(), outputs=("depth", "points"))
+    depth = image_msg_to_depth(out["depth"])
+    np.testing.assert_allclose(depth, 2.5 * estimator(photo), rtol=1e-5)
+    check_cloud(out["points"], depth, np.asarray(K_MATRIX), photo, stride=2)
+    assert latest_scale(g, lambda s: True, "after the first frame") == 2.5
+
+
+def test_scale_source_camera_height_makes_the_street_metric(graph, oracles, street, capfd):
+    g = graph(
+        model_path=str(oracles["none"]),
+        scale_source="camera_height",
+        camera_height=street.camera_height,
+        stats_period=0.2,
+    )
+    out = street_request(g, street, outputs=("depth", "depth/camera_info", "points"))
+    depth = image_msg_to_depth(out["depth"])
+    valid = street.depth > 0
+    np.testing.assert_allclose(depth[valid], street.depth[valid], rtol=0.05)
+    assert latest_scale(g, math.isfinite, "finite") == pytest.approx(3.0, rel=0.05)
+    fields = cloud_arrays(out["points"])  # stride 2; up is -y in the level camera's optical frame
+    ground = (street.ground & valid)[::2, ::2]
+    assert np.median(-fields["y"][ground]) == pytest.approx(-street.camera_height, rel=0.05)
+    pattern = re.compile(
+        r"fps, .*; scale source camera_height: ground-plane scale ([0-9.]+) \(\d+/\d+ inliers\)"
+    )
+    logged = []
+    wait_until(lambda: logged.extend(pattern.findall(capfd.readouterr().err)) or logged, "a statistics line")
+    assert float(logged[-1]) == pytest.approx(3.0, rel=0.05)
+
+
+def test_camera_height_without_a_plane_withholds_depth_and_publishes_nan(graph, oracles, street, capfd):
+    """Configured as looking 20 degrees up, the ground is never below the horizon: no scale, no metres."""
+    g = graph(
+        model_path=str(oracles["none"]),
+        scale_source="camera_height",
+        camera_height=street.camera_height,
+        camera_pitch=-0.35,
+    )
+    msg = street_request(g, street, outputs=("depth/preview",))  # the preview is scale-free: still published
+    assert math.isnan(latest_scale(g, math.isnan, "NaN"))
+    stamp = (msg["depth/preview"].header.stamp.sec, msg["depth/preview"].header.stamp.nanosec)
+    time.sleep(0.5)  # what would have come with the preview has arrived by now
+    for topic in ("depth", "depth/camera_info", "points"):
+        assert stamp not in g.received[topic], topic
+    assert g.node.stats.failed == 0
+    warning = capfd.readouterr().err
+    assert "no metric scale (0 points below the horizon" in warning
+    assert "withholding depth, depth/camera_info and points" in warning
+
+
+def test_switching_the_scale_source_at_runtime(graph, oracles, street):
+    g = graph(model_path=str(oracles["none"]), depth_scale=2.0)  # fixed
+    street_request(g, street)
+    assert latest_scale(g, lambda s: s == 2.0, "2.0") == 2.0
+
+    (result,) = g.node.set_parameters([Parameter("scale_source", value="camera_height")])
+    assert not result.successful and "needs camera_height" in result.reason
+    results = g.node.set_parameters_atomically(
+        [
+            Parameter("scale_source", value="camera_height"),
+            Parameter("camera_height", value=street.camera_height),
+        ]
+    )
+    assert results.successful, results.reason
+    street_request(g, street)
+    assert latest_scale(g, lambda s: s != 2.0, "from the ground") == pytest.approx(3.0, rel=0.05)
+
+    (result,) = g.node.set_parameters([Parameter("scale_source", value="model")])
+    assert not result.successful and "scale_source 'model' needs a metric model" in result.reason
+    assert g.node.params.scale_source == "camera_height"
+
+    (result,) = g.node.set_parameters([Parameter("scale_source", value="fixed")])
+    assert result.successful
+    depth = image_msg_to_depth(street_request(g, street)["depth"])
+    valid = street.depth > 0
+    np.testing.assert_allclose(depth[valid], 2.0 * street.depth[valid] / 3.0, rtol=1e-4)

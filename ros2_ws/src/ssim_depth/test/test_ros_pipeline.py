@@ -31,8 +31,9 @@ TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
-def model(random_onnx):
-    return random_onnx
+def model(velocity_onnx):
+    """A metric model, as ``make demo`` serves: the node's default scale source ``model`` accepts it."""
+    return velocity_onnx
 
 
 @pytest.fixture(scope="module")

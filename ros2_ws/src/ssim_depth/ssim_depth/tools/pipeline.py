@@ -16,7 +16,11 @@ Output folder: the recorder's files plus ``node.log`` (the node's output) and ``
 :func:`run_pipeline` returns).
 
     ros2 run ssim_depth pipeline --model depth.onnx --bag BAG --out OUT [--rate R] [--backend B]
-        [--param name:=value ...]
+        [--scale-source model|camera_height|fixed] [--depth-scale S] [--camera-height M]
+        [--camera-pitch RAD] [--camera-roll RAD] [--param name:=value ...]
+
+The scale options set the node's parameters of the same names (unset: the node's defaults, scale source
+``model``, which refuses a scale-less model).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ssim_depth_core.data.rosbag import (
     select_camera_info_topic,
     select_image_topic,
 )
+from ssim_depth_core.runtime.frames import SCALE_SOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-topic", help="image topic to play (default: the bag's only one)")
     parser.add_argument("--camera-info-topic", help="CameraInfo topic to play (default: the image's)")
     parser.add_argument(
+        "--scale-source",
+        choices=SCALE_SOURCES,
+        help="where metres come from: model (a metric model; the node's default) | camera_height | fixed",
+    )
+    parser.add_argument("--depth-scale", type=float, help="scale source fixed: the factor on every depth")
+    parser.add_argument(
+        "--camera-height",
+        type=float,
+        help="scale source camera_height: the camera's height above the ground (m)",
+    )
+    parser.add_argument("--camera-pitch", type=float, help="optical axis below the horizontal (rad)")
+    parser.add_argument("--camera-roll", type=float, help="roll about the optical axis (rad)")
+    parser.add_argument(
         "--param", action="append", default=[], metavar="NAME:=VALUE", help="a further node parameter"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the last frame")
@@ -303,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "--startup-timeout", type=float, default=300.0, help="seconds for the node to load the model"
     )
     args = parser.parse_args(argv)
-    params = {}
+    scale_options = ("scale_source", "depth_scale", "camera_height", "camera_pitch", "camera_roll")
+    params = {name: getattr(args, name) for name in scale_options if getattr(args, name) is not None}
     for item in args.param:
         name, separator, value = item.partition(":=")
         if not separator or not name:

@@ -1,0 +1,198 @@
+"""Metric depth without a hand-set factor, measured: velocity supervision, MS stereo, camera-height scale.
+
+Trains the CPU recipe (``training/configs/synthetic_cpu.yaml``, its number of steps) per variant and seed on
+synthetic stereo drives with odometry (seed 1, camera 02 targets of every drive), evaluates each on a held-out
+drive of an unseen data seed (seed 2) through the serving estimator, without median scaling and with it, and
+runs the camera-height ground-plane scale over the held-out frames. Variants:
+
+- ``velocity``: the recipe (velocity supervision from the drives' odometry);
+- ``ms``: temporal + stereo sources (Monodepth2's MS), no velocity term, the untrained net at 10 m
+  (``model.initial_depth``: from the default ~0.2 m the stereo warp's disparities all leave the image and the
+  baseline never pulls the scale);
+- ``none``: photometric only, scale-less: the peer for the camera-height scale;
+- ``ms_default_init``: ``ms`` from the default initial depth (about 0.2 m), which shows why ``ms`` needs
+  ``model.initial_depth``.
+
+One JSON record per (variant, seed) is appended to ``--results`` as soon as it is measured; a rerun skips the
+records already there and resumes an interrupted training run from its last checkpoint.
+
+    python bench/metric_depth.py --out runs/metric --seeds 0 1 --variants velocity ms none
+    python bench/metric_depth.py --report     # the table of the records so far, training nothing
+
+Prints a markdown table for docs/training.md (mean +- std over seeds) and the issue's acceptance checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from ssim_depth_core.apps.evaluate import evaluate_model
+from ssim_depth_core.config import DataConfig, load_config
+from ssim_depth_core.data import kitti_layout as kl
+from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.synthetic import CAMERA_HEIGHT, generate_dataset
+from ssim_depth_core.runtime.estimator import DepthEstimator
+from ssim_depth_core.runtime.scale import GroundPlaneScale, GroundPlaneSettings
+from ssim_depth_core.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "velocity": [],
+    "ms": ["data.stereo=true", "loss.weights.velocity=0", "model.initial_depth=10"],
+    "none": ["loss.weights.velocity=0"],
+    "ms_default_init": ["data.stereo=true", "loss.weights.velocity=0"],
+}
+log = logging.getLogger("metric_depth")
+
+
+def prepare_data(out: Path, drives: int, frames: int) -> tuple[Path, Path, Path]:
+    """Stereo training drives (seed 1) with a split of every drive's camera-02 frames, and a held-out drive
+    (seed 2), rendered once. Returns (data, its split file, held-out root)."""
+    data, heldout = out / "data", out / "heldout"
+    split = data / "splits" / "all_left" / "train_files.txt"
+    if not split.is_file():
+        generate_dataset(data, seed=1, drives=drives, frames=frames, bag="none", stereo=True)
+        drive_dirs = sorted(p for p in data.glob("*/*_sync") if p.is_dir())
+        entries = [(f"{d.parent.name}/{d.name}", i) for d in drive_dirs for i in range(1, frames - 1)]
+        kl.write_split(split, entries)
+    if not (heldout / "splits").is_dir():
+        generate_dataset(heldout, seed=2, drives=1, frames=60, bag="none")
+    return data, split, heldout
+
+
+def train(
+    variant: str, seed: int, data: Path, split: Path, run: Path, config_path: Path
+) -> tuple[Path, float]:
+    """Train one variant (resuming an interrupted run); returns best.pt and the training minutes."""
+    overrides = [f"seed={seed}", f"data.train_split={split}", "data.val_split=none", *VARIANTS[variant]]
+    config = load_config(config_path, overrides)
+    resume = (run / "checkpoints" / "last.pt").is_file()
+    tic = time.perf_counter()
+    Trainer(config, data, run, resume=resume).fit()
+    return run / "checkpoints" / "best.pt", (time.perf_counter() - tic) / 60
+
+
+def camera_height_errors(checkpoint: Path, heldout: Path) -> dict[str, float]:
+    """Camera-height scale vs median(gt) / median(pred) per frame, over the held-out drive in order: the
+    smoothed scale the node applies (``ground_error_*``) and each frame's own fit
+    (``ground_frame_error_*``)."""
+    (sequence,) = open_sequences(heldout, DataConfig())
+    estimator = DepthEstimator(checkpoint, backend="torch")
+    ground = GroundPlaneScale(GroundPlaneSettings(camera_height=CAMERA_HEIGHT))
+    errors, frame_errors = [], []
+    for index in range(len(sequence)):
+        depth = estimator(sequence.image(index))
+        state = ground.update(depth, sequence.intrinsics)
+        gt = sequence.depth(index)
+        valid = (gt > 1e-3) & (gt < 80)
+        reference = np.median(gt[valid]) / np.median(depth[valid])
+        if state.scale is not None:
+            errors.append(abs(state.scale / reference - 1))
+        if state.frame_scale is not None:
+            frame_errors.append(abs(state.frame_scale / reference - 1))
+    summary = {"ground_frames": len(sequence), "ground_fitted": len(frame_errors)}
+    for name, values in (("ground_error", errors), ("ground_frame_error", frame_errors)):
+        summary[f"{name}_median"] = float(np.median(values)) if values else float("nan")
+        summary[f"{name}_p90"] = float(np.percentile(values, 90)) if values else float("nan")
+    return summary
+
+
+def read_records(results: Path) -> list[dict]:
+    if not results.is_file():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} +- {np.std(values):.3f}" if values else "-"
+
+
+def report(records: list[dict]) -> str:
+    """Markdown table per variant (mean +- std over seeds) and the issue's acceptance checks per record."""
+    lines = [
+        "| variant | seeds | AbsRel in metres | AbsRel median-scaled | a1 in metres | scale ratio mean | "
+        "scale ratio std | camera-height error median (smoothed / per frame) | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    checks = []
+    for variant in VARIANTS:
+        runs = [r for r in records if r["variant"] == variant]
+        if not runs:
+            continue
+        metric = [r["metric"] for r in runs if "metric" in r]
+        frame_errors = [r["ground_frame_error_median"] for r in runs if "ground_frame_error_median" in r]
+        lines.append(
+            f"| {variant} | {', '.join(str(r['seed']) for r in runs)} "
+            f"| {_mean_std([m['abs_rel'] for m in metric])} "
+            f"| {_mean_std([r['median']['abs_rel'] for r in runs])} "
+            f"| {_mean_std([m['a1'] for m in metric])} "
+            f"| {_mean_std([r['scale_mean'] for r in runs])} "
+            f"| {_mean_std([r['scale_std'] for r in runs])} "
+            f"| {_mean_std([r['ground_error_median'] for r in runs])} / {_mean_std(frame_errors)} "
+            f"| {min(r['train_minutes'] for r in runs):.1f}-{max(r['train_minutes'] for r in runs):.1f} |"
+        )
+        for r in runs:
+            name = f"{variant} seed {r['seed']}"
+            if variant in ("velocity", "ms") and "metric" in r:
+                ratio = r["metric"]["abs_rel"] / r["median"]["abs_rel"]
+                checks.append(f"{name}: metric/median AbsRel {ratio:.3f} (<= 1.1: {ratio <= 1.1})")
+                checks.append(f"{name}: scale std {r['scale_std']:.3f} (<= 0.05: {r['scale_std'] <= 0.05})")
+                ok = 0.95 <= r["scale_mean"] <= 1.05
+                checks.append(f"{name}: scale mean {r['scale_mean']:.3f} (0.95-1.05: {ok})")
+            if variant == "none":
+                for key in ("ground_error_median", "ground_frame_error_median"):
+                    if key in r:
+                        checks.append(f"{name}: {key} {r[key]:.3f} (<= 0.05: {r[key] <= 0.05})")
+    return "\n".join([*lines, "", *checks])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/metric"))
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "studies" / "metric_depth.jsonl")
+    parser.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "synthetic_cpu.yaml")
+    parser.add_argument("--variants", nargs="+", default=["velocity", "ms", "none"], choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--drives", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--report", action="store_true", help="print the table of --results; train nothing")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.report:
+        print(report(read_records(args.results)))
+        return
+    data, split, heldout = prepare_data(args.out, args.drives, args.frames)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for variant in args.variants:
+            if any((r["variant"], r["seed"]) == (variant, seed) for r in read_records(args.results)):
+                log.info("%s seed %d: already in %s", variant, seed, args.results)
+                continue
+            checkpoint, minutes = train(
+                variant, seed, data, split, args.out / f"{variant}_s{seed}", args.config
+            )
+            record = {
+                "variant": variant,
+                "seed": seed,
+                "train_minutes": round(minutes, 2),
+                "date": date.today().isoformat(),
+                "machine": f"{platform.machine()} {platform.node()}",
+                **evaluate_model(checkpoint, heldout, "test", backend="torch", progress=False),
+                **camera_height_errors(checkpoint, heldout),
+            }
+            with args.results.open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
+            log.info("%s seed %d: %s", variant, seed, record)
+    print(report(read_records(args.results)))
+
+
+if __name__ == "__main__":
+    main()
