@@ -1,0 +1,342 @@
+"""bench/ablation.py: the bootstrap interval against scipy and hand-computed cases, verdicts, pairing on
+common seeds, the short recipe's schedule, skip-on-rerun and the changed-setup error, the report files, and
+one tiny study end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from ssim_depth_core.config import load_config
+from ssim_depth_core.trainer import learning_rate
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("ablation", ROOT / "bench" / "ablation.py")
+ablation = importlib.util.module_from_spec(_spec)
+sys.modules["ablation"] = ablation  # dataclasses resolve their module by name
+_spec.loader.exec_module(ablation)
+
+BASELINE_ABS_REL = {0: 0.150, 1: 0.162, 2: 0.141, 3: 0.155, 4: 0.148}
+
+
+def _evaluation(abs_rel: float, metric: bool = True) -> dict:
+    errors = {
+        "abs_rel": abs_rel,
+        "sq_rel": 1.0,
+        "rmse": 40 * abs_rel,
+        "rmse_log": 0.2,
+        "a1": 1 - 1.5 * abs_rel,
+    }
+    errors.update(a2=0.9, a3=0.95)
+    evaluation = {"metric_source": "velocity" if metric else "none", "images": 58, "scale_mean": 1.0}
+    evaluation.update(scale_std=0.05, median=dict(errors, abs_rel=abs_rel + 0.01))
+    if metric:
+        evaluation["metric"] = errors
+    return evaluation
+
+
+def _record(variant: str, seed: int, abs_rel: float, overrides=(), metric: bool = True) -> dict:
+    return {
+        "study": "toy",
+        "variant": variant,
+        "overrides": list(overrides),
+        "common_overrides": [],
+        "seed": seed,
+        "steps": 980,
+        "config": "training/configs/synthetic_cpu.yaml",
+        "data": ablation.DataRecipe().manifest(),
+        "schedule": {"optim.max_steps": 980, "optim.epochs": 4, "optim.lr_step_epochs": 3},
+        "train_minutes": 5.5,
+        "resumed_from_step": 0,
+        "trained_steps": 980,
+        "device": "cpu",
+        "eval_minutes": 0.2,
+        "date": "2026-12-05T10:00:00+00:00",
+        "machine": {"platform": "Linux", "cpu": "AMD EPYC", "cpus": 2, "torch": "2.x"},
+        "git_commit": "0123456789abcdef-dirty",
+        "command": "python bench/ablation.py ...",
+        "train_config": {"seed": seed, "loss": {"alpha": 0.85}},
+        "evaluation": _evaluation(abs_rel, metric),
+    }
+
+
+def _toy_records() -> list[dict]:
+    shifts = {"better": -0.02, "worse": 0.02}
+    records = [_record("base", s, v) for s, v in BASELINE_ABS_REL.items()]
+    for name, shift in shifts.items():
+        records += [_record(name, s, v + shift, [f"x={name}"]) for s, v in BASELINE_ABS_REL.items()]
+    jitter = [0.004, -0.005, 0.003, -0.004, 0.001]  # straddles 0
+    records += [
+        _record("same", s, v + j, ["x=same"])
+        for (s, v), j in zip(BASELINE_ABS_REL.items(), jitter, strict=True)
+    ]
+    records.append(_record("single", 0, 0.10, ["x=single"]))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_bootstrap_interval_agrees_with_scipy_percentile_bootstrap():
+    differences = np.array([-0.012, 0.003, -0.020, -0.007, 0.001, -0.015, -0.009, 0.004])
+    low, high = ablation.bootstrap_interval(differences)
+    reference = scipy.stats.bootstrap(
+        (differences,),
+        np.mean,
+        n_resamples=20_000,
+        method="percentile",
+        confidence_level=0.95,
+        random_state=7,
+    ).confidence_interval
+    standard_error = differences.std(ddof=1) / np.sqrt(differences.size)
+    # two Monte-Carlo estimates of the same quantiles: a few hundredths of a standard error apart
+    assert low == pytest.approx(reference.low, abs=0.1 * standard_error)
+    assert high == pytest.approx(reference.high, abs=0.1 * standard_error)
+    assert ablation.bootstrap_interval(differences) == (low, high)  # a fixed generator: reproducible
+
+
+def test_bootstrap_interval_hand_computed_cases():
+    assert ablation.bootstrap_interval([-0.01] * 5) == pytest.approx((-0.01, -0.01))
+    assert ablation.bootstrap_interval([0.3]) == pytest.approx((0.3, 0.3))
+    # two values: resample means 0, 0.5, 1 with probability 1/4, 1/2, 1/4 -> the 2.5% and 97.5% quantiles
+    assert ablation.bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        ablation.bootstrap_interval([])
+
+
+def test_sign_flip_p_is_exact():
+    assert ablation.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)  # only all + and all - reach |2|
+    assert ablation.sign_flip_p([1.0, -1.0]) == 1.0
+    assert ablation.sign_flip_p([0.5, 0.5, 0.5, 0.5, -0.1]) == pytest.approx(4 / 32)  # |mean| >= 0.38
+
+
+def test_verdicts_for_better_worse_overlapping_and_single_seed():
+    summaries = {s.name: s for s in ablation.summarize(_toy_records(), "base", "metric")}
+    assert summaries["base"].verdict == "baseline"
+    assert summaries["better"].verdict == "better"
+    assert summaries["worse"].verdict == "worse"
+    assert summaries["same"].verdict == "no detectable difference"
+    assert summaries["single"].verdict == "undecided (n < 2)"
+    better = summaries["better"].comparisons
+    assert better["abs_rel"].mean == pytest.approx(-0.02)
+    assert better["abs_rel"].low == pytest.approx(-0.02) and better["abs_rel"].high == pytest.approx(-0.02)
+    assert better["a1"].mean == pytest.approx(0.03)  # a1 = 1 - 1.5 AbsRel in the toy records
+    higher = ablation.Comparison([0, 1], [0.01, 0.02], 0.015, 0.01, 0.02, 0.5)
+    assert ablation.verdict(higher, higher_is_better=True) == "better"
+    assert ablation.verdict(higher) == "worse"
+
+
+def test_differences_pair_only_the_common_seeds():
+    records = [_record("base", s, v) for s, v in BASELINE_ABS_REL.items() if s != 4]
+    records += [_record("v", s, BASELINE_ABS_REL[s] - 0.01, ["x=1"]) for s in (1, 2, 3)]
+    records.append(_record("v", 9, 5.0, ["x=1"]))  # no baseline seed 9: must not enter the difference
+    (_, variant) = ablation.summarize(records, "base", "metric")
+    comparison = variant.comparisons["abs_rel"]
+    assert comparison.seeds == [1, 2, 3] and variant.seeds == [1, 2, 3, 9]
+    assert comparison.differences == pytest.approx([-0.01] * 3)
+    assert comparison.mean == pytest.approx(-0.01)
+
+
+def test_metric_basis_and_report_consistency_checks():
+    records = _toy_records()
+    assert ablation.metric_basis(records) == "metric"
+    mixed = [*records, _record("scale_less", 0, 0.2, ["x=y"], metric=False)]
+    assert ablation.metric_basis(mixed) == "median"
+    with pytest.raises(ValueError, match="scale_less have scale-less records"):
+        ablation.metric_basis(mixed, "metric")
+    with pytest.raises(ValueError, match=r"more than one record of seed\(s\) \[0\]"):
+        ablation.summarize([*records, _record("base", 0, 0.2)], "base", "metric")
+    with pytest.raises(ValueError, match="variant 'better' .* overrides"):
+        ablation.summarize([*records, _record("better", 7, 0.2, ["x=other"])], "base", "metric")
+    with pytest.raises(ValueError, match="baseline 'nobody' has no records"):
+        ablation.summarize(records, "nobody", "metric")
+
+
+# ------------------------------------------------------------------------------------ variants, recipe
+
+
+def test_variants_file_and_inline_variants(tmp_path):
+    variants = ablation.load_variants(ROOT / "bench" / "studies" / "ssim.yaml")
+    assert {"additive", "conventional", "exponent", "l1", "additive_0.5_0_0.5"} <= set(variants)
+    for overrides in variants.values():  # every override is a valid key of the shipped recipe
+        load_config(ablation.DEFAULT_CONFIG, overrides)
+    assert load_config(None, variants["additive_0.5_0_0.5"]).loss.ssim_weights == [0.5, 0.0, 0.5]
+    assert load_config(None, variants["l1"]).loss.alpha == 0.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [seed=3]\n")
+    with pytest.raises(ValueError, match="variant 'a' sets seed"):
+        ablation.load_variants(bad)
+    bad.write_text("'a b': []\n")
+    with pytest.raises(ValueError, match="variant name 'a b'"):
+        ablation.load_variants(bad)
+    args = ablation.build_parser().parse_args(
+        [
+            "--study",
+            "s",
+            "--baseline",
+            "a",
+            "--variant",
+            "a",
+            "--variant",
+            "b",
+            "loss.ssim_weights=[0.5,0,0.5]",
+        ]
+    )
+    assert args.variant == [["a"], ["b", "loss.ssim_weights=[0.5,0,0.5]"]]
+
+
+def test_short_recipe_drops_the_learning_rate_near_its_end():
+    optim = load_config(ablation.DEFAULT_CONFIG).optim  # 10 epochs, the drop after 9
+    assert ablation.study_schedule(optim, 245, 0) == (2450, {})
+    assert ablation.study_schedule(optim, 245, 2450)[1] == {
+        "optim.max_steps": 2450,
+        "optim.epochs": 10,
+        "optim.lr_step_epochs": 9,
+    }
+    steps, schedule = ablation.study_schedule(optim, 245, 980)
+    assert schedule == {"optim.max_steps": 980, "optim.epochs": 4, "optim.lr_step_epochs": 3}
+    config = load_config(ablation.DEFAULT_CONFIG, [f"{k}={v}" for k, v in schedule.items()])
+    # the trainer's rate at 0-based step k is learning_rate(optim, k / steps_per_epoch)
+    rates = [learning_rate(config.optim, k / 245) for k in range(steps)]
+    assert rates[:735] == [pytest.approx(2e-4)] * 735 and rates[735:] == [pytest.approx(2e-5)] * 245
+    assert ablation.study_schedule(optim, 245, 600)[1]["optim.lr_step_epochs"] == 2  # at 490 of 600
+    assert ablation.study_schedule(optim, 245, 100)[1]["optim.lr_step_epochs"] == 1  # no boundary: no drop
+
+
+# ------------------------------------------------------------------------- rerun, changed setup, report
+
+
+@pytest.fixture
+def fake_training(tmp_path, monkeypatch):
+    """run_study with rendering, sample counting, training and evaluation replaced: records only."""
+    trained = []
+
+    def prepare_data(out, recipe):
+        return tmp_path / "data", tmp_path / "split.txt", tmp_path / "heldout"
+
+    def train_pair(config, data, run_dir):
+        trained.append((run_dir.name, config.seed, config.optim.max_steps, config.loss.alpha))
+        (run_dir / "checkpoints").mkdir(parents=True)
+        return {"train_minutes": 0.1, "resumed_from_step": 0, "trained_steps": 980, "device": "cpu"}
+
+    def evaluate_model(checkpoint, heldout, split, backend, progress):
+        return _evaluation(0.15)
+
+    monkeypatch.setattr(ablation, "prepare_data", prepare_data)
+    monkeypatch.setattr(ablation, "steps_per_epoch", lambda config, data, split: 245)
+    monkeypatch.setattr(ablation, "train_pair", train_pair)
+    monkeypatch.setattr(ablation, "evaluate_model", evaluate_model)
+    return trained
+
+
+def test_rerun_skips_recorded_pairs_and_a_changed_variant_is_an_error(fake_training, tmp_path):
+    results = tmp_path / "toy.jsonl"
+    variants = {"base": [], "l1": ["loss.alpha=0"]}
+    study = dict(study="toy", baseline="base", results=results, out=tmp_path / "out", steps=980)
+    ablation.run_study(variants=variants, seeds=[0, 1], **study)
+    assert [(name, seed) for name, seed, *_ in fake_training] == [
+        ("base_s0", 0),
+        ("l1_s0", 0),
+        ("base_s1", 1),
+        ("l1_s1", 1),
+    ]
+    assert {steps for _, _, steps, _ in fake_training} == {980}
+    records = ablation.read_records(results)
+    assert [(r["variant"], r["seed"]) for r in records] == [("base", 0), ("l1", 0), ("base", 1), ("l1", 1)]
+    record = records[1]
+    assert record["overrides"] == ["loss.alpha=0"] and record["train_config"]["loss"]["alpha"] == 0.0
+    assert record["schedule"] == {"optim.max_steps": 980, "optim.epochs": 4, "optim.lr_step_epochs": 3}
+    assert record["config"] == "training/configs/synthetic_cpu.yaml"
+    assert re.fullmatch(r"([0-9a-f]{40}(-dirty)?|unknown)", record["git_commit"])
+    assert record["machine"]["cpu"] and record["evaluation"]["metric"]["abs_rel"] == 0.15
+
+    fake_training.clear()
+    ablation.run_study(variants=variants, seeds=[0, 1, 2], **study)  # extended by one seed
+    assert [name for name, *_ in fake_training] == ["base_s2", "l1_s2"]
+    assert len(ablation.read_records(results)) == 6
+
+    fake_training.clear()
+    with pytest.raises(
+        ValueError, match=r"variant 'l1' \(seed 0\) was measured with another setup: overrides"
+    ):
+        ablation.run_study(variants={"base": [], "l1": ["loss.alpha=0.5"]}, seeds=[0], **study)
+    with pytest.raises(ValueError, match="variant 'base' .* steps: 980 -> 600"):
+        ablation.run_study(variants=variants, seeds=[0], **{**study, "steps": 600})
+    with pytest.raises(ValueError, match="baseline 'other' is neither among the variants nor recorded"):
+        ablation.run_study(variants=variants, seeds=[0], **{**study, "baseline": "other"})
+    assert fake_training == [] and len(ablation.read_records(results)) == 6
+
+
+def test_report_only_writes_markdown_and_png(tmp_path, capsys):
+    results = tmp_path / "toy.jsonl"
+    for record in _toy_records():
+        ablation.append_record(results, record)
+    argv = ["--study", "toy", "--baseline", "base", "--results", str(results), "--report-only"]
+    ablation.main(argv)
+    markdown = (tmp_path / "toy.md").read_text()
+    assert markdown == capsys.readouterr().out.rstrip("\n") + "\n"
+    spread = np.std(list(BASELINE_ABS_REL.values()), ddof=1)
+    assert f"| better | `x=better` | 5 | 0.1312 ± {spread:.4f} |" in markdown
+    assert "-0.0200 [-0.0200, -0.0200] |" in markdown
+    for verdict in ("| better |", "| worse |", "| no detectable difference |", "| undecided (n < 2) |"):
+        assert verdict in markdown
+    assert "| -0.0500 (one seed) |" in markdown and "| 1 | - | undecided (n < 2) |" in markdown
+    assert "without scaling (every record is of a metric model)" in markdown
+    assert "    python bench/ablation.py --study toy --baseline base --results" in markdown
+    assert "![toy: per-seed values and paired differences](toy.png)" in markdown
+    png = (tmp_path / "toy.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_append_record_repairs_a_missing_last_newline(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps({"a": 1}))  # edited by hand, no newline at the end
+    ablation.append_record(results, {"b": 2})
+    assert ablation.read_records(results) == [{"a": 1}, {"b": 2}]
+
+
+# ----------------------------------------------------------------------------------------- end to end
+
+
+def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    recipe = ablation.DataRecipe(drives=2, frames=6, width=128, height=64, heldout_frames=5)
+    tiny = ["data.height=64", "data.width=128", "data.num_workers=0", "optim.batch_size=2"]
+    study = dict(
+        study="tiny",
+        variants={"l1": ["loss.alpha=0"]},
+        seeds=[3],
+        baseline="l1",
+        results=tmp_path / "tiny.jsonl",
+        out=tmp_path / "out",
+        steps=2,
+        common=tiny,
+        recipe=recipe,
+        command="python bench/ablation.py --study tiny",
+    )
+    (record,) = ablation.run_study(**study)
+    assert record["variant"] == "l1" and record["seed"] == 3 and record["steps"] == 2
+    assert record["trained_steps"] == 2 and record["resumed_from_step"] == 0
+    assert record["schedule"] == {"optim.max_steps": 2, "optim.epochs": 1, "optim.lr_step_epochs": 1}
+    assert record["train_config"]["seed"] == 3 and record["train_config"]["loss"]["alpha"] == 0.0
+    assert record["common_overrides"] == tiny and record["data"]["heldout_seed"] == 2
+    evaluation = record["evaluation"]
+    assert evaluation["images"] == 3 and evaluation["metric_source"] == "velocity"
+    assert set(evaluation["metric"]) == set(evaluation["median"]) >= {"abs_rel", "rmse", "a1"}
+    run = tmp_path / "out" / "runs" / "l1_s3"
+    assert (run / "checkpoints" / "best.pt").is_file() and not (run / "checkpoints" / "last.pt").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded pair was trained again")
+
+    monkeypatch.setattr(ablation, "Trainer", no_training)
+    monkeypatch.setattr(ablation, "generate_dataset", no_training)
+    assert ablation.run_study(**study) == [record]
+    markdown, figure = ablation.write_report("tiny", [record], "l1", study["results"], "cmd")
+    assert "| l1 | `loss.alpha=0` | 1 |" in markdown.read_text() and figure.is_file()
