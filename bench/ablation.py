@@ -264,8 +264,11 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old: dict, new: dict, ignore: frozenset[str] = LOGISTICS_KEYS) -> list[str]:
-    """``key: old -> new`` for each resolved-config value that differs, outside ``ignore``."""
-    old, new = _flatten(old), _flatten(new)
+    """``key: old -> new`` for each resolved-config value that differs, outside ``ignore``. A key missing
+    from a record older than it stands for its default (a new config key defaults to the old behaviour)."""
+    defaults = _flatten(to_dict(TrainConfig()))
+    old = {**defaults, **_flatten(old)}
+    new = {**defaults, **_flatten(new)}
     keys = sorted((set(old) | set(new)) - ignore)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 

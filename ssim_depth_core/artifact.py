@@ -9,6 +9,7 @@ sidecar beside the engine.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,18 +18,24 @@ import onnx
 INPUT_NAME = "image"
 OUTPUT_NAME = "disparity"
 # Where a model's metric scale comes from: "none" = scale-less (depth in metres only up to a factor).
-METRIC_SOURCES = ("none", "velocity", "stereo", "stereo+velocity")
+_SCALE_SOURCES = ("stereo", "velocity", "supervised")  # in the order metric_source joins them
+METRIC_SOURCES = (
+    "none",
+    *("+".join(c) for n in range(1, 4) for c in itertools.combinations(_SCALE_SOURCES, n)),
+)
 
 
 def metric_source(config: dict) -> str:
     """Where a model trained with ``config`` (a training config dict, as checkpoints store it) gets its scale.
 
     "stereo" when ``data.stereo`` (the known baseline), "velocity" when ``loss.weights.velocity`` > 0
-    (odometry), "stereo+velocity" for both, "none" otherwise, including configs without those keys.
+    (odometry), "supervised" when ``loss.weights.supervised`` > 0 (ground-truth depth), several joined by
+    "+" in that order (e.g. "stereo+velocity"), "none" otherwise, including configs without those keys.
     """
     stereo = bool(config.get("data", {}).get("stereo", False))
-    velocity = float(config.get("loss", {}).get("weights", {}).get("velocity", 0.0)) > 0
-    return "+".join(name for name, used in (("stereo", stereo), ("velocity", velocity)) if used) or "none"
+    weights = config.get("loss", {}).get("weights", {})
+    used = (stereo, float(weights.get("velocity", 0.0)) > 0, float(weights.get("supervised", 0.0)) > 0)
+    return "+".join(name for name, on in zip(_SCALE_SOURCES, used, strict=True) if on) or "none"
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,33 @@ class LossConfig:
     # right-direction motion with a still-wrong depth explains worse than no motion, and the pose net settles
     # on sideways motion; a few hundred unmasked steps let depth and motion agree first.
     automask_warmup_steps: int = 0
+    # Supervised depth (seed 001, the "supervised" term: lambda_1 L1 + (1 - SSIM) / 2 + L_grad against
+    # depth_gt where valid): the maps compared, depth (metres) or inverse depth (1/m; the SSIM sees them
+    # divided by the model's range of them), and lambda_1, the L1 part's weight. The SSIM part uses
+    # ssim_window (docs/training.md, "Supervised depth (seed 001)").
+    supervised_space: Literal["depth", "inverse_depth"] = "depth"
+    supervised_l1_weight: float = 0.1
     # Named loss terms and their weights; a term absent here (or with weight 0) is not computed. Registered:
-    # photometric, smoothness, velocity (| ||t_pred|| - metres travelled |: needs odometry; metric depth).
+    # photometric, smoothness, velocity (| ||t_pred|| - metres travelled |: needs odometry; metric depth),
+    # supervised (against ground-truth depth: proj_depth maps or projected LiDAR; metric depth).
     weights: dict[str, float] = field(default_factory=lambda: {"photometric": 1.0, "smoothness": 1e-3})
+    # Seed 002 (losses/bidirectional.py, docs/training.md "Seed 002 terms"): the terms photometric_bi
+    # (L_p^biw, both warp directions), dsc_bi (depth-structure consistency) and feat_bi (encoder-feature warp,
+    # L1) run the depth net on the source frames too. The options below only act on photometric_bi.
+    # Camera-flow occlusion mask: a pixel is occluded where
+    # |u_f + u_b|^2 >= occlusion_alpha1 (|u_f|^2 + |u_b|^2) + occlusion_alpha2 (pixels at full resolution),
+    # and its error is weighted 1 - occlusion_lambda.
+    occlusion_mask: bool = False
+    occlusion_alpha1: float = 0.01
+    occlusion_alpha2: float = 0.5
+    occlusion_lambda: float = 1.0
+    adaptive_weights: bool = False  # weight each photometric error by 1 - depth_diff (seed eq. 7-8)
+    # Encoder levels whose feature maps feat_bi warps: level l is at 1 / 2**(l + 1) of the input (0: the stem,
+    # 64 channels; 1: layer1; 2: layer2), intrinsics from the batch's K at scale l + 1.
+    feature_levels: list[int] = field(default_factory=lambda: [1])
+    # feat_bi compares the feature maps as fixed values (no gradient into them), so that the encoder cannot
+    # lower the term by flattening its features; its gradient reaches depth and pose through the warp.
+    feature_detach: bool = True
 
 
 @dataclass
@@ -87,6 +111,10 @@ class DataConfig:
         ""  # its CameraInfo topic (the baseline comes from P); empty = auto-detect
     )
     intrinsics: list[float] = field(default_factory=list)  # fx fy cx cy width height when a source lacks them
+    # Ground-truth depth of KITTI-layout drives (validation, evaluation, the supervised term): auto = the
+    # annotated proj_depth/groundtruth map where present, else the frame's velodyne scan projected into the
+    # camera (the Eigen raw ground truth); annotated = maps only; velodyne = projected scans only.
+    depth_source: Literal["auto", "annotated", "velodyne"] = "auto"
     static_threshold: float = (
         0.0  # drop triplets whose mean abs frame difference is below this (0 = keep all)
     )

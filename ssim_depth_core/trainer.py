@@ -29,7 +29,7 @@ from ssim_depth_core.config import OptimConfig, TrainConfig, to_dict
 from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
-from ssim_depth_core.losses.objective import Objective
+from ssim_depth_core.losses.objective import Objective, required_outputs
 from ssim_depth_core.models.monodepth import MonodepthModel
 from ssim_depth_core.progress import progress_bar
 
@@ -135,7 +135,10 @@ class Trainer:
     """Trains a :class:`MonodepthModel` with an :class:`Objective` on the sequences found at ``data_path``.
 
     The model is metric (depth in metres: validated, and ``best.pt`` chosen, without median scaling) when it
-    trains with velocity supervision (``loss.weights.velocity`` > 0) or a stereo partner (``data.stereo``).
+    trains with velocity supervision (``loss.weights.velocity`` > 0), ground-truth depth
+    (``loss.weights.supervised`` > 0) or a stereo partner (``data.stereo``). ``init_from`` names a checkpoint
+    whose model weights (only: not the optimiser, step or objective) start a new run, e.g. a supervised
+    fine-tune of a self-supervised model; a run resumed from its own ``last.pt`` ignores it.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class Trainer:
         out_dir: str | Path,
         resume: bool = False,
         overwrite: bool = False,
+        init_from: str | Path = "",
     ):
         self.config = config
         self.out_dir = Path(out_dir)
@@ -211,11 +215,20 @@ class Trainer:
         self.loader = self._loader(self.train_set, self.sampler)
 
         self.metric = metric_source(to_dict(config)) != "none"
-        self.model = MonodepthModel(config.model, frame_ids, stereo=stereo).to(self.device)
+        # Optional outputs (e.g. the sources' depths) only where a weighted loss term asks for them.
+        extra_outputs = required_outputs(config.loss)
+        self.model = MonodepthModel(config.model, frame_ids, stereo=stereo, extra_outputs=extra_outputs).to(
+            self.device
+        )
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.objective = Objective(
-            config.loss, frame_ids, config.model.scales, seed=config.seed, stereo=stereo
+            config.loss,
+            frame_ids,
+            config.model.scales,
+            seed=config.seed,
+            stereo=stereo,
+            depth_range=(config.model.min_depth, config.model.max_depth),
         ).to(self.device)
         # The fused kernel updates all parameters in one pass (timed by bench/train_step.py).
         self.optimizer = torch.optim.Adam(
@@ -235,8 +248,9 @@ class Trainer:
         self.epoch_batches = 0  # batches of the current epoch consumed (readable or not): the resume point
         self.best_metric = math.inf
         self.skipped_samples = 0
-        if resume:
-            self._resume()
+        resumed = resume and self._resume()
+        if init_from and not resumed:
+            self._init_from(Path(init_from))
         self.writer = None
         if self.context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -284,11 +298,23 @@ class Trainer:
             save_atomic(self._state(), path)
         return path
 
-    def _resume(self) -> None:
+    def _init_from(self, path: Path) -> None:
+        """Load the model weights of checkpoint ``path`` (weights-only file), strictly: same networks."""
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"--init-from {path}: its model does not fit this run's model config ({error})"
+            ) from None
+        log.info("model weights initialised from %s (a new run: step 0, fresh optimiser)", path)
+
+    def _resume(self) -> bool:
+        """Restore the full training state from ``last.pt``; False (a new run) when there is none."""
         path = self.checkpoint_dir / "last.pt"
         if not path.is_file():
             log.warning("--resume: no checkpoint at %s, starting from scratch", path)
-            return
+            return False
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
@@ -298,6 +324,7 @@ class Trainer:
         self.best_metric = state["best_metric"]
         self.skipped_samples = state["skipped_samples"]
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        return True
 
     @property
     def steps_per_epoch(self) -> int:

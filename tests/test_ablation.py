@@ -4,6 +4,7 @@ one tiny study end to end."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ssim_depth_core.config import load_config
+from ssim_depth_core.config import TrainConfig, load_config, to_dict
 from ssim_depth_core.trainer import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,3 +341,12 @@ def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypatch)
     assert ablation.run_study(**study) == [record]
     markdown, figure = ablation.write_report("tiny", [record], "l1", study["results"], "cmd")
     assert "| l1 | `loss.alpha=0` | 1 |" in markdown.read_text() and figure.is_file()
+
+
+def test_a_config_key_newer_than_a_record_stands_for_its_default():
+    new = to_dict(TrainConfig())
+    old = copy.deepcopy(new)
+    del old["loss"]["ssim_window"]  # a record written before the key existed
+    assert ablation.config_differences(old, new) == []
+    new["loss"]["ssim_window"] = 5
+    assert ablation.config_differences(old, new) == ["loss.ssim_window: 3 -> 5"]

@@ -196,7 +196,8 @@ def test_objective_noise_is_deterministic_per_seed():
 
 def test_unknown_term_is_rejected_with_the_known_ones_listed():
     config = LossConfig(weights={"photometric": 1.0, "depth_structure": 0.1})
-    with pytest.raises(ValueError, match=r"depth_structure.*known terms: photometric, smoothness"):
+    known = r"known terms: .*photometric, photometric_bi, smoothness"
+    with pytest.raises(ValueError, match=r"depth_structure.*" + known):
         Objective(config, frame_ids=[0, -1, 1], scales=[0])
 
 

@@ -64,7 +64,10 @@ def _train(args: argparse.Namespace) -> None:
     if args.odometry_topic:
         overrides.append(f"data.odometry_topic={args.odometry_topic}")
     config = load_config(args.config, overrides)
-    trainer = Trainer(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
+    init_from = args.init_from or ""
+    trainer = Trainer(
+        config, args.data, args.out, resume=args.resume, overwrite=args.overwrite, init_from=init_from
+    )
     metrics = trainer.fit()
     if trainer.context.is_main:
         print(
@@ -176,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="start a new run in a non-empty OUT: its checkpoints/ and tensorboard/ are removed first",
+    )
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's model weights only (e.g. a supervised fine-tune of a "
+        "self-supervised model); ignored when --resume finds OUT/checkpoints/last.pt",
     )
     train.add_argument("--image-topic", help="rosbag2 image topic (when the bag has several)")
     train.add_argument("--camera-info-topic", help="rosbag2 CameraInfo topic (when ambiguous)")

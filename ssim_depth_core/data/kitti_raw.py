@@ -3,7 +3,9 @@
 Works unchanged on the real KITTI raw release (drive folders ``<date>_drive_<NNNN>_sync``) and on the
 synthetic drives written in the same layout. Optional extras inside a drive folder: ground-truth depth in
 ``proj_depth/groundtruth/image_<cam>/%010d.png`` (uint16, metres * 256, 0 = invalid, as the KITTI depth
-benchmark ships it), camera-to-world poses in ``poses_cam_<cam>.txt`` (12 values of a 3x4 matrix per line),
+benchmark ships it) or, where that map is absent, the frame's velodyne scan ``velodyne_points/data/%010d.bin``
+projected into the camera (data/lidar.py, as the Eigen split's raw ground truth is made; ``depth_source``
+chooses), camera-to-world poses in ``poses_cam_<cam>.txt`` (12 values of a 3x4 matrix per line),
 the OXTS packets in ``oxts/`` (the odometer: speed integrated over time) and the stereo partner camera's
 folder (``image_03`` for ``image_02`` and vice versa).
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from ssim_depth_core.camera import Intrinsics, read_kitti_calib
 from ssim_depth_core.data.kitti_layout import OXTS_FIELDS
+from ssim_depth_core.data.lidar import project_to_depth, read_velodyne, velodyne_projection
 from ssim_depth_core.data.odometry import odometer_at, odometer_from_speeds
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.imaging import FrameError, read_depth_png, read_image
@@ -33,6 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg")
 # Rectified cameras of one stereo pair share K (KITTI's P_rect_02 and P_rect_03 are equal but for column 4); a
 # larger difference (pixels) is a wrong or edited calibration, under which the baseline warp is meaningless.
 STEREO_K_TOLERANCE_PX = 0.01
+# Ground-truth depth of a frame: "auto" = the annotated proj_depth map where there is one, else the projected
+# velodyne scan; "annotated" = the map only; "velodyne" = the projected scan only.
+DEPTH_SOURCES = ("auto", "annotated", "velodyne")
 _SPEED_FIELDS = [OXTS_FIELDS.index(name) for name in ("vf", "vl", "vu")]
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?$")
 
@@ -126,9 +132,14 @@ def kitti_sequence_name(date_drive: str, camera: str) -> str:
 
 
 class KittiRawSequence(FrameSequence):
-    """One camera of one KITTI raw drive; frame ``i`` is the file numbered ``i``."""
+    """One camera of one KITTI raw drive; frame ``i`` is the file numbered ``i``; ground-truth depth from
+    ``depth_source`` (one of :data:`DEPTH_SOURCES`)."""
 
-    def __init__(self, root: str | Path, date: str, drive: str, camera: str = "02") -> None:
+    def __init__(
+        self, root: str | Path, date: str, drive: str, camera: str = "02", depth_source: str = "auto"
+    ) -> None:
+        if depth_source not in DEPTH_SOURCES:
+            raise ValueError(f"depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}")
         self.root, self.date, self.drive, self.camera = Path(root), date, drive, camera
         self.drive_dir = self.root / date / drive
         self.name = kitti_sequence_name(f"{date}/{drive}", camera)
@@ -172,6 +183,9 @@ class KittiRawSequence(FrameSequence):
             )
 
         self.depth_dir = self.drive_dir / "proj_depth" / "groundtruth" / f"image_{camera}"
+        self.velodyne_dir = self.drive_dir / "velodyne_points" / "data"
+        self.depth_source = depth_source
+        self._velodyne_projection: tuple[np.ndarray, int, int] | None = None
         pose_file = self.drive_dir / f"poses_cam_{camera}.txt"
         self._poses = read_poses(pose_file) if pose_file.is_file() else None
         if self._poses is not None and len(self._poses) != len(self):
@@ -211,11 +225,24 @@ class KittiRawSequence(FrameSequence):
         return read_image(path)
 
     def depth(self, index: int) -> np.ndarray | None:
+        """The annotated map and/or the projected velodyne scan, as ``depth_source`` says; None without."""
         self._check(index)
         path = self.depth_dir / f"{index:010d}.png"
-        if not path.is_file():
+        if self.depth_source != "velodyne" and path.is_file():
+            return read_depth_png(path)
+        scan = self.velodyne_dir / f"{index:010d}.bin"
+        if self.depth_source == "annotated" or not scan.is_file():
             return None
-        return read_depth_png(path)
+        try:
+            if self._velodyne_projection is None:
+                self._velodyne_projection = velodyne_projection(self.root / self.date, self.camera)
+            projection, width, height = self._velodyne_projection
+            depth = project_to_depth(read_velodyne(scan), projection, width, height)
+        except (OSError, ValueError) as error:
+            raise FrameError(f"{scan}: no ground truth from this velodyne scan ({error})") from error
+        if (width, height) != (self.intrinsics.width, self.intrinsics.height):
+            raise FrameError(f"{scan}: projected {width}x{height}, but the camera is {self.intrinsics}")
+        return depth
 
     def pose(self, index: int) -> np.ndarray | None:
         self._check(index)
@@ -287,8 +314,11 @@ def is_kitti_root(path: str | Path) -> bool:
     return path.is_dir() and any((d / "calib_cam_to_cam.txt").is_file() for d in path.iterdir() if d.is_dir())
 
 
-def discover_kitti(root: str | Path, cameras: tuple[str, ...] = ("02", "03")) -> list[KittiRawSequence]:
-    """Every drive x camera under ``root`` that has ``image_<cam>/data``, sorted by date, drive, camera."""
+def discover_kitti(
+    root: str | Path, cameras: tuple[str, ...] = ("02", "03"), depth_source: str = "auto"
+) -> list[KittiRawSequence]:
+    """Every drive x camera under ``root`` that has ``image_<cam>/data``, sorted by date, drive, camera;
+    ground truth from ``depth_source`` (:data:`DEPTH_SOURCES`)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory (expected a KITTI raw root of <date>/<drive> folders)")
@@ -297,5 +327,7 @@ def discover_kitti(root: str | Path, cameras: tuple[str, ...] = ("02", "03")) ->
         for drive_dir in sorted(d for d in date_dir.iterdir() if d.is_dir()):
             for camera in cameras:
                 if (drive_dir / f"image_{camera}" / "data").is_dir():
-                    sequences.append(KittiRawSequence(root, date_dir.name, drive_dir.name, camera))
+                    sequences.append(
+                        KittiRawSequence(root, date_dir.name, drive_dir.name, camera, depth_source)
+                    )
     return sequences

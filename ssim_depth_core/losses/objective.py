@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssim_depth_core.config import LossConfig, check_frame_ids, source_slots
+from ssim_depth_core.config import LossConfig, ModelConfig, check_frame_ids, source_slots
 from ssim_depth_core.losses.photometric import min_reprojection_loss, reprojection_error
 from ssim_depth_core.losses.smoothness import edge_aware_smoothness
 from ssim_depth_core.losses.ssim import SSIMLoss
@@ -27,18 +27,37 @@ Outputs = dict[str, Any]
 Term = Callable[[Batch, Outputs, "Objective"], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 TERMS: dict[str, Term] = {}
+# Optional model outputs a term reads besides the default contract (e.g. "source_depths"): the model computes
+# them only when a term with a non-zero weight needs them (:func:`required_outputs`).
+TERM_NEEDS: dict[str, tuple[str, ...]] = {}
+# Checks of the loss config run by every Objective (e.g. an option that only a given term reads).
+CONFIG_CHECKS: list[Callable[[LossConfig], None]] = []
 
 
-def register_term(name: str) -> Callable[[Term], Term]:
-    """Decorator registering a loss term under ``name`` (the key used in ``LossConfig.weights``)."""
+def register_term(name: str, needs: Sequence[str] = ()) -> Callable[[Term], Term]:
+    """Decorator registering a loss term under ``name`` (the key used in ``LossConfig.weights``); ``needs``
+    names the optional model outputs it reads (``MonodepthModel``'s ``extra_outputs``)."""
 
     def add(term: Term) -> Term:
         if name in TERMS:
             raise ValueError(f"loss term '{name}' is already registered")
         TERMS[name] = term
+        TERM_NEEDS[name] = tuple(needs)
         return term
 
     return add
+
+
+def register_config_check(check: Callable[[LossConfig], None]) -> Callable[[LossConfig], None]:
+    """Decorator adding a loss-config check (raises ValueError) that every :class:`Objective` runs."""
+    CONFIG_CHECKS.append(check)
+    return check
+
+
+def required_outputs(loss_config: LossConfig) -> tuple[str, ...]:
+    """The optional model outputs the terms with a non-zero weight need, sorted (empty for the recipes)."""
+    names = {need for name, w in loss_config.weights.items() if w != 0 for need in TERM_NEEDS.get(name, ())}
+    return tuple(sorted(names))
 
 
 @dataclass
@@ -57,6 +76,8 @@ class Objective(nn.Module):
         scales: model output scales; scale index i has resolution ``input / 2**scales[i]``.
         seed: seed of the auto-mask tie-breaking noise (a generator per device, advanced every call).
         stereo: the stereo partner (key ``"s"``, the batch's last image) is a source too.
+        depth_range: the model's ``(min_depth, max_depth)`` in metres, for terms that compare depths with
+            ground truth (``supervised``).
     """
 
     def __init__(
@@ -66,6 +87,7 @@ class Objective(nn.Module):
         scales: Sequence[int],
         seed: int = 0,
         stereo: bool = False,
+        depth_range: Sequence[float] = (ModelConfig.min_depth, ModelConfig.max_depth),
     ):
         super().__init__()
         unknown = sorted(set(loss_config.weights) - set(TERMS))
@@ -82,6 +104,8 @@ class Objective(nn.Module):
         if loss_config.automask_warmup_steps < 0:
             warmup = loss_config.automask_warmup_steps
             raise ValueError(f"loss.automask_warmup_steps must be >= 0, got {warmup}")
+        for check in CONFIG_CHECKS:
+            check(loss_config)
         self.config = loss_config
         self.frame_ids = check_frame_ids(frame_ids, stereo=stereo)
         if "velocity" in self.weights and len(self.frame_ids) == 1:
@@ -92,6 +116,9 @@ class Objective(nn.Module):
         self.sources = source_slots(self.frame_ids, stereo)  # source key -> its slot in batch["images"]
         self.scales = list(scales)
         self.seed = seed
+        self.min_depth, self.max_depth = (float(v) for v in depth_range)
+        if not 0 < self.min_depth < self.max_depth:
+            raise ValueError(f"depth_range must be 0 < min_depth < max_depth, got {tuple(depth_range)}")
         self.ssim = SSIMLoss(
             form=loss_config.ssim_form,
             weights=loss_config.ssim_weights,
@@ -135,6 +162,22 @@ class Objective(nn.Module):
             self.generator(torch.device(device)).set_state(generator_state)
 
 
+def identity_errors(batch: Batch, objective: Objective) -> torch.Tensor | None:
+    """(B, S, H, W) reprojection error of every un-warped source against the target, the auto-mask's
+    reference (no gradient), or None while auto-masking is off."""
+    if not objective.automask_active:
+        return None
+    images = batch["images"]
+    with torch.no_grad():
+        return torch.cat(
+            [
+                reprojection_error(images[:, slot], images[:, 0], objective.ssim, objective.config.alpha)
+                for slot in objective.sources.values()
+            ],
+            dim=1,
+        )
+
+
 @register_term("photometric")
 def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
     """Min-reprojection photometric error of the warped sources (temporal and stereo), auto-masked, averaged
@@ -142,16 +185,7 @@ def photometric_term(batch: Batch, outputs: Outputs, objective: Objective):
     config = objective.config
     images = batch["images"]
     target = images[:, 0]
-    identity = None
-    if objective.automask_active:
-        with torch.no_grad():
-            identity = torch.cat(
-                [
-                    reprojection_error(images[:, slot], target, objective.ssim, config.alpha)
-                    for slot in objective.sources.values()
-                ],
-                dim=1,
-            )
+    identity = identity_errors(batch, objective)
     generator = objective.generator(target.device)
     total = 0.0
     automask = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -12,8 +12,13 @@ from torch import nn
 from ..config import STEREO, ModelConfig, check_frame_ids, source_slots
 from ..geometry import depth_to_disparity, disparity_to_depth, pose_to_matrix, warp
 from .conv_grad import use_small_map_weight_grad
-from .depth import DepthNet
+from .depth import DepthNet, check_image
 from .pose import PoseNet
+
+# Optional outputs that loss terms may need (``losses.objective.required_outputs``); each costs compute, so
+# the model produces them only when asked: "source_depths" runs the depth net on the source frames as well
+# (one pass over target and sources together), "features" keeps that pass's encoder feature maps.
+EXTRA_OUTPUTS = ("features", "source_depths")
 
 
 class MonodepthModel(nn.Module):
@@ -28,10 +33,22 @@ class MonodepthModel(nn.Module):
         frame_ids: the batch's frame offsets; ``frame_ids[0]`` must be 0 (the target), the rest distinct
             non-zero source offsets (negative = earlier); [0] alone with ``stereo``.
         stereo: the batch carries the stereo partner's frame as its last image (Monodepth2's S / MS modes).
+        extra_outputs: names from :data:`EXTRA_OUTPUTS` to produce besides the default contract (empty: the
+            depth net sees the target frame only).
     """
 
-    def __init__(self, model_config: ModelConfig, frame_ids: Sequence[int], stereo: bool = False) -> None:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        frame_ids: Sequence[int],
+        stereo: bool = False,
+        extra_outputs: Collection[str] = (),
+    ) -> None:
         super().__init__()
+        unknown = sorted(set(extra_outputs) - set(EXTRA_OUTPUTS))
+        if unknown:
+            raise ValueError(f"unknown extra_outputs {unknown}; known: {list(EXTRA_OUTPUTS)}")
+        self.extra_outputs = frozenset(extra_outputs)
         self.frame_ids = check_frame_ids(frame_ids, stereo=stereo)
         self.stereo = stereo
         self.slots = source_slots(self.frame_ids, stereo)
@@ -66,7 +83,10 @@ class MonodepthModel(nn.Module):
             "depths": list over scales of (B, 1, H, W), each disparity upsampled then converted;
             "transforms": {source: (B, 4, 4) target camera -> source camera}, sources ``frame_ids[1:]``
             and, with ``stereo``, :data:`STEREO` (``batch["stereo_T"]``);
-            "warped": {(source, scale_index): (B, 3, H, W) batch["images"] source warped into the target}.
+            "warped": {(source, scale_index): (B, 3, H, W) batch["images"] source warped into the target};
+            with ``extra_outputs``: "source_depths": {source: list over scales of (B, 1, H, W)}, each source's
+            own depth made like "depths"; "features": {frame: the five encoder maps of ``depth_net``}, frame 0
+            the target, then every source key.
         """
         images, images_aug = batch["images"], batch["images_aug"]
         count = len(self.frame_ids) + self.stereo
@@ -76,7 +96,14 @@ class MonodepthModel(nn.Module):
                 f"batch['images_aug'] must be (B, {count}, 3, H, W) for frame_ids {self.frame_ids}{partner}, "
                 f"got shape {tuple(images_aug.shape)}"
             )
-        disparities = self.depth_net.forward_multiscale(images_aug[:, 0])
+        frames = images_aug[:, 0]
+        if self.extra_outputs:  # the sources go through the depth net in the same pass as the target
+            frames = torch.cat([frames, *(images_aug[:, slot] for slot in self.slots.values())])
+            check_image(frames)
+            features = self.depth_net.encoder(frames)
+            disparities = self.depth_net.decoder(features)
+        else:
+            disparities = self.depth_net.forward_multiscale(frames)
         transforms: dict[int | str, torch.Tensor] = {}
         if self.pose_net is not None:
             transforms.update(self.source_transforms(batch))
@@ -94,6 +121,23 @@ class MonodepthModel(nn.Module):
                         disparity, size=(height, width), mode="bilinear", align_corners=False
                     )
                 depths.append(disparity_to_depth(disparity, self.min_depth, self.max_depth)[1])
+            extras: dict[str, Any] = {}
+            if self.extra_outputs:
+                frame_keys = [0, *self.slots]
+                split = [d.chunk(len(frame_keys)) for d in depths]
+                depths = [chunks[0] for chunks in split]
+                disparities = [d.chunk(len(frame_keys))[0] for d in disparities]
+                if "source_depths" in self.extra_outputs:
+                    extras["source_depths"] = {
+                        key: [chunks[index] for chunks in split]
+                        for index, key in enumerate(frame_keys)
+                        if index > 0
+                    }
+                if "features" in self.extra_outputs:
+                    per_level = [f.chunk(len(frame_keys)) for f in features]
+                    extras["features"] = {
+                        key: [chunks[index] for chunks in per_level] for index, key in enumerate(frame_keys)
+                    }
 
             K, inv_K = batch["K"][:, 0].float(), batch["inv_K"][:, 0].float()
             warped: dict[tuple[int | str, int], torch.Tensor] = {}
@@ -102,7 +146,8 @@ class MonodepthModel(nn.Module):
                     warped[(source, scale_index)] = warp(
                         images[:, self.slots[source]], depth, transform, K, inv_K, "border"
                     )
-        return {"disparities": disparities, "depths": depths, "transforms": transforms, "warped": warped}
+        outputs = {"disparities": disparities, "depths": depths, "transforms": transforms, "warped": warped}
+        return {**outputs, **extras}
 
     def source_transforms(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """The pose net's motion estimate: {source frame_id: (B, 4, 4) target camera -> source camera}.
