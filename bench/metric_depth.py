@@ -11,7 +11,9 @@ runs the camera-height ground-plane scale over the held-out frames. Variants:
   baseline never pulls the scale);
 - ``none``: photometric only, scale-less: the peer for the camera-height scale;
 - ``ms_default_init``: ``ms`` from the default initial depth (about 0.2 m), which shows why ``ms`` needs
-  ``model.initial_depth``.
+  ``model.initial_depth``;
+- ``velocity_init10``: the recipe with the untrained net at 10 m (``model.initial_depth=10``), as
+  ``make demo`` trains it.
 
 One JSON record per (variant, seed) is appended to ``--results`` as soon as it is measured; a rerun skips the
 records already there and resumes an interrupted training run from its last checkpoint.
@@ -49,6 +51,7 @@ VARIANTS = {
     "ms": ["data.stereo=true", "loss.weights.velocity=0", "model.initial_depth=10"],
     "none": ["loss.weights.velocity=0"],
     "ms_default_init": ["data.stereo=true", "loss.weights.velocity=0"],
+    "velocity_init10": ["model.initial_depth=10"],
 }
 log = logging.getLogger("metric_depth")
 
