@@ -18,7 +18,8 @@ runs the camera-height ground-plane scale over the held-out frames. Variants:
 One JSON record per (variant, seed) is appended to ``--results`` as soon as it is measured; a rerun skips the
 records already there and resumes an interrupted training run from its last checkpoint.
 
-    python bench/metric_depth.py --out runs/metric --seeds 0 1 --variants velocity ms none ms_default_init
+    python bench/metric_depth.py --out runs/metric --seeds 0 1 \\
+        --variants velocity ms none ms_default_init velocity_init10
     python bench/metric_depth.py --report     # the table of the records so far, training nothing
 
 Prints a markdown table for docs/training.md (mean +- std over seeds) and the issue's acceptance checks.
