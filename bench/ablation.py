@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -29,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -324,7 +326,10 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD``, with ``-dirty`` when the working tree has changes (tracked or not)."""
+    """``git rev-parse HEAD``, with ``-dirty`` when the working tree has changes (tracked or not).
+
+    Outside a git checkout (a copy of the tree sent to another machine) it is what ``SSIM_DEPTH_GIT_COMMIT``
+    says the copy was made from, else "unknown"."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -337,7 +342,7 @@ def git_commit() -> str:
             check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("SSIM_DEPTH_GIT_COMMIT", "unknown")
     return head + ("-dirty" if status.strip() else "")
 
 
@@ -374,6 +379,71 @@ def train_pair(config: TrainConfig, data: Path, run_dir: Path) -> dict[str, Any]
     }
 
 
+@dataclass(frozen=True)
+class PairSetting:
+    """What every pair of one study run shares: where data, runs and configs are, and how it was called."""
+
+    study: str
+    config_path: Path
+    config_name: str
+    common: list[str]
+    recipe: DataRecipe
+    data: Path
+    heldout: Path
+    out: Path
+    command: str
+
+
+def _init_worker(threads: int) -> None:
+    """A worker process of ``--jobs``: its share of the CPU threads, and log lines as the parent's."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def measure_pair(setting: PairSetting, plan: VariantPlan, seed: int) -> dict[str, Any]:
+    """Train (or resume) one (variant, seed) pair and evaluate its ``best.pt``: the pair's record."""
+    config = load_config(setting.config_path, [*plan.train_overrides, f"seed={seed}"])
+    run_dir = setting.out / "runs" / f"{plan.name}_s{seed}"
+    log.info("%s seed %d: training in %s", plan.name, seed, run_dir)
+    facts = train_pair(config, setting.data, run_dir)
+    if facts["trained_steps"] != plan.steps:
+        log.warning(
+            "%s seed %d: trained %d steps, planned %d", plan.name, seed, facts["trained_steps"], plan.steps
+        )
+    tic = time.perf_counter()
+    evaluation = evaluate_model(
+        run_dir / "checkpoints" / "best.pt", setting.heldout, "test", backend="torch", progress=False
+    )
+    basis = "metric" if "metric" in evaluation else "median"
+    log.info(
+        "%s seed %d: AbsRel %.4f (%s), %.1f train minutes",
+        plan.name,
+        seed,
+        evaluation[basis]["abs_rel"],
+        basis,
+        facts["train_minutes"],
+    )
+    return {
+        "study": setting.study,
+        "variant": plan.name,
+        "overrides": plan.overrides,
+        "common_overrides": setting.common,
+        "seed": seed,
+        "steps": plan.steps,
+        "config": setting.config_name,
+        "data": setting.recipe.manifest(),
+        "schedule": plan.schedule,
+        **facts,
+        "eval_minutes": round((time.perf_counter() - tic) / 60, 3),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "git_commit": git_commit(),
+        "command": setting.command,
+        "train_config": to_dict(config),
+        "evaluation": evaluation,
+    }
+
+
 def run_study(
     study: str,
     variants: dict[str, list[str]],
@@ -386,12 +456,15 @@ def run_study(
     common: list[str] | None = None,
     recipe: DataRecipe | None = None,
     command: str = "",
+    jobs: int = 1,
 ) -> list[dict]:
     """Train and evaluate every (variant, seed) pair not yet in ``results``; returns all its records.
 
     Pairs run seed by seed (every variant of the first seed, then of the next), so that a study cut short
     still holds paired comparisons. Run folders are ``out/runs/<variant>_s<seed>``; a pair's ``last.pt`` is
-    removed once its record is written (``best.pt``, the weights evaluated, stays).
+    removed once its record is written (``best.pt``, the weights evaluated, stays). ``jobs`` > 1 trains that
+    many pairs at once in worker processes (a GPU with spare capacity; each worker gets an equal share of the
+    CPU threads), started in the same order; each record is appended as its pair finishes.
     """
     common, recipe = list(common or []), recipe or DataRecipe()
     records = read_records(results)
@@ -426,50 +499,29 @@ def run_study(
     )
     for name, plan in plans.items():
         log.info("%s: %d steps, schedule %s, overrides %s", name, plan.steps, plan.schedule, plan.overrides)
-    for name, seed in progress_bar(todo, desc=f"study {study}", unit="run"):
-        plan = plans[name]
-        config = load_config(config_path, [*plan.train_overrides, f"seed={seed}"])
-        run_dir = out / "runs" / f"{name}_s{seed}"
-        log.info("%s seed %d: training in %s", name, seed, run_dir)
-        facts = train_pair(config, data, run_dir)
-        if facts["trained_steps"] != plan.steps:
-            log.warning(
-                "%s seed %d: trained %d steps, planned %d", name, seed, facts["trained_steps"], plan.steps
+    setting = PairSetting(study, config_path, config_name, common, recipe, data, heldout, out, command)
+    pairs = [(setting, plans[name], seed) for name, seed in todo]
+    if jobs <= 1:
+        measured = (measure_pair(*pair) for pair in pairs)
+    else:
+        pool = ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(max(1, (os.cpu_count() or 1) // jobs),),
+        )
+        measured = (
+            future.result() for future in as_completed([pool.submit(measure_pair, *p) for p in pairs])
+        )
+    try:
+        for record in progress_bar(measured, total=len(pairs), desc=f"study {study}", unit="run"):
+            append_record(results, record)
+            (out / "runs" / f"{record['variant']}_s{record['seed']}" / "checkpoints" / "last.pt").unlink(
+                missing_ok=True
             )
-        tic = time.perf_counter()
-        evaluation = evaluate_model(
-            run_dir / "checkpoints" / "best.pt", heldout, "test", backend="torch", progress=False
-        )
-        record = {
-            "study": study,
-            "variant": name,
-            "overrides": plan.overrides,
-            "common_overrides": common,
-            "seed": seed,
-            "steps": plan.steps,
-            "config": config_name,
-            "data": recipe.manifest(),
-            "schedule": plan.schedule,
-            **facts,
-            "eval_minutes": round((time.perf_counter() - tic) / 60, 3),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "git_commit": git_commit(),
-            "command": command,
-            "train_config": to_dict(config),
-            "evaluation": evaluation,
-        }
-        append_record(results, record)
-        (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
-        basis = "metric" if "metric" in evaluation else "median"
-        log.info(
-            "%s seed %d: AbsRel %.4f (%s), %.1f train minutes",
-            name,
-            seed,
-            evaluation[basis]["abs_rel"],
-            basis,
-            facts["train_minutes"],
-        )
+    finally:
+        if jobs > 1:
+            pool.shutdown(cancel_futures=True)
     return read_records(results)
 
 
@@ -838,6 +890,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, default=0, help="steps per run; 0: the config's own schedule (default: 0)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="pairs trained at once, each in its own process (default: 1; more pays off on a GPU)",
+    )
     parser.add_argument("--out", type=Path, help="data and run folders (default: runs/ablation/STUDY)")
     parser.add_argument("--results", type=Path, help="JSON-lines results (default: docs/studies/STUDY.jsonl)")
     parser.add_argument(
@@ -902,6 +960,7 @@ def main(argv: list[str] | None = None) -> None:
             common=args.common,
             recipe=DataRecipe(drives=args.drives, frames=args.frames),
             command=command,
+            jobs=args.jobs,
         )
     markdown, _ = write_report(
         args.study, read_records(results), args.baseline, results, command, args.metrics, order
