@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from ssim_depth_core.apps.evaluate import evaluate_model
-from ssim_depth_core.config import OptimConfig, TrainConfig, load_config, to_dict
+from ssim_depth_core.config import OptimConfig, TrainConfig, load_config, to_dict, upgrade_stored_config
 from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data.sources import open_sequences
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -267,10 +267,11 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(old: dict, new: dict, ignore: frozenset[str] = LOGISTICS_KEYS) -> list[str]:
     """``key: old -> new`` for each resolved-config value that differs, outside ``ignore``. A key missing
-    from a record older than it stands for its default (a new config key defaults to the old behaviour)."""
+    from a record older than it stands for its default (a new config key defaults to the old behaviour); a
+    renamed key is compared under its new name (``model.num_layers: 18`` is ``model.encoder: resnet18``)."""
     defaults = _flatten(to_dict(TrainConfig()))
-    old = {**defaults, **_flatten(old)}
-    new = {**defaults, **_flatten(new)}
+    old = {**defaults, **_flatten(upgrade_stored_config(old))}
+    new = {**defaults, **_flatten(upgrade_stored_config(new))}
     keys = sorted((set(old) | set(new)) - ignore)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 

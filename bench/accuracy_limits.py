@@ -31,7 +31,7 @@ from ssim_depth_core.apps.evaluate import evaluate_model
 from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import DataConfig, load_config, to_dict
 from ssim_depth_core.data.sources import open_sequences, resolve_split
-from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
+from ssim_depth_core.data.triplets import SkippedSample, TripletDataset, build_samples, collate_skipping
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
 from ssim_depth_core.losses.objective import Objective
 from ssim_depth_core.models.monodepth import MonodepthModel
@@ -45,7 +45,7 @@ class TrueMotionDataset(TripletDataset):
 
     def __getitem__(self, index):
         sample = super().__getitem__(index)
-        if sample is not None:
+        if not isinstance(sample, SkippedSample):
             s, frame = self.samples[index]
             sequence = self.sequences[s]
             target = sequence.pose(frame)
@@ -108,7 +108,7 @@ def train_curve(model, config, data, heldout, out: Path, steps: int, eval_every:
         dataset.set_epoch(epoch)
         epoch += 1
         for batch in loader:
-            if batch.pop("skipped") == config.optim.batch_size:
+            if len(batch.pop("skipped")) == config.optim.batch_size:
                 continue
             loss = objective(batch, model(batch), step=step)
             optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,9 @@
 """Inference latency at 640x192, batch 1: torch eager vs ONNX Runtime vs TensorRT; DepthEstimator overhead.
 
+One row per backend for each depth-net configuration asked for with ``--model ENCODER+DECODER`` (repeatable;
+``model.encoder`` + ``model.decoder``, default ``resnet18+unet``; docs/models.md lists them), each a randomly
+initialised network, or for the network of ``--checkpoint``.
+
 Peers, measured in one process on the same network and the same frames:
 
 - torch eager: ``TorchBackend`` (``torch.inference_mode``, CUDA when available), the reference row;
@@ -22,6 +26,7 @@ the order of earlier allocations and frees, so an unrelated change to either pip
 Fixed malloc thresholds (second command) keep freed memory mapped and time the computation alone.
 
     .venv/bin/python bench/inference.py                       # random-init ResNet-18 network
+    .venv/bin/python bench/inference.py --model resnet18+unet --model resnet18+sql --model convnext_tiny+sql
     MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TRIM_THRESHOLD_=2000000000 .venv/bin/python bench/inference.py
     .venv/bin/python bench/inference.py --checkpoint runs/x/last.pt --repeats 100
 """
@@ -45,16 +50,19 @@ import torch
 from skimage import data
 
 from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import TrainConfig, to_dict
+from ssim_depth_core.config import ModelConfig, TrainConfig, to_dict
 from ssim_depth_core.export import build_engine, export_onnx, tensorrt_available
 from ssim_depth_core.geometry import disparity_to_depth
 from ssim_depth_core.imaging import resize_image
 from ssim_depth_core.models import MonodepthModel
+from ssim_depth_core.models.depth import DECODERS
+from ssim_depth_core.models.encoder import ENCODER_NAMES
 from ssim_depth_core.runtime import DepthEstimator, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from ssim_depth_core.runtime.backends import Backend
 
 FRAME_SIZE = (375, 1242)  # (H, W) of a KITTI camera frame
 TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "tensorrt": 1e-2}
+DEFAULT_MODEL = "resnet18+unet"
 
 
 def alternating_median_ms(*functions: Callable[[], object], repeats: int, warmup: int) -> list[float]:
@@ -99,14 +107,26 @@ def straightforward_depth(frame: np.ndarray, backend: Backend) -> np.ndarray:
     return disparity_to_depth(disparity, backend.min_depth, backend.max_depth)[1]
 
 
-def random_checkpoint(folder: Path, height: int, width: int) -> Path:
-    """A randomly initialised ResNet-18 checkpoint (timing does not depend on the weights)."""
-    config = TrainConfig()
+def parse_model(spec: str) -> ModelConfig:
+    """``ENCODER+DECODER`` (e.g. "convnext_tiny+sql") as a model config (the sql head at scale 0 only)."""
+    encoder, _, decoder = spec.partition("+")
+    if encoder not in ENCODER_NAMES or decoder not in DECODERS:
+        raise argparse.ArgumentTypeError(
+            f"--model {spec!r}: expected ENCODER+DECODER with ENCODER one of {', '.join(ENCODER_NAMES)} and "
+            f"DECODER one of {', '.join(DECODERS)}"
+        )
+    return ModelConfig(encoder=encoder, decoder=decoder, scales=[0] if decoder == "sql" else [0, 1, 2, 3])
+
+
+def random_checkpoint(folder: Path, height: int, width: int, model: ModelConfig | None = None) -> Path:
+    """A randomly initialised checkpoint of ``model`` (default ResNet-18 + U-Net; timing does not depend on
+    the weights)."""
+    config = TrainConfig(model=model or ModelConfig())
     config.data.height, config.data.width = height, width
     torch.manual_seed(0)
-    model = MonodepthModel(config.model, config.data.frame_ids)
-    path = folder / "random.pt"
-    save_atomic({"config": to_dict(config), "model": model.state_dict()}, path)
+    network = MonodepthModel(config.model, config.data.frame_ids)
+    path = folder / f"random_{config.model.encoder}_{config.model.decoder}.pt"
+    save_atomic({"config": to_dict(config), "model": network.state_dict()}, path)
     return path
 
 
@@ -114,12 +134,22 @@ def main(argv: list[str] | None = None) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: random init)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=parse_model,
+        metavar="ENCODER+DECODER",
+        help=f"a random-init configuration to time, repeatable (default {DEFAULT_MODEL}): ENCODER one of "
+        f"{', '.join(ENCODER_NAMES)}; DECODER one of {', '.join(DECODERS)}",
+    )
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=30, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all)")
     args = parser.parse_args(argv)
+    if args.checkpoint and args.model:
+        parser.error("--model times a random-init network; --checkpoint brings its own: give one of them")
     if args.threads:
         torch.set_num_threads(args.threads)
     frame = cv2.resize(data.astronaut(), FRAME_SIZE[::-1], interpolation=cv2.INTER_AREA)
@@ -136,71 +166,82 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
     )
 
+    models = [None] if args.checkpoint else (args.model or [parse_model(DEFAULT_MODEL)])
+    names = [
+        f"checkpoint {args.checkpoint.name}" if model is None else f"{model.encoder}+{model.decoder}"
+        for model in models
+    ]
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print(
+        f"# Depth inference {args.width}x{args.height}, batch 1, "
+        f"{', '.join(names) if args.checkpoint else 'random init ' + ', '.join(names)}; "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, "
+        f"{platform.processor() or platform.machine()}, {gpu}, {datetime.date.today().isoformat()}, "
+        f"load average {os.getloadavg()[0]:.2f}, median of {args.repeats} after {args.warmup} warm-up"
+    )
+    print("| model | backend | device | backend ms/frame | vs torch eager | estimator ms/frame | overhead |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    worst_overhead, measured_tensorrt = 0.0, False
+    batch = straightforward_batch(frame, args.height, args.width)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        checkpoint = args.checkpoint or random_checkpoint(folder, args.height, args.width)
-        onnx_path = export_onnx(checkpoint, folder / "model.onnx", args.height, args.width)
-        backends = {
-            "torch eager": TorchBackend(checkpoint, height=args.height, width=args.width),
-            "onnxruntime": OnnxRuntimeBackend(onnx_path, threads=args.threads),
-        }
-        if tensorrt_available():
-            engine = build_engine(onnx_path, precision="fp16", cache_dir=folder)
-            backends["tensorrt fp16"] = TensorRTBackend(engine)
+        for name, model in zip(names, models, strict=True):
+            folder = Path(tmp) / name.replace(" ", "_")
+            folder.mkdir()
+            checkpoint = args.checkpoint or random_checkpoint(folder, args.height, args.width, model)
+            onnx_path = export_onnx(checkpoint, folder / "model.onnx", args.height, args.width)
+            backends = {
+                "torch eager": TorchBackend(checkpoint, height=args.height, width=args.width),
+                "onnxruntime": OnnxRuntimeBackend(onnx_path, threads=args.threads),
+            }
+            if tensorrt_available():
+                engine = build_engine(onnx_path, precision="fp16", cache_dir=folder)
+                backends["tensorrt fp16"] = TensorRTBackend(engine)
+                measured_tensorrt = True
 
-        batch = straightforward_batch(frame, args.height, args.width)
-        reference = backends["torch eager"](batch)
-        for name, backend in backends.items():
-            error = float(np.abs(backend(batch) - reference).max())
-            if error > TOLERANCE[backend.name]:
-                raise RuntimeError(f"{name} differs from torch by {error:.2e}; the comparison would be void")
+            reference = backends["torch eager"](batch)
+            for backend_name, backend in backends.items():
+                error = float(np.abs(backend(batch) - reference).max())
+                if error > TOLERANCE[backend.name]:
+                    raise RuntimeError(
+                        f"{name}: {backend_name} differs from torch by {error:.2e}: the comparison is void"
+                    )
 
-        devices = {
-            "torch eager": str(backends["torch eager"].device),
-            "onnxruntime": backends["onnxruntime"].providers[0].replace("ExecutionProvider", ""),
-            "tensorrt fp16": "cuda",
-        }
-        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-        print(
-            f"# Depth inference {args.width}x{args.height}, batch 1, ResNet-18 DepthNet, "
-            f"{'checkpoint ' + args.checkpoint.name if args.checkpoint else 'random init'}; "
-            f"torch {torch.__version__}, onnxruntime {ort.__version__}, "
-            f"{torch.get_num_threads()} CPU threads, "
-            f"{platform.processor() or platform.machine()}, {gpu}, {datetime.date.today().isoformat()}, "
-            f"load average {os.getloadavg()[0]:.2f}, median of {args.repeats} after {args.warmup} warm-up"
-        )
-        print("| backend | device | backend ms/frame | vs torch eager | estimator ms/frame | overhead |")
-        print("|---|---|---:|---:|---:|---:|")
-        torch_ms, worst_overhead = None, 0.0
-        for name, backend in backends.items():
-            estimator = DepthEstimator(backend)
-            bare_ms, full_ms = alternating_median_ms(
-                lambda backend=backend: backend(batch),
-                lambda estimator=estimator: estimator(frame),
-                repeats=args.repeats,
-                warmup=args.warmup,
-            )
-            torch_ms = torch_ms or bare_ms
-            overhead = full_ms / bare_ms
-            worst_overhead = max(worst_overhead, overhead)
-            print(
-                f"| {name} | {devices[name]} | {bare_ms:.2f} | {torch_ms / bare_ms:.2f}x "
-                f"| {full_ms:.2f} | {overhead:.3f} |"
-            )
-            backend.close()
-        print()
-        print(f"worst DepthEstimator / bare backend time: {worst_overhead:.3f} (goal <= 1.15)")
-        if "tensorrt fp16" not in backends:
-            print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
+            devices = {
+                "torch eager": str(backends["torch eager"].device),
+                "onnxruntime": backends["onnxruntime"].providers[0].replace("ExecutionProvider", ""),
+                "tensorrt fp16": "cuda",
+            }
+            torch_ms = None
+            for backend_name, backend in backends.items():
+                estimator = DepthEstimator(backend)
+                bare_ms, full_ms = alternating_median_ms(
+                    lambda backend=backend: backend(batch),
+                    lambda estimator=estimator: estimator(frame),
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                )
+                torch_ms = torch_ms or bare_ms
+                overhead = full_ms / bare_ms
+                worst_overhead = max(worst_overhead, overhead)
+                print(
+                    f"| {name} | {backend_name} | {devices[backend_name]} | {bare_ms:.2f} | "
+                    f"{torch_ms / bare_ms:.2f}x | {full_ms:.2f} | {overhead:.3f} |"
+                )
+                backend.close()
+    print()
+    print(f"worst DepthEstimator / bare backend time: {worst_overhead:.3f} (goal <= 1.15)")
+    if not measured_tensorrt:
+        print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
 
-        print()
-        frame_size = f"{frame.shape[1]}x{frame.shape[0]}"
-        print(f"pre/post-processing alone, {frame_size} frame, {cv2.getNumThreads()} OpenCV threads:")
-        print("| pipeline | ms/frame | vs straightforward |")
-        print("|---|---:|---:|")
-        print(f"| straightforward NumPy | {peer_ms:.2f} | 1.00x |")
-        print(f"| DepthEstimator | {ours_ms:.2f} | {peer_ms / ours_ms:.2f}x |")
-        print(f"| (part of both: the area resize to {args.width}x{args.height} alone) | {resize_ms:.2f} | |")
+    print()
+    frame_size = f"{frame.shape[1]}x{frame.shape[0]}"
+    print(f"pre/post-processing alone, {frame_size} frame, {cv2.getNumThreads()} OpenCV threads:")
+    print("| pipeline | ms/frame | vs straightforward |")
+    print("|---|---:|---:|")
+    print(f"| straightforward NumPy | {peer_ms:.2f} | 1.00x |")
+    print(f"| DepthEstimator | {ours_ms:.2f} | {peer_ms / ours_ms:.2f}x |")
+    print(f"| (part of both: the area resize to {args.width}x{args.height} alone) | {resize_ms:.2f} | |")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The model-file contract shared by export and runtime: tensor names and the metadata a model carries.
 
 An exported depth network takes ``image`` (B, 3, H, W) float32 RGB in [0, 1] and returns ``disparity``
-(B, 1, H, W), the sigmoid disparity that ``geometry.disparity_to_depth`` maps to metres. What a runtime needs
-beyond the graph (depth range, training and export resolution, the training config, whether its depth is
-metric and how) travels as ONNX metadata props, and for a TensorRT engine, which cannot carry them, in a JSON
-sidecar beside the engine.
+(B, 1, H, W), the normalised disparity in [0, 1] that ``geometry.disparity_to_depth`` maps to metres. Every
+depth head gives it: the U-Net's sigmoid heads directly, the SQL head by mapping its bins' depth with
+``geometry.depth_to_disparity`` inside the graph (models/sql.py); the metadata's ``output`` says so, and a
+runtime refuses any other. What a runtime needs beyond the graph (depth range, training and export resolution,
+the training config, whether its depth is metric and how) travels as ONNX metadata props, and for a TensorRT
+engine, which cannot carry them, in a JSON sidecar beside the engine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ METRIC_SOURCES = (
     "none",
     *("+".join(c) for n in range(1, 4) for c in itertools.combinations(_SCALE_SOURCES, n)),
 )
+# What the output tensor holds: "disparity", the normalised disparity of geometry.disparity_to_depth (every
+# DepthNet head exports it; a model file that says otherwise is refused rather than misread).
+OUTPUT_KINDS = ("disparity",)
 
 
 def metric_source(config: dict) -> str:
@@ -50,11 +55,15 @@ class ExportMetadata:
     width: int
     config_yaml: str  # the resolved training config
     metric: str  # one of METRIC_SOURCES: how the depth is metric ("none": scale-less)
+    output: str = "disparity"  # one of OUTPUT_KINDS: what the output tensor holds
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_SOURCES:
             expected = ", ".join(repr(m) for m in METRIC_SOURCES)
             raise ValueError(f"metadata 'metric' must be one of {expected}, got {self.metric!r}")
+        if self.output not in OUTPUT_KINDS:
+            expected = ", ".join(repr(m) for m in OUTPUT_KINDS)
+            raise ValueError(f"metadata 'output' must be one of {expected}, got {self.output!r}")
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -66,13 +75,15 @@ class ExportMetadata:
             "width": str(self.width),
             "config": self.config_yaml,
             "metric": self.metric,
+            "output": self.output,
         }
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str | Path) -> ExportMetadata:
         """Parse metadata props; ``source`` names the file in errors.
 
-        ``metric`` is optional: files exported before it existed read as "none" (scale-less).
+        ``metric`` and ``output`` are optional: files exported before they existed read as "none"
+        (scale-less) and "disparity" (the only output then).
         """
         keys = ("min_depth", "max_depth", "train_height", "train_width", "height", "width", "config")
         missing = [k for k in keys if k not in props]
@@ -90,6 +101,7 @@ class ExportMetadata:
                 width=int(props["width"]),
                 config_yaml=props["config"],
                 metric=props.get("metric", "none"),
+                output=props.get("output", "disparity"),
             )
         except ValueError as error:
             raise ValueError(f"{source}: malformed metadata ({error})") from error

@@ -95,16 +95,23 @@ class Intrinsics:
 
     @classmethod
     def from_kitti_calib(cls, calib_cam_to_cam: str | Path, camera: str = "02") -> Intrinsics:
-        """Read ``P_rect_<camera>`` and ``S_rect_<camera>`` from a KITTI ``calib_cam_to_cam.txt``."""
+        """Read ``P_rect_<camera>`` and ``S_rect_<camera>`` from a KITTI ``calib_cam_to_cam.txt``; ValueError
+        naming the file, the key and the value for a missing key, a size that is not two positive whole
+        numbers or a camera the constructor rejects."""
         values = read_kitti_calib(calib_cam_to_cam)
         p_key, s_key = f"P_rect_{camera}", f"S_rect_{camera}"
         for key in (p_key, s_key):
             if key not in values:
                 raise ValueError(f"{calib_cam_to_cam}: missing '{key}'")
+        size = values[s_key]
+        if size.size != 2 or np.any(size <= 0) or np.any(size != np.round(size)):
+            raise ValueError(
+                f"{calib_cam_to_cam}: '{s_key}' must be two positive whole numbers (width height), got "
+                f"{' '.join(f'{v:g}' for v in size) or 'none'}"
+            )
         try:
-            width, height = (int(round(v)) for v in values[s_key])
-            return cls.from_matrix(values[p_key], width, height)
-        except (ValueError, OverflowError) as error:  # OverflowError: an infinite size
+            return cls.from_matrix(values[p_key], int(size[0]), int(size[1]))
+        except ValueError as error:
             raise ValueError(f"{calib_cam_to_cam}: {p_key}, {s_key}: {error}") from None
 
     def scaled(self, width: int, height: int) -> Intrinsics:
@@ -163,15 +170,34 @@ class Intrinsics:
 
 
 def read_kitti_calib(path: str | Path) -> dict[str, np.ndarray]:
-    """Parse a KITTI ``key: v1 v2 ...`` calibration file; non-numeric entries (calib_time) are skipped."""
+    """Parse a KITTI ``key: v1 v2 ...`` calibration file (``calib_time``, a date, is skipped).
+
+    ValueError naming the file, line, key and value for an unreadable file, a repeated key, or a value that
+    is not a finite number (a NaN would reach the warp and the gradients).
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the calibration file ({err})") from None
     values: dict[str, np.ndarray] = {}
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if ":" not in line:
+    lines: dict[str, int] = {}
+    for line_no, line in enumerate(text.splitlines(), 1):
+        key, colon, rest = line.partition(":")
+        key = key.strip()
+        if not colon or key == "calib_time":
             continue
-        key, _, rest = line.partition(":")
-        try:
-            values[key.strip()] = np.array([float(v) for v in rest.split()], dtype=np.float64)
-        except ValueError:
-            if key.strip() != "calib_time":
-                raise ValueError(f"{path}:{line_no}: non-numeric value for '{key.strip()}'") from None
+        if key in lines:
+            raise ValueError(f"{path}:{line_no}: '{key}' appears again (first on line {lines[key]})")
+        numbers = []
+        for position, token in enumerate(rest.split(), 1):
+            try:
+                number = float(token)
+            except ValueError:
+                number = None
+            if number is None or not math.isfinite(number):
+                raise ValueError(
+                    f"{path}:{line_no}: '{key}' value {position} is {token!r}: expected a finite number"
+                )
+            numbers.append(number)
+        values[key], lines[key] = np.array(numbers, dtype=np.float64), line_no
     return values

@@ -2,37 +2,141 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import os
 import pickle
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssim_depth_core.config import TrainConfig, from_dict
+from ssim_depth_core.config import TrainConfig, stored_config
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks (see remove_stale_temporaries)
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+# The temporary file write_atomic writes beside ``path`` before the rename: ``.<name>.<8 hex digits>.tmp``.
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file.
 
     The file gets the mode a plain ``open(path, "w")`` gives (0666 less the umask), so other users of the
-    machine can read the model files as they can any other.
+    machine can read the model files as they can any other. The writer holds an exclusive advisory lock
+    (``flock``) on the temporary file from its creation to the rename; the kernel drops it when the writer
+    dies (even by SIGKILL), which is how :func:`remove_stale_temporaries` tells an abandoned temporary from
+    one being written. A failed write (a full disk: ENOSPC; a file-size limit: EFBIG; ...) removes the
+    temporary and raises an ``OSError`` whose message names ``path``, the reason and that the previous file
+    at ``path``, if any, is kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+    tmp = None
     try:
+        fd, tmp = _create_locked_temporary(path)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before the close: the lock covers the whole life of the temporary
+    except OSError as error:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        hint = ""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = " (disk full or over quota)"
+        elif error.errno == errno.EFBIG:
+            hint = " (over the file-size limit: ulimit -f, or the largest file the file system holds)"
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}{hint}; {kept}") from error
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_locked_temporary(path: Path) -> tuple[int, Path]:
+    """Create ``path``'s temporary (exclusively, named by :data:`TEMP_PATTERN`) and lock it; returns the
+    descriptor and the name."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+        if fcntl is None:
+            return fd, tmp
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:
+                return fd, tmp
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        # a cleaner removed it between our create and our lock (it unlinks while holding the lock): again
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries that interrupted :func:`write_atomic` calls left in ``folder``; returns them.
+
+    Only files named as the writer names its temporaries (:data:`TEMP_PATTERN`) are considered, and only
+    those that no live writer owns: a writer holds an exclusive ``flock`` on its temporary until the rename,
+    and the kernel releases it when the writer exits or is killed, so a temporary this function can lock
+    has been abandoned. (It unlinks while holding the lock; a writer that locks a temporary then finds it
+    unlinked starts over with a new name.) Without ``fcntl`` (not POSIX) every matching file counts as
+    abandoned: the caller must then be the folder's only writer.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if not TEMP_PATTERN.match(entry.name) or not entry.is_file() or entry.is_symlink():
+            continue
+        try:
+            # read-write: on NFS, flock is emulated by POSIX locks, whose exclusive kind needs a writable fd
+            fd = os.open(entry, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:  # renamed or removed meanwhile
+            continue
+        except OSError as error:
+            log.warning("cannot check %s, left alone: %s", entry, error)
+            continue
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("%s is being written by a live process: left alone", entry)
+                    continue
+                except OSError as error:
+                    log.warning("cannot lock %s, left alone: %s", entry, error)
+                    continue
+            opened = os.fstat(fd)
+            try:
+                named = os.lstat(entry)
+                if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+                    continue  # its writer renamed it meanwhile: not a temporary any more
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+        finally:
+            os.close(fd)
+        log.warning(
+            "removed %s (%.1f MB): the temporary of an interrupted %s write (its process was killed?)",
+            entry,
+            opened.st_size / 1e6,
+            TEMP_PATTERN.match(entry.name)["name"],
+        )
+        removed.append(entry)
+    return removed
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
@@ -71,13 +175,8 @@ def load_depth_net(path: str | Path, map_location: str | torch.device = "cpu"):
     from ssim_depth_core.models.depth import DepthNet
 
     state = load_checkpoint(path, map_location)
-    config: TrainConfig = from_dict(TrainConfig, state["config"])
-    net = DepthNet(
-        num_layers=config.model.num_layers,
-        pretrained=False,
-        padding_mode=config.model.padding_mode,
-        scales=tuple(config.model.scales),
-    )
+    config: TrainConfig = stored_config(state["config"])  # a checkpoint of older keys too
+    net = DepthNet.from_config(config.model, pretrained=False)
     prefix = "depth_net."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     net.load_state_dict(weights)

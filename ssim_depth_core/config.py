@@ -17,11 +17,40 @@ from typing import Any, Literal
 
 import yaml
 
+# torchvision backbones the depth and pose nets take (models/encoder.py builds them; ImageNet normalisation
+# inside). ResNets give the U-Net decoder their stem map at 1/2; ConvNeXts, whose stem is at 1/4, get a small
+# conv stem for it (docs/models.md).
+EncoderName = Literal[
+    "resnet18", "resnet34", "resnet50", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"
+]
+# Config keys renamed by issue 19 -> their replacement. A config stored before (a checkpoint, a study record,
+# a run's config.yaml) is read with the replacement (:func:`upgrade_stored_config`, the one place where a
+# ResNet depth becomes a name); a YAML file or ``--set`` override that uses one is refused, naming its
+# replacement.
+RENAMED_MODEL_KEYS = {"num_layers": "encoder", "pose_num_layers": "pose_encoder"}
+_LEGACY_RESNET_DEPTHS = (18, 34, 50)
+
+
+@dataclass
+class SQLConfig:
+    """The Self Query Layer head (``model.decoder: sql``; models/sql.py, docs/models.md)."""
+
+    queries: int = 64  # Q: coarse-grained queries, one depth bin each
+    dim: int = 32  # C: channels of the per-pixel representation S that the queries are compared with
+    patch_size: int = 16  # pixels per side of the patches the queries are computed from
+    embed_dim: int = 128  # width of the transformer over the patches
+    layers: int = 4  # transformer layers
+    heads: int = 4  # attention heads (must divide embed_dim)
+
 
 @dataclass
 class ModelConfig:
-    num_layers: int = 18  # ResNet depth of the depth encoder: 18, 34 or 50
-    pose_num_layers: int = 18  # ResNet depth of the pose encoder
+    encoder: EncoderName = "resnet18"  # depth encoder, a torchvision model name
+    pose_encoder: EncoderName = "resnet18"  # pose encoder (sees the two frames stacked: 6 input channels)
+    # unet: sigmoid disparity heads at every scale of `scales`; sql: Self Query Layer depth bins (SQLdepth /
+    # SPIdepth) at full resolution only (scales must be [0]); both output the same normalised disparity.
+    decoder: Literal["unet", "sql"] = "unet"
+    sql: SQLConfig = field(default_factory=SQLConfig)
     pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
     scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss
     padding_mode: Literal["reflection", "zeros"] = "reflection"  # zeros exports to any TensorRT version
@@ -203,7 +232,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
+    _refuse_renamed_keys(values, path)
     return from_dict(TrainConfig, values)
+
+
+def _refuse_renamed_keys(values: dict[str, Any], path: str | Path | None) -> None:
+    """Raise for a key of :data:`RENAMED_MODEL_KEYS` in a user's config, naming its replacement."""
+    model = values.get("model")
+    if not isinstance(model, dict):
+        return
+    for old, new in RENAMED_MODEL_KEYS.items():
+        if old in model:
+            value = model[old]
+            example = f"resnet{value}" if value in _LEGACY_RESNET_DEPTHS else "resnet18"
+            source = f"{path}: " if path is not None else ""
+            raise ValueError(
+                f"{source}config 'model.{old}' was replaced by 'model.{new}', a torchvision model name "
+                f"({', '.join(typing.get_args(EncoderName))}): write model.{new}: {example} in place of "
+                f"model.{old}: {value}"
+            )
+
+
+def upgrade_stored_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict (checkpoint, study record, run folder) in today's keys: each key of
+    :data:`RENAMED_MODEL_KEYS` becomes its replacement (ResNet depth 18/34/50 -> "resnet18"/...).
+
+    ``values`` is not modified; a dict without renamed keys is returned as is.
+    """
+    model = values.get("model")
+    if not isinstance(model, dict) or not set(model) & set(RENAMED_MODEL_KEYS):
+        return values
+    model = dict(model)
+    for old, new in RENAMED_MODEL_KEYS.items():
+        if old not in model:
+            continue
+        depth = model.pop(old)
+        if depth not in _LEGACY_RESNET_DEPTHS:
+            raise ValueError(
+                f"stored config 'model.{old}': {depth!r} is not a ResNet depth "
+                f"({list(_LEGACY_RESNET_DEPTHS)})"
+            )
+        name = f"resnet{depth}"
+        if model.get(new, name) != name:
+            raise ValueError(f"stored config has both model.{old}: {depth} and model.{new}: {model[new]!r}")
+        model[new] = name
+    return {**values, "model": model}
+
+
+def stored_config(values: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a stored config dict, its older keys upgraded
+    (:func:`upgrade_stored_config`)."""
+    return from_dict(TrainConfig, upgrade_stored_config(values))
 
 
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

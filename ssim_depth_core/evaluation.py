@@ -10,6 +10,8 @@ metric model).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
@@ -86,6 +88,50 @@ def evaluate_depth(
         (metrics dict as :func:`compute_depth_metrics`, the scale ratio median(gt) / median(pred) over the
         valid pixels, applied or not). The prediction is clamped to [min_depth, max_depth] after scaling.
     """
+    gt, pred, ratio = _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)
+    return _clamped_metrics(gt, pred * ratio if median_scaling else pred, min_depth, max_depth), ratio
+
+
+class DepthScores(NamedTuple):
+    """One image's metrics with and without median scaling (:func:`evaluate_depth_scalings`)."""
+
+    median: dict[str, float]  # median-scaled, as evaluate_depth(...)[0]
+    metric: (
+        dict[str, float] | None
+    )  # unscaled, as evaluate_depth(..., median_scaling=False)[0]; None: not asked
+    ratio: float  # median(gt) / median(pred) over the valid pixels
+
+
+def evaluate_depth_scalings(
+    gt_depth: np.ndarray,
+    pred_depth: np.ndarray,
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    crop: str | None = "garg",
+    unscaled: bool = True,
+) -> DepthScores:
+    """The median-scaled metrics and (with ``unscaled``) the unscaled ones of one depth map, from one pass.
+
+    Arguments and errors as :func:`evaluate_depth`, whose two scalings this returns: the ground truth is
+    masked, the prediction checked and the scale ratio measured once.
+    """
+    gt, pred, ratio = _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)
+    median = _clamped_metrics(gt, pred * ratio, min_depth, max_depth)
+    metric = _clamped_metrics(gt, pred, min_depth, max_depth) if unscaled else None
+    return DepthScores(median, metric, ratio)
+
+
+def _clamped_metrics(
+    gt: np.ndarray, pred: np.ndarray, min_depth: float, max_depth: float
+) -> dict[str, float]:
+    return compute_depth_metrics(gt, np.clip(pred, min_depth, max_depth))
+
+
+def _valid_depths(
+    gt_depth: np.ndarray, pred_depth: np.ndarray, min_depth: float, max_depth: float, crop: str | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(gt, pred) on the valid ground-truth pixels (float64) and the ratio median(gt) / median(pred) there;
+    raises ValueError (see :func:`evaluate_depth`)."""
     gt_depth = np.asarray(gt_depth, dtype=np.float64)
     pred_depth = np.asarray(pred_depth, dtype=np.float64)
     if gt_depth.ndim != 2:
@@ -116,11 +162,7 @@ def evaluate_depth(
     pred_median = float(np.median(pred))
     if pred_median <= 0:
         raise ValueError(f"median predicted depth on valid pixels is {pred_median}: no scale ratio")
-    ratio = float(np.median(gt)) / pred_median
-    if median_scaling:
-        pred = pred * ratio
-    pred = np.clip(pred, min_depth, max_depth)
-    return compute_depth_metrics(gt, pred), ratio
+    return gt, pred, float(np.median(gt)) / pred_median
 
 
 class MetricsAccumulator:

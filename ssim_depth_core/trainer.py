@@ -24,12 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ssim_depth_core.artifact import metric_source
-from ssim_depth_core.checkpoint import load_checkpoint, save_atomic
+from ssim_depth_core.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
 from ssim_depth_core.config import OptimConfig, TrainConfig, to_dict
 from ssim_depth_core.data.sources import open_sequences, select_split
-from ssim_depth_core.data.triplets import TripletDataset, build_samples, collate_skipping
-from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth
-from ssim_depth_core.losses.objective import Objective, required_outputs
+from ssim_depth_core.data.triplets import SkipTally, TripletDataset, build_samples, collate_skipping
+from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth_scalings
+from ssim_depth_core.losses.objective import Objective, required_inputs, required_outputs
 from ssim_depth_core.models.monodepth import MonodepthModel
 from ssim_depth_core.progress import progress_bar
 
@@ -155,6 +155,10 @@ class Trainer:
         self.context = DistributedContext.from_env()
         # before the process group forms: no rank has written into out_dir yet
         prepare_run_dir(self.out_dir, resume, overwrite, self.context.is_main)
+        if self.context.is_main:
+            # A run killed inside a checkpoint write leaves that write's temporary (as large as a checkpoint):
+            # remove those no live writer holds (checkpoint.remove_stale_temporaries).
+            remove_stale_temporaries(self.checkpoint_dir)
         if self.context.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.device = resolve_device(config.device, self.context)
@@ -170,7 +174,16 @@ class Trainer:
         train_samples = build_samples(sequences, frame_ids, train_split)
         if not train_samples:
             raise ValueError(f"{data_path}: no training samples (every frame needs neighbours {frame_ids})")
-        self.train_set = TripletDataset(sequences, train_samples, config.data, train=True, seed=config.seed)
+        # Ground truth (a velodyne projection per sample on KITTI without proj_depth) only for a term
+        # that reads it.
+        self.train_set = TripletDataset(
+            sequences,
+            train_samples,
+            config.data,
+            train=True,
+            seed=config.seed,
+            load_depth_gt="depth_gt" in required_inputs(config.loss),
+        )
         if train_split is not None:
             log.info("training on %d samples of %s", len(self.train_set), train_split)
         else:
@@ -195,7 +208,9 @@ class Trainer:
             val_samples = build_samples(sequences, frame_ids, val_split)
             if not val_samples:
                 raise ValueError(f"{val_split}: no validation samples with neighbours {frame_ids}")
-            self.val_set = TripletDataset(sequences, val_samples, config.data, train=False, seed=config.seed)
+            self.val_set = TripletDataset(
+                sequences, val_samples, config.data, train=False, seed=config.seed, load_depth_gt=True
+            )
             log.info(
                 "validating on %d samples of %s; best.pt keeps the best weights", len(self.val_set), val_split
             )
@@ -358,17 +373,22 @@ class Trainer:
         return metrics
 
     def _train_epoch(self) -> bool:
-        """Train on the rest of the current epoch; True when it ran to its end (not cut by max_steps)."""
+        """Train on the rest of the current epoch; True when it ran to its end (not cut by max_steps). The
+        samples skipped as unreadable are logged at the end, one line counting them by source and reason."""
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
         self.sampler.skip = self.epoch_batches * self.config.optim.batch_size
         self.network.train()
         description = f"epoch {self.epoch + 1}/{self.config.optim.epochs}"
+        skips, seen, complete = SkipTally(), 0, True
         with progress_bar(self.loader, desc=description, disable=not self.context.is_main) as bar:
             tic = time.perf_counter()
             for batch in bar:
                 self.epoch_batches += 1
-                self.skipped_samples += batch.pop("skipped")
+                skipped = batch.pop("skipped")
+                self.skipped_samples += len(skipped)
+                skips.add(skipped)
+                seen += len(skipped) + (len(batch["index"]) if batch else 0)
                 if not batch:  # every sample of this batch was unreadable
                     continue
                 loss, outputs = self._train_step(batch)
@@ -383,8 +403,13 @@ class Trainer:
                 if self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint("last.pt")
                 if self._done() and self.epoch_batches < self.steps_per_epoch:
-                    return False
-        return True
+                    complete = False
+                    break
+        if skips.total():
+            log.warning(
+                "epoch %d: skipped %d of %d samples: %s", self.epoch + 1, skips.total(), seen, skips.summary()
+            )
+        return complete
 
     def _train_step(self, batch: dict[str, Any]):
         batch = _to_device(batch, self.device)
@@ -442,12 +467,12 @@ class Trainer:
                 for gt, pred in zip(batch["depth_gt"][:, 0], outputs["depths"][0][:, 0], strict=True):
                     gt, pred = gt.cpu().numpy(), pred.cpu().numpy()
                     try:
-                        metrics, ratio = evaluate_depth(gt, pred)
+                        scores = evaluate_depth_scalings(gt, pred, unscaled=self.metric)
                     except ValueError:  # a frame without valid ground truth inside the crop
                         continue
-                    scaled.add(metrics, ratio)
-                    if self.metric:
-                        metric.add(evaluate_depth(gt, pred, median_scaling=False)[0])
+                    scaled.add(scores.median, scores.ratio)
+                    if scores.metric is not None:
+                        metric.add(scores.metric)
         self.model.train()
         result = {"loss": float(np.mean(losses))} if losses else {}
         if len(scaled):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ssim_depth_core.config import TrainConfig, load_config, to_dict
+from ssim_depth_core.config import TrainConfig, load_config, stored_config, to_dict
 from ssim_depth_core.trainer import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,6 +351,51 @@ def test_a_config_key_newer_than_a_record_stands_for_its_default():
     assert ablation.config_differences(old, new) == []
     new["loss"]["ssim_window"] = 5
     assert ablation.config_differences(old, new) == ["loss.ssim_window: 3 -> 5"]
+
+
+def _pre_issue_19(train_config: dict, depth: int = 18) -> dict:
+    """A resolved train config as records written before issue 19 store it: ResNet depths, no decoder keys."""
+    old = copy.deepcopy(train_config)
+    model = old["model"]
+    assert (model.pop("encoder"), model.pop("pose_encoder")) == ("resnet18", "resnet18")
+    del model["decoder"], model["sql"]
+    model["num_layers"], model["pose_num_layers"] = depth, 18
+    return old
+
+
+def test_a_record_with_the_old_model_keys_is_the_same_setup_as_the_named_encoder(fake_training, tmp_path):
+    results = tmp_path / "toy.jsonl"
+    variants = {"base": [], "l1": ["loss.alpha=0"]}
+    study = dict(study="toy", baseline="base", results=results, out=tmp_path / "out", steps=980)
+    ablation.run_study(variants=variants, seeds=[0], **study)
+    records = ablation.read_records(results)
+    results.write_text(
+        "".join(json.dumps({**r, "train_config": _pre_issue_19(r["train_config"])}) + "\n" for r in records)
+    )
+    assert all("num_layers" in r["train_config"]["model"] for r in ablation.read_records(results))
+
+    fake_training.clear()  # seed 0 is recorded (old keys): planned against them, only seed 1 trains
+    ablation.run_study(variants=variants, seeds=[0, 1], **study)
+    assert [name for name, *_ in fake_training] == ["base_s1", "l1_s1"]
+    ablation.main(["--study", "toy", "--baseline", "base", "--results", str(results), "--report-only"])
+
+    other = {**records[0], "train_config": _pre_issue_19(records[0]["train_config"], depth=34)}
+    results.write_text(json.dumps(other) + "\n")
+    with pytest.raises(ValueError, match="variant 'base' .* model.encoder: 'resnet34' -> 'resnet18'"):
+        ablation.run_study(variants=variants, seeds=[0], **study)
+
+
+def test_the_ssim_study_records_read_as_resnet18_configs():
+    """The stored SSIM-study records (model.num_layers: 18) equal their config written with today's keys."""
+    record = json.loads((ROOT / "docs" / "studies" / "ssim.jsonl").read_text().splitlines()[0])
+    assert record["train_config"]["model"]["num_layers"] == 18
+    today = to_dict(stored_config(record["train_config"]))
+    assert today["model"]["encoder"] == today["model"]["pose_encoder"] == "resnet18"
+    assert ablation.config_differences(record["train_config"], today) == []
+    today["model"]["encoder"] = "convnext_tiny"
+    assert ablation.config_differences(record["train_config"], today) == [
+        "model.encoder: 'resnet18' -> 'convnext_tiny'"
+    ]
 
 
 def test_jobs_train_pairs_in_worker_processes_with_the_same_records(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from ssim_depth_core.evaluation import (
     MetricsAccumulator,
     compute_depth_metrics,
     evaluate_depth,
+    evaluate_depth_scalings,
     garg_crop_mask,
 )
 from ssim_depth_core.runtime.estimator import DepthEstimator
@@ -250,3 +251,30 @@ def test_evaluate_cli_prints_labelled_tables(velocity_checkpoint, random_checkpo
     assert "metric (no scaling):" not in capsys.readouterr().out
     assert main([*argv, "--scaling", "metric"]) == 0
     assert "metric (no scaling):" in capsys.readouterr().out
+
+
+def test_both_scalings_in_one_call_equal_the_two_separate_calls():
+    # Valid pixels gt = [2, 4, 8, 50], pred = [1, 2, 4, 60]: medians 6 and 3, ratio 2; scaled, the 60 becomes
+    # 120, clamped to 80 as the unscaled 60 is not. The 0 and 100 (> max_depth) gt pixels are left out.
+    gt = np.array([[2.0, 4.0, 0.0], [8.0, 50.0, 100.0]])
+    pred = np.array([[1.0, 2.0, 70.0], [4.0, 60.0, 90.0]])
+    scaled, ratio = evaluate_depth(gt, pred, crop=None)
+    unscaled, unscaled_ratio = evaluate_depth(gt, pred, crop=None, median_scaling=False)
+    scores = evaluate_depth_scalings(gt, pred, crop=None)
+    assert scores.median == scaled and scores.metric == unscaled and scores.ratio == ratio == unscaled_ratio
+    assert ratio == 2.0 and scaled["abs_rel"] == pytest.approx(30 / 50 / 4)  # only the clamped pixel is off
+    assert unscaled["abs_rel"] == pytest.approx((0.5 * 3 + 10 / 50) / 4)
+    median_only = evaluate_depth_scalings(gt, pred, crop=None, unscaled=False)
+    assert median_only == (scaled, None, ratio)
+    # The Garg crop and the errors are evaluate_depth's.
+    kitti = np.full((375, 1242), 10.0)
+    guess = np.full_like(kitti, 4.0)
+    guess[:153] = 1000.0
+    cropped = evaluate_depth_scalings(kitti, guess)
+    assert cropped == (
+        evaluate_depth(kitti, guess)[0],
+        evaluate_depth(kitti, guess, median_scaling=False)[0],
+        2.5,
+    )
+    with pytest.raises(ValueError, match="no valid ground-truth pixels"):
+        evaluate_depth_scalings(np.zeros((4, 5)), np.ones((4, 5)), crop=None)

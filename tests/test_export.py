@@ -87,6 +87,7 @@ PROPS = {
     "width": "192",
     "config": "seed: 0\n",
     "metric": "stereo+velocity",
+    "output": "disparity",
 }
 
 
@@ -94,13 +95,16 @@ def test_metadata_round_trip_and_files_without_metric():
     metadata = ExportMetadata.from_props(PROPS, "model.onnx")
     assert metadata == ExportMetadata(0.5, 80.0, 64, 96, 128, 192, "seed: 0\n", "stereo+velocity")
     assert metadata.to_props() == PROPS
-    old = {key: value for key, value in PROPS.items() if key != "metric"}  # exported before "metric" existed
+    old = {key: value for key, value in PROPS.items() if key not in ("metric", "output")}  # before both
     assert ExportMetadata.from_props(old, "old.onnx").metric == "none"
+    assert ExportMetadata.from_props(old, "old.onnx").output == "disparity"
 
 
 def test_metadata_rejects_an_unknown_metric_source():
     with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'metric'.*got 'lidar'"):
         ExportMetadata.from_props({**PROPS, "metric": "lidar"}, "bad.onnx")
+    with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'output'.*got 'depth'"):
+        ExportMetadata.from_props({**PROPS, "output": "depth"}, "bad.onnx")
 
 
 def test_onnxruntime_matches_torch(exported, checkpoint):
@@ -182,6 +186,15 @@ def test_tensorrt_check_accepts_a_supported_hand_made_graph():
     assert check_tensorrt_ops(model) == []
 
 
+def test_tensorrt_check_accepts_the_transformer_ops():
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "scale"], ["n"], axis=-1),
+        helper.make_node("MatMul", ["n", "n"], ["m"]),
+        helper.make_node("Softmax", ["m"], ["y"], axis=1),  # any axis: the SQL head's plane-wise softmax
+    ]
+    assert check_tensorrt_ops(_model(nodes)) == []
+
+
 @pytest.mark.parametrize(
     ("node", "opset", "expected"),
     [
@@ -197,6 +210,12 @@ def test_tensorrt_check_accepts_a_supported_hand_made_graph():
         (helper.make_node("Resize", ["x", "", "scales"], ["y"], antialias=1), 18, "antialias"),
         (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]), 18, "dilations"),
         (helper.make_node("Plugin", ["x"], ["y"], domain="com.example"), 18, "custom domain 'com.example'"),
+        (
+            helper.make_node("LayerNormalization", ["x", "scale"], ["y", "mean", "inv_std"], axis=-1),
+            18,
+            "LayerNormalization outputs Mean / InvStdDev",
+        ),
+        (helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,jk->ik"), 18, "op type Einsum"),
         (helper.make_node("Relu", ["x"], ["y"]), 8, "opset 8"),
         (helper.make_node("Relu", ["x"], ["y"]), 21, "opset 21"),
     ],

@@ -129,3 +129,16 @@ def test_camera_height_applies_before_the_range_limits(oracle, street):
 def test_scale_settings_reject_bad_values(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_scale_settings_from_the_camera_mounting():
+    mounted = ScaleSettings.from_mounting("camera_height", 1.0, 1.65, 0.05, -0.02, max_hold=3)
+    ground = GroundPlaneSettings(1.65, 0.05, -0.02, max_hold=3)
+    assert mounted == ScaleSettings("camera_height", ground=ground)
+    # no height: no ground plane, whatever the source; the mounting's other angles are then unused
+    assert ScaleSettings.from_mounting("fixed", 2.0, None, 0.3) == ScaleSettings("fixed", 2.0)
+    assert ScaleSettings.from_mounting() == ScaleSettings()
+    with pytest.raises(ValueError, match="needs camera_height"):
+        ScaleSettings.from_mounting("camera_height")
+    with pytest.raises(ValueError, match="camera_height must be the camera's height"):
+        ScaleSettings.from_mounting("model", camera_height=0.0)  # a given height is checked, any source

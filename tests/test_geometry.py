@@ -344,10 +344,10 @@ def test_unusable_camera_info_and_calib_name_their_source(tmp_path):
         Intrinsics.from_camera_info(k, 640, 480, p=p)
     calib = tmp_path / "calib_cam_to_cam.txt"
     calib.write_text("S_rect_02: 1242 375\nP_rect_02: nan 0 609.5 0 0 721.5 172.8 0 0 0 1 0\n")
-    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: P_rect_02, S_rect_02: .*fx=nan"):
+    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt:2: 'P_rect_02' value 1 is 'nan'"):
         Intrinsics.from_kitti_calib(calib)
     calib.write_text("S_rect_02: inf 375\nP_rect_02: 721.5 0 609.5 0 0 721.5 172.8 0 0 0 1 0\n")
-    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: P_rect_02, S_rect_02"):
+    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt:1: 'S_rect_02' value 1 is 'inf'"):
         Intrinsics.from_kitti_calib(calib)
 
 

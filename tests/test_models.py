@@ -20,12 +20,12 @@ from ssim_depth_core.models.pose import POSE_SCALE
 _TAPS = {"relu": "0", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}
 
 
-@pytest.mark.parametrize("num_layers", [18, 34, 50])
-def test_encoder_matches_torchvision_on_normalised_input(num_layers):
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_encoder_matches_torchvision_on_normalised_input(name):
     torch.manual_seed(0)
-    encoder = ResnetEncoder(num_layers).eval()
+    encoder = ResnetEncoder(name).eval()
     torch.manual_seed(0)
-    reference = getattr(torchvision.models, f"resnet{num_layers}")().eval()
+    reference = getattr(torchvision.models, name)().eval()
     taps = create_feature_extractor(reference, _TAPS)
     image = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -37,9 +37,9 @@ def test_encoder_matches_torchvision_on_normalised_input(num_layers):
         torch.testing.assert_close(feature, expected[str(level)])
 
 
-def test_encoder_rejects_unknown_depth():
-    with pytest.raises(ValueError, match=r"\[18, 34, 50\], got 101"):
-        ResnetEncoder(101)
+def test_encoder_rejects_unknown_name():
+    with pytest.raises(ValueError, match=r"\['resnet18', 'resnet34', 'resnet50'\], got 'resnet101'"):
+        ResnetEncoder("resnet101")
 
 
 def test_stacked_input_conv_is_repeated_weight_over_frame_count():
@@ -56,7 +56,7 @@ def test_stacked_input_conv_is_repeated_weight_over_frame_count():
 
 def test_scratch_pose_encoder_has_independent_filters_per_frame():
     torch.manual_seed(3)
-    weight = ResnetEncoder(18, pretrained=False, num_input_images=2).conv1.weight
+    weight = ResnetEncoder("resnet18", pretrained=False, num_input_images=2).conv1.weight
     assert weight.shape == (64, 6, 7, 7)
     first, second = weight[:, :3], weight[:, 3:]
     assert not torch.allclose(first, second)
@@ -65,14 +65,14 @@ def test_scratch_pose_encoder_has_independent_filters_per_frame():
     # The filters see the frame difference: swapping the frames changes the response.
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        encoder = ResnetEncoder(18, num_input_images=2).conv1
+        encoder = ResnetEncoder("resnet18", num_input_images=2).conv1
         assert not torch.allclose(encoder(torch.cat([a, b], 1)), encoder(torch.cat([b, a], 1)))
 
 
 @pytest.mark.parametrize(("batch", "height", "width"), [(2, 192, 640), (1, 128, 416)])
 def test_depth_net_shapes_at_every_scale(batch, height, width):
     torch.manual_seed(0)
-    net = DepthNet(18, pretrained=False).eval()
+    net = DepthNet("resnet18", pretrained=False).eval()
     image = torch.rand(batch, 3, height, width)
     with torch.no_grad():
         multiscale = net.forward_multiscale(image)
@@ -86,7 +86,7 @@ def test_depth_net_shapes_at_every_scale(batch, height, width):
 
 def test_depth_net_eval_is_deterministic():
     torch.manual_seed(0)
-    net = DepthNet(18).eval()
+    net = DepthNet("resnet18").eval()
     image = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(net(image), net(image))
@@ -94,14 +94,14 @@ def test_depth_net_eval_is_deterministic():
 
 @pytest.mark.parametrize("size", [(100, 96), (64, 90)])
 def test_depth_net_rejects_sizes_not_multiple_of_32(size):
-    net = DepthNet(18)
+    net = DepthNet("resnet18")
     with pytest.raises(ValueError, match=f"{size[0]}x{size[1]}.*multiples of 32"):
         net(torch.rand(1, 3, *size))
 
 
 def test_depth_net_requires_full_resolution_scale():
     with pytest.raises(ValueError, match="must include 0"):
-        DepthNet(18, scales=(1, 2, 3))
+        DepthNet("resnet18", scales=(1, 2, 3))
 
 
 def test_decoder_padding_mode_is_used():
@@ -131,7 +131,7 @@ def test_decoder_rejects_bad_settings():
 
 def test_pose_net_outputs_scaled_head_mean():
     torch.manual_seed(0)
-    net = PoseNet(18).eval()
+    net = PoseNet("resnet18").eval()
     raw = {}
     net.head[-1].register_forward_hook(lambda module, args, output: raw.setdefault("out", output))
     frame_a, frame_b = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)

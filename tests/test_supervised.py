@@ -16,8 +16,10 @@ from ssim_depth_core.apps.cli import build_parser
 from ssim_depth_core.artifact import METRIC_SOURCES, metric_source
 from ssim_depth_core.checkpoint import load_checkpoint
 from ssim_depth_core.config import LossConfig, load_config
+from ssim_depth_core.data.kitti_raw import KittiRawSequence
 from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.losses import TERMS, Objective, SSIMLoss
+from ssim_depth_core.losses.objective import required_inputs
 from ssim_depth_core.losses.supervised import (
     depth_targets,
     masked_gradient_loss,
@@ -267,9 +269,8 @@ def test_a_fine_tune_starts_from_the_checkpoints_weights_only(drive, tmp_path):
     resumed = Trainer(load_config(SEMISUP, TINY), drive, tmp_path / "tune", resume=True, init_from=checkpoint)
     assert resumed.step == 2
     with pytest.raises(ValueError, match="does not fit this run's model config"):
-        Trainer(
-            load_config(SEMISUP, [*TINY, "model.num_layers=34"]), drive, tmp_path / "x", init_from=checkpoint
-        )
+        other = load_config(SEMISUP, [*TINY, "model.encoder=resnet34"])
+        Trainer(other, drive, tmp_path / "x", init_from=checkpoint)
     args = build_parser().parse_args(
         [
             "train",
@@ -287,3 +288,24 @@ def test_a_fine_tune_starts_from_the_checkpoints_weights_only(drive, tmp_path):
     assert (
         build_parser().parse_args(["train", "--config", "c", "--data", "d", "--out", "o"]).init_from is None
     )
+
+
+def test_only_a_weighted_supervised_term_asks_for_ground_truth():
+    assert required_inputs(LossConfig()) == ()
+    assert required_inputs(LossConfig(weights={"photometric": 1.0, "supervised": 0.0})) == ()
+    assert required_inputs(LossConfig(weights={"photometric": 1.0, "supervised": 0.1})) == ("depth_gt",)
+
+
+def test_training_samples_load_ground_truth_only_for_the_supervised_term(drive, tmp_path, monkeypatch):
+    loads = []
+    depth = KittiRawSequence.depth
+    monkeypatch.setattr(
+        KittiRawSequence, "depth", lambda self, index: loads.append(index) or depth(self, index)
+    )
+    plain = Trainer(load_config(SELF_SUPERVISED, TINY), drive, tmp_path / "ssl")
+    samples = [plain.train_set[i] for i in range(len(plain.train_set))]
+    assert all("depth_gt" not in sample for sample in samples) and loads == []
+    semisup = Trainer(load_config(SEMISUP, TINY), drive, tmp_path / "semisup")
+    sample = semisup.train_set[0]
+    assert sample["depth_gt"].shape == (1, 64, 128) and sample["depth_gt"].any()
+    assert loads == [semisup.train_set.samples[0][1]]

@@ -16,6 +16,7 @@ from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.kitti_raw import KittiRawSequence, discover_kitti
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.data.triplets import (
+    SkippedSample,
     TripletDataset,
     build_samples,
     collate_skipping,
@@ -188,12 +189,16 @@ def test_collate_skipping_drops_unreadable_samples(tmp_path, caplog):
     dataset = TripletDataset([sequence], build_samples([sequence], config.frame_ids), config, train=False)
     with caplog.at_level(logging.WARNING):
         samples = [dataset[i] for i in range(len(dataset))]  # targets 1, 2, 3: 2 and 3 need frame 3
-    assert samples[0] is not None and samples[1] is None and samples[2] is None
-    assert "0000000003.png" in caplog.text
+    assert isinstance(samples[0], dict)
+    assert [(s.source, s.reason) for s in samples[1:]] == [(sequence.name, "unreadable frame")] * 2
+    assert all("0000000003.png" in s.message for s in samples[1:])
+    # the first skip of a source and reason is a warning naming the file, the next ones are only counted
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "0000000003.png" in warnings[0]
     batch = collate_skipping(samples)
-    assert batch["skipped"] == 2
+    assert batch["skipped"] == samples[1:]
     assert batch["images"].shape == (1, 3, 3, 16, 32) and batch["index"].tolist() == [0]
-    assert collate_skipping([None, None]) == {"skipped": 2}
+    assert collate_skipping(samples[1:]) == {"skipped": samples[1:]}
 
 
 def test_cached_frames_are_decoded_once_and_give_the_same_samples(tmp_path):
@@ -211,7 +216,7 @@ def test_cached_frames_are_decoded_once_and_give_the_same_samples(tmp_path):
     for reference, one, two in zip(expected, first, second, strict=True):
         for key in ("images", "images_aug", "K"):
             assert torch.equal(one[key], reference[key]) and torch.equal(two[key], reference[key])
-    assert plain[0] is None  # without the cache the deleted files are missed
+    assert isinstance(plain[0], SkippedSample)  # without the cache the deleted files are missed
 
 
 def test_image_size_must_match_intrinsics(tmp_path, caplog):
@@ -219,8 +224,9 @@ def test_image_size_must_match_intrinsics(tmp_path, caplog):
     write_calib(tmp_path / DATE, 60, NATIVE_H)  # calibration for another resolution
     sequence = KittiRawSequence(tmp_path, DATE, DRIVE)
     with caplog.at_level(logging.WARNING):
-        assert TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL), train=False)[0] is None
-    assert "intrinsics are for 60x32" in caplog.text
+        skipped = TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL), train=False)[0]
+    assert skipped.reason == "frame size is not the calibrated one"
+    assert "intrinsics are for 60x32" in skipped.message and "intrinsics are for 60x32" in caplog.text
 
 
 def test_static_filter_drops_parked_triplets(tmp_path, caplog):
@@ -374,7 +380,11 @@ def test_a_missing_partner_frame_skips_the_sample(caplog):
     sequence = MemorySequence(random_images(4), partner=partner, stereo_transform=KITTI_STEREO_T, name="cam")
     dataset = TripletDataset([sequence], [(0, 1), (0, 2)], DataConfig(**EVAL, stereo=True), train=False)
     with caplog.at_level(logging.WARNING):
-        assert dataset[0] is None and dataset[1] is None
+        skipped = [dataset[0], dataset[1]]
+    assert [s.reason for s in skipped] == [
+        "stereo partner frame size is not the calibrated one",
+        "unreadable stereo partner frame",
+    ]
     assert "cam stereo partner frame 1: image is 62x32" in caplog.text
     assert "no stereo partner frame 2" in caplog.text
 
@@ -386,3 +396,23 @@ def test_stereo_needs_a_partner_for_every_sequence_it_trains_on():
     with pytest.raises(ValueError, match="drive_0001_sync/image_02 have no stereo partner camera"):
         TripletDataset([paired, lonely], [(0, 1), (1, 1)], config)
     assert len(TripletDataset([paired, lonely], [(0, 1)], config)) == 1  # only the sequences used count
+
+
+class CountingSequence(MemorySequence):
+    """A memory sequence with ground truth that counts its loads."""
+
+    def __init__(self, images):
+        super().__init__(images)
+        self.loads = []
+
+    def depth(self, index: int) -> np.ndarray:
+        self.loads.append(index)
+        return np.full((NATIVE_H, NATIVE_W), 5.0, np.float32)
+
+
+def test_ground_truth_is_loaded_only_when_asked():
+    sequence = CountingSequence(random_images(3))
+    skipped = TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL), train=True, load_depth_gt=False)
+    assert "depth_gt" not in skipped[0] and sequence.loads == []
+    loaded = TripletDataset([sequence], [(0, 1)], DataConfig(**EVAL), train=True)  # loads by default
+    assert torch.equal(loaded[0]["depth_gt"], torch.full((1, 16, 32), 5.0)) and sequence.loads == [1]

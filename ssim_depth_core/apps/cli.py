@@ -105,11 +105,10 @@ def _export(args: argparse.Namespace) -> None:
 def _infer(args: argparse.Namespace) -> None:
     from ssim_depth_core.apps.infer import run_inference
     from ssim_depth_core.runtime.frames import ScaleSettings
-    from ssim_depth_core.runtime.scale import GroundPlaneSettings
 
-    ground = None
-    if args.camera_height is not None:
-        ground = GroundPlaneSettings(args.camera_height, args.camera_pitch, args.camera_roll)
+    scale = ScaleSettings.from_mounting(
+        args.scale_source, args.depth_scale, args.camera_height, args.camera_pitch, args.camera_roll
+    )
     summary = run_inference(
         args.model,
         args.input,
@@ -120,7 +119,7 @@ def _infer(args: argparse.Namespace) -> None:
         intrinsics=args.intrinsics,
         image_topic=args.image_topic,
         progress=not args.no_progress,
-        scale=ScaleSettings(args.scale_source, args.depth_scale, ground),
+        scale=scale,
     )
     latency = summary["latency_ms"]
     print(
@@ -280,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:  # OSError: a missing file, a full disk, ...
         log.error("%s", error)
         return 2
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.triplets import build_samples
-from ssim_depth_core.evaluation import METRIC_NAMES, MetricsAccumulator, evaluate_depth
+from ssim_depth_core.evaluation import METRIC_NAMES, MetricsAccumulator, evaluate_depth_scalings
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
@@ -81,9 +81,10 @@ def evaluate_model(
         if gt is None:
             raise ValueError(f"{sequence.name} frame {frame}: no ground-truth depth to evaluate against")
         pred = estimator(sequence.image(frame))
-        median.add(*evaluate_depth(gt, pred))
-        if unscaled:
-            metric.add(evaluate_depth(gt, pred, median_scaling=False)[0])
+        scores = evaluate_depth_scalings(gt, pred, unscaled=unscaled)
+        median.add(scores.median, scores.ratio)
+        if scores.metric is not None:
+            metric.add(scores.metric)
     if not len(median):
         raise ValueError(f"split '{split}' selected no frames of {data_path}")
     stats = median.scale_stats()

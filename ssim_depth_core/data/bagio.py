@@ -6,6 +6,8 @@ colour camera, optionally its rectified right partner, and optionally the vehicl
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -13,11 +15,12 @@ from typing import Any
 import numpy as np
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import McapReader, decompress
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.data.rosbag import CAMERA_INFO_TYPE, IMAGE_TYPE, ODOMETRY_TYPE
+from ssim_depth_core.data.rosbag import CAMERA_INFO_TYPE, CHUNK_CRC_OFFSET, IMAGE_TYPE, ODOMETRY_TYPE
 from ssim_depth_core.geometry import matrix_to_axis_angle, matrix_to_euler_zyx
 
 KITTI_IMAGE_TOPIC = "/kitti/camera_color_left/image_raw"
@@ -167,6 +170,23 @@ def odometry_message(
     )
 
 
+def write_chunk_crcs(path: Path) -> None:
+    """Fill in the CRC-32 of every chunk's uncompressed records in the MCAP file ``path``, as ``ros2 bag
+    record`` does; rosbags writes 0 (none), so damage inside a chunk would go undetected."""
+    storage = McapReader(path)
+    storage.open()
+    chunks = list(storage.chunks)
+    storage.close()
+    with path.open("r+b") as file:
+        for chunk in chunks:
+            # after the CRC: the compression name (uint32 length + bytes), the records' length (uint64)
+            file.seek(chunk.chunk_start_offset + CHUNK_CRC_OFFSET + 4 + 4 + len(chunk.compression) + 8)
+            data = file.read(chunk.compressed_size)
+            records = decompress(data, chunk.compression, chunk.uncompressed_size, 0)
+            file.seek(chunk.chunk_start_offset + CHUNK_CRC_OFFSET)
+            file.write(struct.pack("<I", zlib.crc32(records)))
+
+
 def storage_plugin(storage: str) -> StoragePlugin:
     """``"mcap"`` / ``"sqlite3"`` -> the rosbags storage plugin; ValueError naming the choices otherwise."""
     try:
@@ -182,8 +202,9 @@ class CameraBagWriter:
     with the right camera of a rectified stereo pair and the vehicle's odometry.
 
     Use as a context manager; ``path`` must not exist yet (rosbags creates the bag directory). Receive times
-    equal header stamps. A topic's connection is created when its first message is written, so the bag holds
-    only the topics that were used. ``stereo_baseline`` (metres, > 0) enables ``write(..., right_rgb=...)``:
+    equal header stamps. MCAP chunks get their CRCs (:func:`write_chunk_crcs`); SQLite3 has none. A topic's
+    connection is created when its first message is written, so the bag holds only the topics that were
+    used. ``stereo_baseline`` (metres, > 0) enables ``write(..., right_rgb=...)``:
     the right camera (same intrinsics) goes to :data:`KITTI_RIGHT_IMAGE_TOPIC` and
     :data:`KITTI_RIGHT_CAMERA_INFO_TOPIC` with ``P = [K | (-fx * baseline, 0, 0)]``.
     """
@@ -279,3 +300,5 @@ class CameraBagWriter:
     ) -> None:
         self._writer.close()
         self._open = False
+        for mcap in sorted(self.path.glob("*.mcap")):
+            write_chunk_crcs(mcap)

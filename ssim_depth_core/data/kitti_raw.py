@@ -181,6 +181,19 @@ class KittiRawSequence(FrameSequence):
                 len(self.timestamps) - len(numbers),
                 len(self.timestamps),
             )
+        # A repeated or backwards stamp: which of its two frames is mistimed is unknown: neither has odometry.
+        backwards = np.flatnonzero(np.diff(self.timestamps) <= 0)
+        self._unordered = np.zeros(len(self.timestamps), dtype=bool)
+        self._unordered[backwards] = self._unordered[backwards + 1] = True
+        if len(backwards):
+            logger.warning(
+                "%s: frames stamped no later than the frame before them: %s (%d of %d); they and the frames "
+                "before them get no odometry",
+                stamps,
+                ", ".join(map(str, backwards[:10] + 1)) + (", ..." if len(backwards) > 10 else ""),
+                len(backwards),
+                len(self.timestamps),
+            )
 
         self.depth_dir = self.drive_dir / "proj_depth" / "groundtruth" / f"image_{camera}"
         self.velodyne_dir = self.drive_dir / "velodyne_points" / "data"
@@ -209,6 +222,7 @@ class KittiRawSequence(FrameSequence):
         if samples is None:
             return None
         odometer = odometer_at(self.timestamps, *samples)
+        odometer[self._unordered] = np.nan
         logger.info("%s: odometry for %d of %d frames", self.name, np.isfinite(odometer).sum(), len(self))
         return odometer
 

@@ -9,6 +9,13 @@ so DataLoader workers (fork or spawn) each get their own. An MCAP file without c
 recording that was killed) is scanned on every access: slow; re-index it with ``ros2 bag reindex`` or
 ``mcap recover``.
 
+Damage: rosbags checks an MCAP chunk's CRC (when its writer stored one: ``ros2 bag record`` does, rosbags'
+writer does not) as it reads the chunk. When reading the bag fails, each chunk is read alone to find the
+damaged ones, which are then left out of every reader of this sequence (their frames skipped and counted, one
+warning naming the bag and the chunks' byte offsets); a bag without intact chunks, an unindexed MCAP or a
+damaged SQLite3 file (no checksums, no chunks) is a ValueError naming the bag. Header stamps repeated on the
+topic keep their first frame only; frames received after a later-stamped one are reordered; both counted.
+
 Odometry (for velocity supervision) comes from one topic: nav_msgs/Odometry or the dynamic transforms on
 ``/tf`` give positions, TwistStamped / TwistWithCovarianceStamped give speeds; either becomes an odometer
 (:mod:`ssim_depth_core.data.odometry`) interpolated to the image stamps.
@@ -18,14 +25,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.interfaces import Connection
+from rosbags.rosbag2.storage_mcap import ChunkInfo, McapReader
 from rosbags.typesys import Stores, get_typestore
 
 from ssim_depth_core.camera import Intrinsics
@@ -80,14 +90,114 @@ def reader_path(path: Path) -> Path:
     return files[0]
 
 
-def open_reader(path: Path) -> AnyReader:
-    # Bags recorded before ROS 2 Iron (SQLite3) carry no message definitions: fall back to the stock types.
-    reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
+# MCAP specification, Chunk record: opcode (uint8), record length (uint64), message_start_time,
+# message_end_time, uncompressed_size (uint64 each), uncompressed_crc (uint32, CRC-32 of the uncompressed
+# records; 0 = none), compression (uint32 length + name), records (uint64 length + bytes).
+CHUNK_CRC_OFFSET = 1 + 8 + 3 * 8
+
+
+class StorageError(ValueError):
+    """A rosbag2 storage file cannot be read on (a damaged MCAP chunk or SQLite3 page); names the bag."""
+
+
+@dataclass(frozen=True)
+class DamagedChunk:
+    """An MCAP chunk that rosbags cannot read: why, and how many messages of each topic it holds."""
+
+    reason: str
+    messages: dict[str, int]
+
+
+ChunkKey = tuple[str, int]  # (storage file, offset of the chunk record)
+
+
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def open_reader(path: Path, damaged: Mapping[ChunkKey, DamagedChunk] | None = None) -> AnyReader:
+    """An open reader of the bag at ``path``, without the ``damaged`` MCAP chunks; ValueError naming the bag
+    when it cannot be opened."""
     try:
+        # Bags recorded before ROS 2 Iron (SQLite3) carry no message definitions: the stock types stand in.
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
         reader.open()
-    except AnyReaderError as err:
-        raise ValueError(f"{path}: cannot open rosbag2: {err}") from None
+    except Exception as err:  # a damaged file fails in whichever parser meets it first
+        raise ValueError(f"{path}: cannot open rosbag2: {_describe(err)}") from None
+    skip_chunks(reader, damaged or {})
     return reader
+
+
+def skip_chunks(reader: AnyReader, damaged: Mapping[ChunkKey, DamagedChunk]) -> None:
+    """Leave the ``damaged`` MCAP chunks out of the chunk index of an open reader: it never reads them.
+    ValueError naming the file when all of its chunks are damaged."""
+    for storage in _mcap_storages(reader):
+        key = str(storage.path)
+        intact = [c for c in storage.chunks if (key, c.chunk_start_offset) not in damaged]
+        if storage.chunks and not intact:  # without chunks rosbags would scan the file, damage included
+            first = damaged[key, storage.chunks[0].chunk_start_offset].reason
+            raise ValueError(f"{key}: all {len(storage.chunks)} MCAP chunks are damaged (first: {first})")
+        storage.chunks[:] = intact
+
+
+def read_messages(
+    reader: AnyReader, connections: Collection[Connection], bag: Path, **window: int
+) -> Iterator[tuple[Connection, int, bytes]]:
+    """``reader.messages(connections, **window)``, a failure to read the storage raised as
+    :class:`StorageError` naming the bag."""
+    try:
+        yield from reader.messages(connections, **window)
+    except Exception as err:  # decompression, CRC, record structure, SQLite pages: anything the storage hits
+        raise StorageError(f"{bag}: damaged storage: {_describe(err)}") from None
+
+
+def _mcap_storages(reader: AnyReader) -> list[McapReader]:
+    """The MCAP storage files of an open reader (a bag directory's, or the file itself)."""
+    storages = [getattr(bag.storage, "storages", [bag.storage]) for bag in reader.readers]
+    return [storage for group in storages for storage in group if isinstance(storage, McapReader)]
+
+
+def find_damaged_chunks(reader: AnyReader) -> dict[ChunkKey, DamagedChunk]:
+    """The MCAP chunks of ``reader`` that rosbags cannot read (CRC or size mismatch, broken records), each
+    read alone through rosbags; a storage without a chunk index (or SQLite3) has none to find."""
+    damaged = {}
+    for storage in _mcap_storages(reader):
+        chunks, topics = list(storage.chunks), {c.id: c.topic for c in storage.connections}
+        try:
+            for chunk in chunks:
+                storage.chunks[:] = [chunk]
+                try:
+                    for _ in storage.messages(storage.connections):
+                        pass
+                except Exception as err:  # as in read_messages(): whatever reading the chunk raises
+                    counts = {topics.get(c, f"channel {c}"): n for c, n in chunk.channel_count.items()}
+                    key = (str(storage.path), chunk.chunk_start_offset)
+                    damaged[key] = DamagedChunk(_describe(err), counts)
+        finally:
+            storage.chunks[:] = chunks
+    return damaged
+
+
+def _chunk_crc(file: BinaryIO, chunk: ChunkInfo) -> int:
+    """The uncompressed_crc field of ``chunk`` in the MCAP ``file`` (0: the writer computed none)."""
+    file.seek(chunk.chunk_start_offset + CHUNK_CRC_OFFSET)
+    return struct.unpack("<I", file.read(4))[0]
+
+
+def log_chunks_without_crc(reader: AnyReader, bag: Path) -> None:
+    """Warn when MCAP chunks of ``reader`` carry no CRC: damage inside them cannot be detected."""
+    for storage in _mcap_storages(reader):
+        with Path(storage.path).open("rb") as file:
+            missing = sum(_chunk_crc(file, chunk) == 0 for chunk in storage.chunks)
+        if missing:
+            logger.warning(
+                "%s: %d of %d MCAP chunks of %s carry no CRC (their writer computed none): damage inside "
+                "them goes undetected",
+                bag,
+                missing,
+                len(storage.chunks),
+                Path(storage.path).name,
+            )
 
 
 def _topic_list(topics: dict[str, Any], msgtypes: Iterable[str]) -> str:
@@ -107,7 +217,7 @@ def stamp_ns(header: Any) -> int:
 
 def first_camera_info(reader: AnyReader, topic: str, bag: Path) -> Any:
     """The first CameraInfo message of ``topic``, deserialized; ValueError naming the bag and topic."""
-    for connection, _, raw in reader.messages(reader.topics[topic].connections):
+    for connection, _, raw in read_messages(reader, reader.topics[topic].connections, bag):
         try:
             return reader.deserialize(raw, connection.msgtype)
         except Exception as err:  # any failure to deserialize: a corrupt message
@@ -291,7 +401,7 @@ def _read_rows(
     """``extract(msg)`` rows of every message of ``topic``; undecodable messages are skipped and counted."""
     rows: list[tuple] = []
     skipped, first_error = 0, None
-    for connection, _, raw in reader.messages(reader.topics[topic].connections):
+    for connection, _, raw in read_messages(reader, reader.topics[topic].connections, bag):
         try:
             msg = reader.deserialize(raw, connection.msgtype)
         except Exception as err:  # any failure to deserialize = one corrupt message, not a corrupt bag
@@ -491,34 +601,87 @@ class RosbagSequence(FrameSequence):
         self._bag = reader_path(self.path)
         self._reader: AnyReader | None = None
         self._reader_pid = -1
-        self.stereo_image_topic: str | None = None
-        self._stereo_frames: TopicFrames | None = None
-        self._stereo_index: np.ndarray | None = None
+        self._damaged: dict[ChunkKey, DamagedChunk] = {}
         reader = open_reader(self._bag)
+        arguments = (
+            image_topic,
+            camera_info_topic,
+            intrinsics,
+            odometry_topic,
+            stereo,
+            stereo_image_topic,
+            stereo_camera_info_topic,
+        )
         try:
-            topics = reader.topics
-            self.image_topic = select_image_topic(topics, image_topic, self.path, reader)
-            self.name = f"{self.path}:{self.image_topic}"
-            self._frames = self._index(reader, self.image_topic)
-            self.timestamps = self._frames.stamps_ns / 1e9
-            info_topic = None
-            if intrinsics is None or stereo:
-                info_topic = select_camera_info_topic(topics, camera_info_topic, self.image_topic, self.path)
-            if intrinsics is None:
-                if info_topic is None:
-                    raise ValueError(
-                        f"{self.path}: no CameraInfo topic for {self.image_topic}; give the intrinsics as "
-                        "data.intrinsics=[fx,fy,cx,cy,width,height] (e.g. --set data.intrinsics=[...]) "
-                        "or name a CameraInfo topic with data.camera_info_topic"
-                    )
-                info = first_camera_info(reader, info_topic, self.path)
-                intrinsics = camera_info_intrinsics(info, info_topic, self.path)
-            if stereo:
-                self._index_stereo(reader, info_topic, stereo_image_topic, stereo_camera_info_topic)
-            self._read_odometry(reader, select_odometry_topic(topics, odometry_topic, self.path))
+            log_chunks_without_crc(reader, self.path)
+            try:
+                intrinsics = self._load(reader, *arguments)
+            except StorageError:
+                # Find the damaged chunks by reading each alone, then read the bag again without them.
+                self._damaged = find_damaged_chunks(reader)
+                if not self._damaged:
+                    raise  # SQLite3, or MCAP without a chunk index: nothing to skip
+                self._log_damaged()
+                skip_chunks(reader, self._damaged)
+                intrinsics = self._load(reader, *arguments)
         finally:
             reader.close()
         self.intrinsics = intrinsics.fitted(*self._frames.size, source=self.name)
+
+    def _load(
+        self,
+        reader: AnyReader,
+        image_topic: str | None,
+        camera_info_topic: str | None,
+        intrinsics: Intrinsics | None,
+        odometry_topic: str | None,
+        stereo: bool,
+        stereo_image_topic: str | None,
+        stereo_camera_info_topic: str | None,
+    ) -> Intrinsics:
+        """Select the topics, index the frames, read the camera, stereo partner and odometry; returns the
+        intrinsics before fitting them to the frame size."""
+        self.stereo_image_topic: str | None = None
+        self._stereo_frames: TopicFrames | None = None
+        self._stereo_index: np.ndarray | None = None
+        topics = reader.topics
+        self.image_topic = select_image_topic(topics, image_topic, self.path, reader)
+        self.name = f"{self.path}:{self.image_topic}"
+        self._frames = self._index(reader, self.image_topic)
+        self.timestamps = self._frames.stamps_ns / 1e9
+        info_topic = None
+        if intrinsics is None or stereo:
+            info_topic = select_camera_info_topic(topics, camera_info_topic, self.image_topic, self.path)
+        if intrinsics is None:
+            if info_topic is None:
+                raise ValueError(
+                    f"{self.path}: no CameraInfo topic for {self.image_topic}; give the intrinsics as "
+                    "data.intrinsics=[fx,fy,cx,cy,width,height] (e.g. --set data.intrinsics=[...]) "
+                    "or name a CameraInfo topic with data.camera_info_topic"
+                )
+            info = first_camera_info(reader, info_topic, self.path)
+            intrinsics = camera_info_intrinsics(info, info_topic, self.path)
+        if stereo:
+            self._index_stereo(reader, info_topic, stereo_image_topic, stereo_camera_info_topic)
+        self._read_odometry(reader, select_odometry_topic(topics, odometry_topic, self.path))
+        return intrinsics
+
+    def _log_damaged(self) -> None:
+        """One warning naming the damaged chunks that are skipped and the messages lost with them."""
+        lost: dict[str, int] = {}
+        for chunk in self._damaged.values():
+            for topic, count in chunk.messages.items():
+                lost[topic] = lost.get(topic, 0) + count
+        logger.warning(
+            "%s: skipping %d damaged MCAP chunks and their messages (%s): %s",
+            self.path,
+            len(self._damaged),
+            ", ".join(f"{count} on {topic}" for topic, count in sorted(lost.items())),
+            "; ".join(
+                f"{Path(file).name} chunk at byte {offset}: {chunk.reason}"
+                for (file, offset), chunk in self._damaged.items()
+            ),
+        )
 
     def _index(self, reader: AnyReader, topic: str) -> TopicFrames:
         """Header stamps and lookup keys of every image message of ``topic``."""
@@ -526,7 +689,7 @@ class RosbagSequence(FrameSequence):
         size, previous, same, skipped = None, None, 0, 0
         name = f"{self.path}:{topic}"
         for number, (connection, timestamp, raw) in enumerate(
-            reader.messages(reader.topics[topic].connections)
+            read_messages(reader, reader.topics[topic].connections, self.path)
         ):
             same = same + 1 if timestamp == previous else 0
             previous = timestamp
@@ -549,8 +712,24 @@ class RosbagSequence(FrameSequence):
         if not stamps_ns.any():
             logger.warning("%s: all header stamps are zero; ordering by receive time", name)
             stamps_ns = receive_ns
+        late = int(np.sum(stamps_ns < np.maximum.accumulate(stamps_ns)))  # below an earlier message's stamp
         order = np.lexsort((receive_ns, stamps_ns))
-        logger.info("%s: %d frames (%d undecodable skipped)", name, len(order), skipped)
+        repeats = np.concatenate([[False], np.diff(stamps_ns[order]) == 0])  # the first received is kept
+        order = order[~repeats]
+        skips = {
+            "undecodable": skipped,
+            "in damaged chunks": sum(chunk.messages.get(topic, 0) for chunk in self._damaged.values()),
+            "repeating an earlier frame's header stamp": int(repeats.sum()),
+        }
+        skipped_text = ", ".join(f"{count} {why}" for why, count in skips.items() if count)
+        logger.log(
+            logging.WARNING if skipped_text or late else logging.INFO,
+            "%s: %d frames, ordered by header stamp%s%s",
+            name,
+            len(order),
+            f"; skipped {skipped_text}" if skipped_text else "",
+            f"; {late} arrived after a frame stamped later (reordered)" if late else "",
+        )
         return TopicFrames(
             topic,
             stamps_ns[order],
@@ -653,7 +832,7 @@ class RosbagSequence(FrameSequence):
 
     def _open(self) -> AnyReader:
         if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = open_reader(self._bag)
+            self._reader = open_reader(self._bag, self._damaged)
             self._reader_pid = os.getpid()
         return self._reader
 
@@ -671,7 +850,7 @@ class RosbagSequence(FrameSequence):
         try:
             reader = self._open()
             connections = reader.topics[frames.topic].connections
-            found = list(reader.messages(connections, start=receive, stop=receive + 1))
+            found = list(read_messages(reader, connections, self.path, start=receive, stop=receive + 1))
             if rank >= len(found):
                 raise ValueError(f"message not found again at receive time {receive} ns")
             connection, _, raw = found[rank]

@@ -6,18 +6,20 @@ One sample (no batch dimension) is a dict following the training data contract:
 ``inv_K`` (NUM_SCALES, 3, 3) for an image of W / 2**s x H / 2**s, ``travel`` (F - 1,) float32 metres
 travelled between the target and each source of ``frame_ids[1:]`` (NaN: unknown), ``stereo_T`` (4, 4)
 float32 target camera -> partner camera (with ``data.stereo`` only), ``depth_gt`` (1, H, W) metres when the
-source has ground truth, and ``index``. Augmentation is a pure function of (seed, epoch, index), so runs
-reproduce.
+dataset loads ground truth (``load_depth_gt``) and the source has it, and ``index``. Augmentation is a pure
+function of (seed, epoch, index), so runs reproduce. An unreadable sample is a :class:`SkippedSample`: its
+source, reason and error message, which :func:`collate_skipping` passes on and :class:`SkipTally` counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -154,13 +156,51 @@ def apply_jitter(images: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
     return images
 
 
+class FrameSizeError(FrameError):
+    """A frame whose size is not the one the sequence's intrinsics are for."""
+
+
+class SkippedSample(NamedTuple):
+    """A sample that could not be read: its sequence, the kind of failure and the error message."""
+
+    source: str
+    reason: str
+    message: str
+
+
+class SkipTally:
+    """Skipped samples counted by source and reason, with the first message of each: one log line."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.first: dict[tuple[str, str], str] = {}
+
+    def add(self, skips: Iterable[SkippedSample]) -> None:
+        for skip in skips:
+            self.counts[skip.source, skip.reason] += 1
+            self.first.setdefault((skip.source, skip.reason), skip.message)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """``N x source: reason (first: message)`` for each source and reason, the most frequent first."""
+        return "; ".join(
+            f"{count} x {source}: {reason} (first: {self.first[source, reason]})"
+            for (source, reason), count in self.counts.most_common()
+        )
+
+
 class TripletDataset(Dataset):
-    """``samples[i] = (sequence index, target frame)`` -> one training sample dict, or None if unreadable.
+    """``samples[i] = (sequence index, target frame)`` -> one training sample dict, or a
+    :class:`SkippedSample` if unreadable (logged as a warning the first time for each sequence and reason).
 
     Train mode flips (all frames, depth, cx and the stereo rig) with ``flip_probability`` and colour-jitters
     the network inputs ``images_aug`` with ``jitter_probability``; eval mode does neither. With
-    ``data.stereo`` every sequence the samples use must have a stereo partner camera. Use with
-    :func:`collate_skipping`.
+    ``data.stereo`` every sequence the samples use must have a stereo partner camera. ``load_depth_gt``
+    False skips the ground truth (no ``depth_gt``; on KITTI without ``proj_depth`` that saves a velodyne
+    projection per sample): the trainer loads it for validation, and for training only when a weighted loss
+    term reads it (``losses.objective.required_inputs``). Use with :func:`collate_skipping`.
     """
 
     def __init__(
@@ -170,10 +210,12 @@ class TripletDataset(Dataset):
         data_config: DataConfig,
         train: bool = True,
         seed: int = 0,
+        load_depth_gt: bool = True,
     ) -> None:
         self.sequences = list(sequences)
         self.config = data_config
         self.train = train
+        self.load_depth_gt = load_depth_gt
         self.seed = seed
         self.epoch = 0
         self.frame_ids = check_frame_ids(data_config.frame_ids, stereo=data_config.stereo)
@@ -196,6 +238,7 @@ class TripletDataset(Dataset):
                 )
         # (sequence, frame, partner?) -> resized RGB
         self._frames: dict[tuple[int, int, bool], np.ndarray] = {}
+        self._warned: set[tuple[str, str]] = set()  # (source, reason) of the skips logged as warnings
         if data_config.static_threshold > 0:
             if len(self.frame_ids) == 1:
                 raise ValueError(
@@ -236,7 +279,7 @@ class TripletDataset(Dataset):
         image = sequence.stereo_image(index) if partner else sequence.image(index)
         if image.shape[:2] != (native.height, native.width):
             camera = "stereo partner frame" if partner else "frame"
-            raise FrameError(
+            raise FrameSizeError(
                 f"{sequence.name} {camera} {index}: image is {image.shape[1]}x{image.shape[0]} "
                 f"but the intrinsics are for {native.width}x{native.height}"
             )
@@ -245,19 +288,42 @@ class TripletDataset(Dataset):
             self._frames[key] = image
         return image
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def _skip(self, index: int, frame: int, part: str, err: FrameError) -> SkippedSample:
+        """The skip record of sample ``index``; a warning for the first of its source and reason."""
+        source = self.sequences[self.samples[index][0]].name
+        reason = (
+            f"{part} size is not the calibrated one"
+            if isinstance(err, FrameSizeError)
+            else f"unreadable {part}"
+        )
+        first = (source, reason) not in self._warned
+        self._warned.add((source, reason))
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "skipping sample %d (%s frame %d): %s%s",
+            index,
+            source,
+            frame,
+            err,
+            " (the next ones of this kind are counted, not logged)" if first else "",
+        )
+        return SkippedSample(source, reason, str(err))
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         s, frame = self.samples[index]
         sequence = self.sequences[s]
         width, height = self.config.width, self.config.height
         native = sequence.intrinsics
+        part = "frame"
         try:
             frames = [self._frame(s, frame + offset) for offset in self.frame_ids]
             if self.config.stereo:
+                part = "stereo partner frame"
                 frames.append(self._frame(s, frame, partner=True))
-            depth = sequence.depth(frame)
+            part = "ground truth"
+            depth = sequence.depth(frame) if self.load_depth_gt else None
         except FrameError as err:
-            logger.warning("skipping sample %d (%s frame %d): %s", index, sequence.name, frame, err)
-            return None
+            return self._skip(index, frame, part, err)
 
         generator = self._generator(index)
         flip = self.train and float(torch.rand((), generator=generator)) < self.config.flip_probability
@@ -289,15 +355,17 @@ class TripletDataset(Dataset):
         return sample
 
 
-def collate_skipping(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Collate the readable samples, adding ``"skipped"`` = how many were None (only that key when all were).
+def collate_skipping(batch: list[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
+    """Collate the readable samples, adding ``"skipped"``: the list of :class:`SkippedSample` (only that key
+    when every sample was skipped).
 
     Samples without ``depth_gt`` get an all-zero (invalid) map when others in the batch have one (KITTI has
     no ground truth for the first and last frames of a drive).
     """
-    kept = [sample for sample in batch if sample is not None]
+    kept = [sample for sample in batch if not isinstance(sample, SkippedSample)]
+    skipped = [sample for sample in batch if isinstance(sample, SkippedSample)]
     if not kept:
-        return {"skipped": len(batch)}
+        return {"skipped": skipped}
     with_depth = [sample["depth_gt"] for sample in kept if "depth_gt" in sample]
     if with_depth and len(with_depth) < len(kept):
         kept = [
@@ -305,5 +373,5 @@ def collate_skipping(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
             for sample in kept
         ]
     collated = default_collate(kept)
-    collated["skipped"] = len(batch) - len(kept)
+    collated["skipped"] = skipped
     return collated

@@ -1,10 +1,11 @@
 """Checkpoint -> ONNX export, validated against PyTorch, with a TensorRT 10 op-set check.
 
 The exported graph takes ``image`` (1, 3, H, W) float32 RGB in [0, 1] (ImageNet normalisation is inside the
-graph) and returns ``disparity`` (1, 1, H, W), the sigmoid disparity that ``geometry.disparity_to_depth`` maps
-to metres. The depth range, the training and export resolutions, the full training config and the source of
-the depth's metric scale travel with the model as ONNX metadata props (:class:`ExportMetadata`), so a runtime
-needs nothing but the file.
+graph) and returns ``disparity`` (1, 1, H, W), the normalised disparity that ``geometry.disparity_to_depth``
+maps to metres (the U-Net's sigmoid output, or the SQL head's depth mapped by ``depth_to_disparity``). The
+depth range, the training and export resolutions, the full training config and the source of the depth's
+metric scale travel with the model as ONNX metadata props (:class:`ExportMetadata`), so a runtime needs
+nothing but the file.
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ MIN_OPSET = 18
 VALIDATION_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch, on a random input
 
 # ONNX op types the TensorRT 10 ONNX parser imports natively (onnx-tensorrt docs/operators.md), limited to
-# what a convolutional depth network can plausibly contain. Anything else is reported before a build.
+# what a convolutional depth network (and the SQL head's transformer) can plausibly contain. Anything else is
+# reported before a build. LayerNormalization (ConvNeXt, the SQL transformer; opset 17+): only its first
+# output Y, checked below. Softmax (opset 13+: along one axis, any axis) and MatMul carry no restriction
+# there; Einsum, also supported, is never emitted (the SQL head multiplies with MatMul) and stays out.
 TENSORRT_OPS = frozenset(
     {
         "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
         "ConstantOfShape", "Conv", "ConvTranspose", "Div", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten",
         "Floor", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "HardSigmoid",
-        "HardSwish", "Identity", "InstanceNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max",
-        "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Range", "Reciprocal", "ReduceMax",
-        "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Selu", "Shape", "Sigmoid",
-        "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
-        "Unsqueeze", "Where",
+        "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "Log",
+        "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Range", "Reciprocal",
+        "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Selu", "Shape",
+        "Sigmoid", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile",
+        "Transpose", "Unsqueeze", "Where",
     }
 )  # fmt: skip
 # Opsets every TensorRT 10 release parses (TensorRT 9.2 already covered 9..19; later 10.x go further).
@@ -68,7 +72,7 @@ def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:
     Checks the default-domain opset against :data:`TENSORRT_OPSETS`, every node's op type against
     :data:`TENSORRT_OPS` (custom domains are rejected) and the attributes TensorRT restricts: Pad ``mode``,
     Resize ``mode`` / ``coordinate_transformation_mode`` / ``nearest_mode`` / ``antialias`` /
-    ``keep_aspect_ratio_policy``, pooling ``dilations``.
+    ``keep_aspect_ratio_policy``, pooling ``dilations``, LayerNormalization outputs (``Y`` only).
     """
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -101,6 +105,8 @@ def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:
                 problems.append(f"{where}: Resize antialias is not supported")
         elif node.op_type in ("MaxPool", "AveragePool") and any(d != 1 for d in text.get("dilations", [])):
             problems.append(f"{where}: pooling dilations {list(text['dilations'])} (only 1 is supported)")
+        elif node.op_type == "LayerNormalization" and any(node.output[1:]):
+            problems.append(f"{where}: LayerNormalization outputs Mean / InvStdDev (only Y is supported)")
     return problems
 
 

@@ -30,19 +30,24 @@ TERMS: dict[str, Term] = {}
 # Optional model outputs a term reads besides the default contract (e.g. "source_depths"): the model computes
 # them only when a term with a non-zero weight needs them (:func:`required_outputs`).
 TERM_NEEDS: dict[str, tuple[str, ...]] = {}
+# Optional batch entries a term reads besides the training data contract (e.g. "depth_gt"): the training data
+# loads them only when a term with a non-zero weight needs them (:func:`required_inputs`).
+TERM_INPUTS: dict[str, tuple[str, ...]] = {}
 # Checks of the loss config run by every Objective (e.g. an option that only a given term reads).
 CONFIG_CHECKS: list[Callable[[LossConfig], None]] = []
 
 
-def register_term(name: str, needs: Sequence[str] = ()) -> Callable[[Term], Term]:
+def register_term(name: str, needs: Sequence[str] = (), inputs: Sequence[str] = ()) -> Callable[[Term], Term]:
     """Decorator registering a loss term under ``name`` (the key used in ``LossConfig.weights``); ``needs``
-    names the optional model outputs it reads (``MonodepthModel``'s ``extra_outputs``)."""
+    names the optional model outputs it reads (``MonodepthModel``'s ``extra_outputs``), ``inputs`` the
+    optional batch entries (``TripletDataset``'s ``depth_gt``)."""
 
     def add(term: Term) -> Term:
         if name in TERMS:
             raise ValueError(f"loss term '{name}' is already registered")
         TERMS[name] = term
         TERM_NEEDS[name] = tuple(needs)
+        TERM_INPUTS[name] = tuple(inputs)
         return term
 
     return add
@@ -56,7 +61,17 @@ def register_config_check(check: Callable[[LossConfig], None]) -> Callable[[Loss
 
 def required_outputs(loss_config: LossConfig) -> tuple[str, ...]:
     """The optional model outputs the terms with a non-zero weight need, sorted (empty for the recipes)."""
-    names = {need for name, w in loss_config.weights.items() if w != 0 for need in TERM_NEEDS.get(name, ())}
+    return _weighted_needs(loss_config, TERM_NEEDS)
+
+
+def required_inputs(loss_config: LossConfig) -> tuple[str, ...]:
+    """The optional batch entries the terms with a non-zero weight read, sorted: ``("depth_gt",)`` with the
+    ``supervised`` term, else empty (the training data then skips loading ground truth)."""
+    return _weighted_needs(loss_config, TERM_INPUTS)
+
+
+def _weighted_needs(loss_config: LossConfig, registry: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    names = {need for name, w in loss_config.weights.items() if w != 0 for need in registry.get(name, ())}
     return tuple(sorted(names))
 
 

@@ -183,7 +183,7 @@ def depth_targets(
     return pred, target, mask, value_range
 
 
-@register_term("supervised")
+@register_term("supervised", inputs=("depth_gt",))
 def supervised_term(batch: Batch, outputs: Outputs, objective: Objective):
     """Seed 001's supervised loss against ``batch["depth_gt"]`` on every output scale, averaged over scales.
 

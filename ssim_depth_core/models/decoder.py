@@ -1,9 +1,9 @@
-"""Multi-scale disparity decoder: a U-Net style upsampling path over the ResNet encoder features."""
+"""Multi-scale disparity decoder: a U-Net style upsampling path over the encoder features."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,50 @@ def conv_elu(in_channels: int, out_channels: int, padding_mode: str) -> nn.Seque
     return nn.Sequential(conv3x3(in_channels, out_channels, padding_mode), nn.ELU(inplace=True))
 
 
-class DepthDecoder(nn.Module):
-    """Decode five encoder maps (1/2 .. 1/32) into sigmoid disparities at the requested scales.
+class UpsamplingPath(nn.Module):
+    """The U-Net's upsampling path over five encoder maps (1/2 .. 1/32), shared by both depth heads.
 
     Each level, from the coarsest (4) to the finest (0): a 3x3 conv + ELU, nearest 2x upsampling,
     concatenation with the encoder map of the new resolution (none at full resolution), another 3x3 conv +
-    ELU; a level whose scale is an output scale then has a 3x3 conv + sigmoid head giving one disparity.
+    ELU; level l's map has :data:`DECODER_CHANNELS` [l] channels at 1/2**l of the input size.
+
+    Args:
+        num_ch_enc: channels of the five encoder maps.
+        padding_mode: "reflection" (fewer border artefacts) or "zeros" (exports to any TensorRT version).
+    """
+
+    def __init__(self, num_ch_enc: Sequence[int], padding_mode: str = "reflection") -> None:
+        super().__init__()
+        if len(num_ch_enc) != len(DECODER_CHANNELS):
+            raise ValueError(
+                f"expected {len(DECODER_CHANNELS)} encoder channel counts, got {list(num_ch_enc)}"
+            )
+        self.pre_upsample = nn.ModuleList()
+        self.post_skip = nn.ModuleList()
+        in_channels = num_ch_enc[-1]
+        for level in reversed(range(len(DECODER_CHANNELS))):
+            width = DECODER_CHANNELS[level]
+            skip = num_ch_enc[level - 1] if level > 0 else 0
+            self.pre_upsample.append(conv_elu(in_channels, width, padding_mode))
+            self.post_skip.append(conv_elu(width + skip, width, padding_mode))
+            in_channels = width
+
+    def levels(self, features: Sequence[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """(level, map) from level 4 (1/16) down to level 0 (full resolution)."""
+        x = features[-1]
+        for index, level in enumerate(reversed(range(len(DECODER_CHANNELS)))):
+            x = F.interpolate(self.pre_upsample[index](x), scale_factor=2, mode="nearest")
+            if level > 0:
+                x = torch.cat([x, features[level - 1]], dim=1)
+            x = self.post_skip[index](x)
+            yield level, x
+
+
+class DepthDecoder(UpsamplingPath):
+    """Decode five encoder maps (1/2 .. 1/32) into sigmoid disparities at the requested scales.
+
+    The :class:`UpsamplingPath`; a level whose scale is an output scale then has a 3x3 conv + sigmoid head
+    giving one disparity.
 
     Args:
         num_ch_enc: channels of the five encoder maps.
@@ -48,23 +86,10 @@ class DepthDecoder(nn.Module):
         padding_mode: str = "reflection",
         initial_disparity: float | None = None,
     ) -> None:
-        super().__init__()
-        if len(num_ch_enc) != len(DECODER_CHANNELS):
-            raise ValueError(
-                f"expected {len(DECODER_CHANNELS)} encoder channel counts, got {list(num_ch_enc)}"
-            )
         if not scales or any(s not in OUTPUT_SCALES for s in scales) or len(set(scales)) != len(scales):
             raise ValueError(f"scales must be distinct values from {list(OUTPUT_SCALES)}, got {list(scales)}")
+        super().__init__(num_ch_enc, padding_mode)
         self.scales = tuple(scales)
-        self.pre_upsample = nn.ModuleList()
-        self.post_skip = nn.ModuleList()
-        in_channels = num_ch_enc[-1]
-        for level in reversed(range(len(DECODER_CHANNELS))):
-            width = DECODER_CHANNELS[level]
-            skip = num_ch_enc[level - 1] if level > 0 else 0
-            self.pre_upsample.append(conv_elu(in_channels, width, padding_mode))
-            self.post_skip.append(conv_elu(width + skip, width, padding_mode))
-            in_channels = width
         self.heads = nn.ModuleDict(
             {str(s): conv3x3(DECODER_CHANNELS[s], 1, padding_mode) for s in self.scales}
         )
@@ -93,12 +118,7 @@ class DepthDecoder(nn.Module):
                 f"scales {missing} have no output head; configured scales are {list(self.scales)}"
             )
         disparities: dict[int, torch.Tensor] = {}
-        x = features[-1]
-        for index, level in enumerate(reversed(range(len(DECODER_CHANNELS)))):
-            x = F.interpolate(self.pre_upsample[index](x), scale_factor=2, mode="nearest")
-            if level > 0:
-                x = torch.cat([x, features[level - 1]], dim=1)
-            x = self.post_skip[index](x)
+        for level, x in self.levels(features):
             if level in scales:
                 disparities[level] = torch.sigmoid(self.heads[str(level)](x))
         return [disparities[s] for s in scales]

@@ -1,17 +1,25 @@
-"""The depth network: ResNet encoder + multi-scale disparity decoder; ``forward`` is the exported graph."""
+"""The depth network: encoder + disparity decoder (U-Net or SQL); ``forward`` is the exported graph."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..geometry import depth_to_disparity
 from .decoder import OUTPUT_SCALES, DepthDecoder
-from .encoder import ResnetEncoder
+from .encoder import build_encoder
+from .sql import SQLDecoder
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 # The encoder downsamples five times; the decoder's skip connections need every level to halve exactly.
 SIZE_MULTIPLE = 32
+DECODERS = ("unet", "sql")
 
 
 def check_image(image: torch.Tensor) -> None:
@@ -29,26 +37,71 @@ class DepthNet(nn.Module):
     """Monocular disparity network.
 
     Args:
-        num_layers: ResNet depth of the encoder, 18, 34 or 50.
+        encoder: torchvision model name of the encoder ("resnet18", ..., "convnext_tiny", ...).
         pretrained: start the encoder from torchvision's ImageNet weights.
         padding_mode: decoder conv padding, "reflection" or "zeros".
-        scales: decoder output scales (subset of 0..3, must include 0) returned by :meth:`forward_multiscale`.
+        scales: decoder output scales (subset of 0..3, must include 0) returned by :meth:`forward_multiscale`;
+            exactly (0,) with the "sql" decoder.
         initial_disparity: the untrained decoder's sigmoid output (``DepthDecoder``); None: PyTorch's default.
+            "unet" only.
+        decoder: "unet" (:class:`DepthDecoder`, sigmoid heads) or "sql" (:class:`SQLDecoder`, depth bins).
+        depth_range: (min_depth, max_depth) in metres that the "sql" bins divide.
+        sql: keyword arguments of :class:`SQLDecoder` (``config.SQLConfig`` fields); default its defaults.
     """
 
     def __init__(
         self,
-        num_layers: int = 18,
+        encoder: str = "resnet18",
         pretrained: bool = False,
         padding_mode: str = "reflection",
         scales: Sequence[int] = OUTPUT_SCALES,
         initial_disparity: float | None = None,
+        decoder: str = "unet",
+        depth_range: tuple[float, float] = (0.1, 100.0),
+        sql: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if 0 not in scales:
             raise ValueError(f"scales must include 0 (the full-resolution output), got {list(scales)}")
-        self.encoder = ResnetEncoder(num_layers, pretrained)
-        self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
+        if decoder == "sql":
+            if tuple(scales) != (0,):
+                raise ValueError(
+                    f"the sql decoder predicts the full-resolution map only: model.scales must be [0], got "
+                    f"{list(scales)}"
+                )
+            if initial_disparity is not None:
+                raise ValueError(
+                    "model.initial_depth sets the unet decoder's sigmoid heads; the sql decoder's untrained "
+                    "depth is the mean of its bin centres: leave model.initial_depth at 0"
+                )
+            patch_size = (sql or {}).get("patch_size", 16)
+            if isinstance(patch_size, int) and patch_size > 0 and SIZE_MULTIPLE % patch_size:
+                raise ValueError(
+                    f"model.sql.patch_size must divide {SIZE_MULTIPLE} (inputs are multiples of it), got "
+                    f"{patch_size}"
+                )
+        self.encoder = build_encoder(encoder, pretrained)
+        if decoder == "unet":
+            self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
+        else:
+            self.decoder = SQLDecoder(self.encoder.num_ch_enc, *depth_range, padding_mode, **(sql or {}))
+
+    @classmethod
+    def from_config(cls, model_config: ModelConfig, pretrained: bool | None = None) -> DepthNet:
+        """The depth net of a ``model`` config; ``pretrained`` overrides ``model.pretrained`` (False when
+        rebuilding a trained network, whose weights are loaded next)."""
+        return cls(
+            encoder=model_config.encoder,
+            pretrained=model_config.pretrained if pretrained is None else pretrained,
+            padding_mode=model_config.padding_mode,
+            scales=tuple(model_config.scales),
+            initial_disparity=initial_disparity(model_config),
+            decoder=model_config.decoder,
+            depth_range=(model_config.min_depth, model_config.max_depth),
+            sql=dataclasses.asdict(model_config.sql),
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Full-resolution disparity, the inference/export entry point.
@@ -57,7 +110,8 @@ class DepthNet(nn.Module):
             image: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
 
         Returns:
-            (B, 1, H, W) sigmoid disparity in [0, 1] (``geometry.disparity_to_depth`` maps it to metres).
+            (B, 1, H, W) disparity in [0, 1] (``geometry.disparity_to_depth`` maps it to metres): the sigmoid
+            head's output, or the SQL head's depth mapped by ``geometry.depth_to_disparity``.
         """
         check_image(image)
         return self.decoder(self.encoder(image), scales=(0,))[0]
@@ -66,3 +120,16 @@ class DepthNet(nn.Module):
         """Disparities at every configured scale s, each (B, 1, H / 2**s, W / 2**s), for training."""
         check_image(image)
         return self.decoder(self.encoder(image))
+
+
+def initial_disparity(model_config: ModelConfig) -> float | None:
+    """``model.initial_depth`` as the decoder's sigmoid output, checked against the depth range."""
+    depth = model_config.initial_depth
+    if depth == 0:
+        return None
+    if not model_config.min_depth < depth < model_config.max_depth:
+        raise ValueError(
+            f"model.initial_depth must lie strictly between model.min_depth {model_config.min_depth} and "
+            f"model.max_depth {model_config.max_depth} metres, got {depth!r}"
+        )
+    return depth_to_disparity(depth, model_config.min_depth, model_config.max_depth)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import STEREO, ModelConfig, check_frame_ids, source_slots
-from ..geometry import depth_to_disparity, disparity_to_depth, pose_to_matrix, warp
+from ..geometry import disparity_to_depth, pose_to_matrix, warp
 from .conv_grad import use_small_map_weight_grad
 from .depth import DepthNet, check_image
 from .pose import PoseNet
@@ -54,18 +54,12 @@ class MonodepthModel(nn.Module):
         self.slots = source_slots(self.frame_ids, stereo)
         self.min_depth = model_config.min_depth
         self.max_depth = model_config.max_depth
-        self.depth_net = DepthNet(
-            model_config.num_layers,
-            model_config.pretrained,
-            model_config.padding_mode,
-            model_config.scales,
-            _initial_disparity(model_config),
-        )
+        self.depth_net = DepthNet.from_config(model_config)
         if model_config.pose_downsample < 1:
             raise ValueError(f"model.pose_downsample must be >= 1, got {model_config.pose_downsample}")
         self.pose_downsample = model_config.pose_downsample
         temporal = len(self.frame_ids) > 1
-        self.pose_net = PoseNet(model_config.pose_num_layers, model_config.pretrained) if temporal else None
+        self.pose_net = PoseNet(model_config.pose_encoder, model_config.pretrained) if temporal else None
         if model_config.small_map_weight_grad:
             use_small_map_weight_grad(self)
 
@@ -172,19 +166,6 @@ class MonodepthModel(nn.Module):
                     self.frame_ids[1:], axis_angle.chunk(count), translation.chunk(count), strict=True
                 )
             }
-
-
-def _initial_disparity(model_config: ModelConfig) -> float | None:
-    """``model.initial_depth`` as the decoder's sigmoid output, checked against the depth range."""
-    depth = model_config.initial_depth
-    if depth == 0:
-        return None
-    if not model_config.min_depth < depth < model_config.max_depth:
-        raise ValueError(
-            f"model.initial_depth must lie strictly between model.min_depth {model_config.min_depth} and "
-            f"model.max_depth {model_config.max_depth} metres, got {depth!r}"
-        )
-    return depth_to_disparity(depth, model_config.min_depth, model_config.max_depth)
 
 
 def _stereo_transform(batch: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:

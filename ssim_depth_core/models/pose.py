@@ -1,11 +1,11 @@
-"""Relative camera motion between two frames: ResNet on the stacked pair + a small conv head."""
+"""Relative camera motion between two frames: an encoder on the stacked pair + a small conv head."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .encoder import ResnetEncoder
+from .encoder import build_encoder
 
 # Raw head outputs are scaled down so that the initial motion is near identity (Monodepth2 convention).
 POSE_SCALE = 0.01
@@ -20,13 +20,13 @@ class PoseNet(nn.Module):
     the image and multiplied by :data:`POSE_SCALE`.
 
     Args:
-        num_layers: ResNet depth of the encoder, 18, 34 or 50.
+        encoder: torchvision model name of the encoder ("resnet18", "resnet50", "convnext_tiny", ...).
         pretrained: start the encoder from torchvision's ImageNet weights.
     """
 
-    def __init__(self, num_layers: int = 18, pretrained: bool = False) -> None:
+    def __init__(self, encoder: str = "resnet18", pretrained: bool = False) -> None:
         super().__init__()
-        self.encoder = ResnetEncoder(num_layers, pretrained, num_input_images=2)
+        self.encoder = build_encoder(encoder, pretrained, num_input_images=2, half_scale_map=False)
         self.head = nn.Sequential(
             nn.Conv2d(self.encoder.num_ch_enc[-1], _HEAD_WIDTH, 1),
             nn.ReLU(inplace=True),

@@ -59,6 +59,8 @@ class Backend(ABC):
         metric: where the depth's metric scale comes from, one of ``artifact.METRIC_SOURCES``; "none" =
             scale-less (metres only up to a factor), also for model files that do not say.
         max_batch: the largest batch one inference call takes (None: any); larger batches are split.
+        output: what the network returns, one of ``artifact.OUTPUT_KINDS``: "disparity" (every DepthNet head,
+            the SQL head's depth converted in the graph; from the model file's metadata where it has one).
     """
 
     name: str
@@ -67,6 +69,7 @@ class Backend(ABC):
     max_depth: float | None
     metric: str
     max_batch: int | None = None
+    output: str = "disparity"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Disparity of a batch.
@@ -183,7 +186,7 @@ class OnnxRuntimeBackend(Backend):
         metadata = ExportMetadata.from_props(self._session.get_modelmeta().custom_metadata_map, onnx_path)
         self.input_size = (metadata.height, metadata.width)
         self.min_depth, self.max_depth = metadata.min_depth, metadata.max_depth
-        self.metric = metadata.metric
+        self.metric, self.output = metadata.metric, metadata.output
         (model_input,) = self._session.get_inputs()
         if model_input.name != INPUT_NAME or [o.name for o in self._session.get_outputs()] != [OUTPUT_NAME]:
             raise ValueError(f"{onnx_path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}'")
@@ -230,7 +233,7 @@ class TensorRTBackend(Backend):
         else:
             self.min_depth = metadata.min_depth if min_depth is None else min_depth
             self.max_depth = metadata.max_depth if max_depth is None else max_depth
-            self.metric = metadata.metric
+            self.metric, self.output = metadata.metric, metadata.output
 
         # Share the device's primary context with PyTorch / other CUDA users instead of creating another.
         self._cuda_context = device.retain_primary_context()

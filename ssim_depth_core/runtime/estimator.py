@@ -8,6 +8,9 @@ another output size its inverse depth is resized (``cv2.INTER_LINEAR``) and inve
 inverse depth, the quantity the network predicts (linear interpolation commutes with the affine map from
 disparity), and the result stays inside the depth range. The order keeps the full-size work to one resize and
 one in-place reciprocal: with a GPU backend the CPU pre/post-processing is most of a frame's time.
+
+Every depth head outputs that normalised disparity (``backend.output`` "disparity"): the SQL head converts its
+bins' depth in the graph, and the conversion here gives that depth back.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ class DepthEstimator:
             self.backend = model_path
         else:
             self.backend = create_backend(model_path, backend, **backend_options)
+        if self.backend.output != "disparity":
+            raise ValueError(
+                f"{model_path}: the model outputs {self.backend.output!r}; DepthEstimator converts a "
+                "normalised 'disparity' (artifact.OUTPUT_KINDS)"
+            )
         self.min_depth = self.backend.min_depth if min_depth is None else float(min_depth)
         self.max_depth = self.backend.max_depth if max_depth is None else float(max_depth)
         if self.min_depth is None or self.max_depth is None:

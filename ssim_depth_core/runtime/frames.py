@@ -71,6 +71,27 @@ class ScaleSettings:
                 "above the ground in metres (> 0)"
             )
 
+    @classmethod
+    def from_mounting(
+        cls,
+        source: str = "model",
+        depth_scale: float = 1.0,
+        camera_height: float | None = None,
+        camera_pitch: float = 0.0,
+        camera_roll: float = 0.0,
+        **ground: object,
+    ) -> ScaleSettings:
+        """The settings of scale ``source`` from the camera's mounting, as the CLI and the ROS node give it.
+
+        ``camera_height`` None = unset (no ground plane; "camera_height" then refuses); otherwise the ground
+        plane is :class:`GroundPlaneSettings` of (``camera_height``, ``camera_pitch``, ``camera_roll``) and
+        any further fit options in ``ground``, checked whatever the source. Raises ValueError.
+        """
+        plane = None
+        if camera_height is not None:
+            plane = GroundPlaneSettings(camera_height, camera_pitch, camera_roll, **ground)
+        return cls(source, depth_scale, plane)
+
 
 def scale_problem(scale: ScaleSettings, metric: str, model_path: str | Path) -> str | None:
     """Why ``scale`` cannot serve a model whose backend reports ``metric``, else None."""

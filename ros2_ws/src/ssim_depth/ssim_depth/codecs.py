@@ -5,23 +5,86 @@ image_from_message`), the one training uses on recorded bags, so a frame decodes
 and when trained on. ``cv_bridge`` is not needed; where it is installed, ``test/test_ros_codecs.py`` checks
 that it decodes to the same arrays. Every malformed message raises :class:`ImageDecodeError` (a
 ValueError for PointCloud2 and CameraInfo) naming the field and what was expected.
+
+libjpeg and libpng print a line to stderr for every corrupt image they are given (``Corrupt JPEG data: ...``,
+``libpng error: ...``), which no logger throttles: a broken camera at 30 Hz would write 30 such lines a
+second. While a CompressedImage is decoded, file descriptor 2 therefore points to a temporary file; the
+decoder's lines go into the :class:`ImageDecodeError` (which the node logs, throttled; a successful decode's
+benign warnings, e.g. libpng's about colour profiles, are dropped), and another thread's log line or Python
+output written meanwhile is written to stderr afterwards. A JPEG that decodes
+with a warning about its data (libjpeg fills the part it could not decode with grey, e.g. a truncated file
+with an end-of-image marker appended: "Corrupt JPEG data: premature end of data segment"; or decodes garbage:
+"Invalid SOS parameters for sequential JPEG") is refused like one that does not decode.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import os
+import re
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import image_from_message
+from ssim_depth_core.runtime.frames import FrameOptions, ModelSettings
 from ssim_depth_core.runtime.pointcloud import FLOAT32, PointCloudData
 
 
 class ImageDecodeError(ValueError):
     """A sensor_msgs image that cannot be decoded; the message says which field is wrong and why."""
+
+
+# what is not the decoder's among the lines written to stderr while an image is decoded: another thread's log
+# line (rcutils format) or Python output (a traceback, a warning); libjpeg alone has ~130 message texts
+_NOT_DECODER_LINE = re.compile(r"^(\[(DEBUG|INFO|WARN|ERROR|FATAL)\] \[|Traceback |\s|\S+\.py:\d+: )")
+# a decoded image with one of these is damaged: libjpeg's warnings about the data (libjpeg-turbo jerror.h
+# JWRN_*: all but an unknown JFIF revision or Adobe transform); libpng's warnings are benign (profiles)
+_CORRUPT_LINE = re.compile(
+    r"^(Corrupt JPEG|Premature end of JPEG|Invalid SOS|Inconsistent progression|Application transferred too "
+    r"many|libpng error)"
+)
+_capture_lock = threading.Lock()
+_capture_file = None
+
+
+@contextlib.contextmanager
+def _native_stderr(said: list[str]) -> Iterator[None]:
+    """Inside, what native code writes to stderr goes to a temporary file; afterwards the decoder's lines are
+    appended to ``said``, and log lines and Python output (:data:`_NOT_DECODER_LINE`) go to stderr."""
+    global _capture_file
+    with _capture_lock:
+        try:
+            if _capture_file is None:
+                _capture_file = tempfile.TemporaryFile()
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr: nothing to keep quiet
+            yield
+            return
+        os.dup2(_capture_file.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            _capture_file.seek(0)
+            text = _capture_file.read().decode(errors="replace")
+            _capture_file.seek(0)
+            _capture_file.truncate()
+            others = []
+            for line in text.splitlines():
+                (others if _NOT_DECODER_LINE.match(line) else said).append(line)
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode())
 
 
 def image_msg_to_rgb(msg: Image | CompressedImage, max_pixels: int | None = None) -> np.ndarray:
@@ -30,11 +93,21 @@ def image_msg_to_rgb(msg: Image | CompressedImage, max_pixels: int | None = None
 
     ``max_pixels`` bounds the size (:func:`ssim_depth_core.data.rosbag.image_from_message`).
     """
-    if isinstance(msg, CompressedImage):
+    if isinstance(msg, CompressedImage):  # decoder messages: see the module docstring
+        said: list[str] = []
         try:
-            return image_from_message(msg, max_pixels)
+            with _native_stderr(said):
+                rgb = image_from_message(msg, max_pixels)
         except ValueError as err:
-            raise ImageDecodeError(str(err)) from None
+            detail = f" (decoder: {'; '.join(said)})" if said else ""
+            raise ImageDecodeError(f"{err}{detail}") from None
+        corrupt = [line for line in said if _CORRUPT_LINE.match(line)]
+        if corrupt:  # libjpeg fills what it could not decode with grey, and only warns
+            raise ImageDecodeError(
+                f"CompressedImage ({msg.format or 'no format'}): corrupt image data ({len(msg.data)} bytes; "
+                f"decoder: {'; '.join(corrupt)})"
+            )
+        return rgb
     what = f"Image {msg.width}x{msg.height} {msg.encoding or '(no encoding)'}"
     try:
         if msg.height == 0 or msg.width == 0:
@@ -193,4 +266,33 @@ def camera_info_from_intrinsics(intrinsics: Intrinsics, header: Header) -> Camer
     info.k = intrinsics.matrix.ravel()
     info.r = np.eye(3).ravel()
     info.p = np.hstack([intrinsics.matrix, np.zeros((3, 1))]).ravel()
+    return info
+
+
+def model_info_msg(model: dict, settings: ModelSettings, options: FrameOptions, header: Header) -> String:
+    """The depth/model tag of one frame: a one-line JSON object naming the frame (``stamp``: {sec, nanosec},
+    ``frame_id``: the input header, as on every output of the frame), the estimator that made it (``model``:
+    generation, model_path, model_sha256, backend, input_size, metric), its ``settings``
+    (:class:`ModelSettings`) and the frame's ``options`` (:class:`FrameOptions`)."""
+    text = {
+        "stamp": {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec},
+        "frame_id": header.frame_id,
+        "model": model,
+        "settings": dataclasses.asdict(settings),
+        "options": dataclasses.asdict(options),
+    }
+    return String(data=json.dumps(text, separators=(",", ":")))
+
+
+def parse_model_info(msg: String) -> dict:
+    """A depth/model message (:func:`model_info_msg`) as a dict; ValueError when it is not one."""
+    try:
+        info = json.loads(msg.data)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"depth/model: not JSON: {error}") from None
+    missing = {"stamp", "frame_id", "model", "settings", "options"} - set(
+        info if isinstance(info, dict) else ()
+    )
+    if missing:
+        raise ValueError(f"depth/model: no {sorted(missing)} in {msg.data[:200]!r}")
     return info

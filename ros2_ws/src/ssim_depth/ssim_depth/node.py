@@ -24,11 +24,16 @@ Topics (all relative, remappable; outputs carry the input header):
     depth (32FC1, metres, NaN = invalid), depth/camera_info, points (PointCloud2 x y z rgb),
     depth/preview (bgr8) out; depth/scale (std_msgs/Float32: the scale applied to the frame, NaN when its
     depth is withheld) out once per processed frame, just before that frame's depth: Float32 has no header,
-    so a subscriber pairs it with the depth by arrival order, not by stamp.
+    so a subscriber pairs it with the depth by arrival order, not by stamp; depth/model (std_msgs/String,
+    JSON: the frame's stamp and frame_id, the model file, its sha256, the backend, the estimator's generation,
+    the settings and frame options that made it; transient local) out once per processed frame, before its
+    depth (docs/ros.md). Parameter changes reach the worker as one snapshot between frames: no frame mixes
+    values from before and after a change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -41,10 +46,10 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Float32, Header
+from std_msgs.msg import Float32, Header, String
 
 from ssim_depth.codecs import (
     ImageDecodeError,
@@ -53,6 +58,7 @@ from ssim_depth.codecs import (
     depth_to_image_msg,
     image_msg_to_rgb,
     intrinsics_from_camera_info,
+    model_info_msg,
     preview_image_msg,
     scaled_camera_info,
 )
@@ -67,10 +73,11 @@ from ssim_depth_core.runtime.frames import (
     scale_problem,
 )
 from ssim_depth_core.runtime.latency import FrameStats
-from ssim_depth_core.runtime.scale import GroundPlaneSettings
 
 WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings
 OUTPUT_QOS = QoSProfile(depth=5)  # reliable: RViz and rosbag2 defaults can subscribe
+# depth/model: reliable, transient local: a subscriber that joins late still gets the latest frames' tags
+MODEL_QOS = QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass(frozen=True)
@@ -103,16 +110,20 @@ class DepthParams:
     def model_settings(self) -> ModelSettings:
         """The frame pipeline's model settings (0 depth limits = the model's range, camera_height 0 = unset);
         raises ValueError."""
-        ground = None
-        if self.camera_height > 0:
-            ground = GroundPlaneSettings(self.camera_height, self.camera_pitch, self.camera_roll)
+        scale = ScaleSettings.from_mounting(
+            self.scale_source,
+            self.depth_scale,
+            self.camera_height if self.camera_height > 0 else None,
+            self.camera_pitch,
+            self.camera_roll,
+        )
         return ModelSettings(
             self.model_path,
             self.backend,
             min_depth=self.min_depth or None,
             max_depth=self.max_depth or None,
             output_resolution=self.output_resolution,
-            scale=ScaleSettings(self.scale_source, self.depth_scale, ground),
+            scale=scale,
         )
 
     def frame_options(self) -> FrameOptions:
@@ -227,6 +238,7 @@ class DepthNode(Node):
             Node.destroy_node(self)  # nothing of ours to stop yet
             raise
         self._reload = False
+        self._model = _served_model(self._pipeline, generation=1)
         self._scale_line = f"scale source {self.params.scale_source}: no frame yet"
 
         self.stats = FrameStats()
@@ -240,6 +252,7 @@ class DepthNode(Node):
         self._points_pub = self.create_publisher(PointCloud2, "points", OUTPUT_QOS)
         self._preview_pub = self.create_publisher(Image, "depth/preview", OUTPUT_QOS)
         self._scale_pub = self.create_publisher(Float32, "depth/scale", OUTPUT_QOS)
+        self._model_pub = self.create_publisher(String, "depth/model", MODEL_QOS)
         image_type, image_topic = (
             (CompressedImage, "image/compressed") if self.params.compressed else (Image, "image")
         )
@@ -301,16 +314,16 @@ class DepthNode(Node):
         return SetParametersResult(successful=problem is None, reason=problem or "")
 
     def _apply_new_params(self, parameters: list[Parameter]) -> None:
-        previous, self.params = self.params, self._read_params({})
-        if self.params.model_settings() != previous.model_settings():
-            self._reload = True  # applied by the worker, between frames
+        with self._cond:  # the worker takes params and the reload flag together, between frames
+            previous, self.params = self.params, self._read_params({})
+            if self.params.model_settings() != previous.model_settings():
+                self._reload = True  # applied by the worker, between frames
         if self.params.stats_period != previous.stats_period:
             self._start_stats_timer(self.params.stats_period)
 
-    def _reconfigure(self) -> None:
+    def _reconfigure(self, params: DepthParams) -> None:
         """Apply changed model parameters (worker thread); the backend is reopened only for a new model."""
-        self._reload = False
-        settings = self.params.model_settings()
+        settings = params.model_settings()
         try:
             rebuilt = self._pipeline.configure(settings)
         except (ValueError, RuntimeError, OSError) as error:
@@ -320,7 +333,11 @@ class DepthNode(Node):
             return
         if rebuilt:
             backend = self._pipeline.estimator.backend
-            self.get_logger().info(f"estimator rebuilt: {settings.model_path} on {backend.name}")
+            self._model = _served_model(self._pipeline, self._model["generation"] + 1, self._model)
+            self.get_logger().info(
+                f"estimator rebuilt (generation {self._model['generation']}): {settings.model_path} on "
+                f"{backend.name}"
+            )
 
     def _start_stats_timer(self, period: float) -> None:
         if self._stats_timer is not None:
@@ -350,8 +367,10 @@ class DepthNode(Node):
                 if self._stopping:
                     return
                 (msg, received), self._pending = self._pending, None
+                # one consistent parameter set per frame: a change applied meanwhile waits for the next
+                params, reload, self._reload = self.params, self._reload, False
             try:
-                self._process(msg, received)
+                self._process(msg, received, params, reload)
             except Exception as error:  # a bad frame or a backend hiccup must not kill the node
                 if not self.context.ok():  # shutting down while the last frame was being published
                     return
@@ -362,21 +381,24 @@ class DepthNode(Node):
                 )
 
     # ------------------------------------------------------------------------------------------ per frame
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+    def _process(
+        self, msg: Image | CompressedImage, received: float, params: DepthParams, reload: bool
+    ) -> None:
+        if reload:  # before decoding: a rejected frame must not postpone the switch
+            self._reconfigure(params)
         try:
-            rgb = image_msg_to_rgb(msg, self.params.max_input_pixels)
+            rgb = image_msg_to_rgb(msg, params.max_input_pixels)
         except ImageDecodeError as error:
             self.stats.add(rejected=1)
             self.get_logger().warning(
                 f"dropping a frame on {self._image_topic}: {error}", throttle_duration_sec=WARN_PERIOD_S
             )
             return
-        if self._reload:
-            self._reconfigure()
-        params, header = self.params, msg.header
+        header, options = msg.header, params.frame_options()
         camera, info, problem = self._camera(rgb.shape[1], rgb.shape[0])
-        frame = self._pipeline(rgb, camera, params.frame_options())
+        frame = self._pipeline(rgb, camera, options)
         self._scale_line = _describe_scale(frame, self._pipeline.estimator.backend.metric)
+        self._model_pub.publish(model_info_msg(self._model, self._pipeline.settings, options, header))
         self._scale_pub.publish(Float32(data=math.nan if frame.scale is None else frame.scale))
         if frame.depth is None:
             reasons = [r for r in (problem, frame.camera_problem, frame.ground.reason) if r]
@@ -447,6 +469,38 @@ class DepthNode(Node):
         super().destroy_node()
 
 
+def _served_model(pipeline: FramePipeline, generation: int, previous: dict | None = None) -> dict:
+    """What depth/model says about the open estimator: ``generation`` (1 at start, + 1 per rebuild), the model
+    file and its sha256 (hashed again only when the file or backend changed), the backend opened, the
+    network's input size and metric source."""
+    settings, backend = pipeline.settings, pipeline.estimator.backend
+    same = previous is not None and (previous["model_path"], previous["backend"]) == (
+        settings.model_path,
+        backend.name,
+    )
+    digest = previous["model_sha256"] if same else _sha256(settings.model_path)
+    return {
+        "generation": generation,
+        "model_path": settings.model_path,
+        "model_sha256": digest,
+        "backend": backend.name,
+        "input_size": list(pipeline.estimator.input_size),
+        "metric": backend.metric,
+    }
+
+
+def _sha256(path: str) -> str | None:
+    """The file's hex sha256; None when it cannot be read any more (the open model keeps serving)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _describe_scale(frame: DepthFrame, metric: str) -> str:
     """The scale part of the statistics line."""
     if frame.ground is not None:
@@ -462,7 +516,9 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = DepthNode()
     except (ValueError, RuntimeError, OSError, ParameterException) as error:
-        rclpy.logging.get_logger("depth_node").fatal(f"cannot start: {error}")
+        # one line (a launch file's shutdown reason, log scrapers); rcutils colours it only on a terminal
+        reason = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        rclpy.logging.get_logger("depth_node").fatal(f"cannot start: {reason}")
         rclpy.try_shutdown()
         return 1
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import cv2
@@ -20,14 +21,17 @@ from ssim_depth.codecs import (
     image_msg_to_depth,
     image_msg_to_rgb,
     intrinsics_from_camera_info,
+    model_info_msg,
+    parse_model_info,
     pointcloud2_msg_to_cloud,
     preview_image_msg,
     scaled_camera_info,
 )
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.imaging import colorize_depth
+from ssim_depth_core.runtime.frames import FrameOptions, ModelSettings, ScaleSettings
 from ssim_depth_core.runtime.pointcloud import depth_to_pointcloud, unpack_rgb
 
 PAD = 5  # bytes of row padding in the padded variants
@@ -245,3 +249,85 @@ def test_malformed_point_clouds_are_named():
 def test_preview_rejects_a_depth_map():
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 BGR"):
         preview_image_msg(np.ones((3, 4), np.float32), Header())
+
+
+def _corrupt_compressed(rgb: np.ndarray) -> dict[str, CompressedImage]:
+    """Compressed images libjpeg/libpng complain about on stderr (found by bench/fuzz_node.py)."""
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    png = cv2.imencode(".png", rgb)[1].tobytes()
+    bad_sos = bytearray(jpeg)
+    sos = bad_sos.index(b"\xff\xda")  # start of scan: marker, length, components, 2 bytes each, then Ss
+    bad_sos[sos + 5 + 2 * bad_sos[sos + 4]] = 5  # spectral selection start 5 in a sequential JPEG
+    return {
+        # decodes, but half grey: libjpeg only warns "Corrupt JPEG data: premature end of data segment"
+        "truncated jpeg + EOI": CompressedImage(format="jpeg", data=jpeg[: len(jpeg) // 2] + b"\xff\xd9"),
+        # decodes into garbage; libjpeg only warns "Invalid SOS parameters for sequential JPEG"
+        "bad SOS jpeg": CompressedImage(format="jpeg", data=bytes(bad_sos)),
+        "corrupt png": CompressedImage(format="png", data=png[:200] + bytes(100) + png[300:]),
+        "truncated png": CompressedImage(format="png", data=png[: len(png) // 2]),
+    }
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("truncated jpeg + EOI", r"corrupt image data .*decoder: Corrupt JPEG data"),
+        ("bad SOS jpeg", r"corrupt image data .*decoder: Invalid SOS parameters"),
+        ("corrupt png", r"cannot decode image .*decoder: libpng error"),
+        ("truncated png", r"cannot decode image"),
+    ],
+)
+def test_corrupt_compressed_images_are_refused_quietly_with_the_decoders_words(rgb, case, words, capfd):
+    """Nothing reaches stderr (libjpeg/libpng would print a line per frame, unthrottled); the decoder's
+    line, if it wrote one, is in the error, which the node logs throttled."""
+    msg = _corrupt_compressed(rgb)[case]
+    capfd.readouterr()
+    with pytest.raises(ImageDecodeError, match=rf"CompressedImage \((jpeg|png)\): {words}"):
+        image_msg_to_rgb(msg, max_pixels=1_000_000)
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+
+
+def test_other_stderr_output_during_a_decode_is_kept(capfd):
+    """What another thread writes to stderr while a frame is decoded is written out afterwards."""
+    from ssim_depth import codecs
+
+    said: list[str] = []
+    capfd.readouterr()
+    with codecs._native_stderr(said):
+        os.write(2, b"[WARN] [1.0] [other_node]: a log line of another thread\n")
+        os.write(2, b"libpng error: bad adaptive filter value\n")
+    assert said == ["libpng error: bad adaptive filter value"]
+    assert capfd.readouterr().err == "[WARN] [1.0] [other_node]: a log line of another thread\n"
+
+
+def test_valid_compressed_images_still_decode_after_corrupt_ones(rgb):
+    for msg in _corrupt_compressed(rgb).values():
+        with pytest.raises(ImageDecodeError):
+            image_msg_to_rgb(msg, max_pixels=1_000_000)
+    png = CompressedImage(
+        format="png", data=cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    )
+    np.testing.assert_array_equal(image_msg_to_rgb(png, max_pixels=1_000_000), rgb)
+
+
+def test_model_tag_round_trip():
+    header = Header(frame_id="camera")
+    header.stamp.sec, header.stamp.nanosec = 17, 5
+    model = {"generation": 3, "model_path": "/m/a.onnx", "model_sha256": "ab" * 32, "backend": "onnxruntime"}
+    settings = ModelSettings(
+        "/m/a.onnx", "onnxruntime", output_resolution="network", scale=ScaleSettings("fixed", 2.0)
+    )
+    options = FrameOptions(range_max=20.0, points=True, point_stride=3)
+    msg = model_info_msg(model, settings, options, header)
+    assert isinstance(msg, String) and "\n" not in msg.data
+    info = parse_model_info(msg)
+    assert info["stamp"] == {"sec": 17, "nanosec": 5} and info["frame_id"] == "camera"
+    assert info["model"] == model
+    assert info["settings"]["output_resolution"] == "network"
+    assert info["settings"]["scale"] == {"source": "fixed", "depth_scale": 2.0, "ground": None}
+    assert (info["options"]["range_max"], info["options"]["point_stride"]) == (20.0, 3)
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_model_info(String(data="model a"))
+    with pytest.raises(ValueError, match="no \\['model'"):
+        parse_model_info(String(data='{"stamp": 1, "frame_id": "", "settings": 1, "options": 1}'))

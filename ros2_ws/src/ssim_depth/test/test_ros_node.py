@@ -560,6 +560,43 @@ def test_model_parameter_changes_apply_on_the_open_backend(graph, estimator, pho
     assert g.node._pipeline.estimator.backend is backend  # only a new model file or backend reopens it
 
 
+def test_every_frame_is_tagged_with_the_model_and_options_that_made_it(graph, model, velocity_onnx, photo):
+    """depth/model: one tag per frame, by stamp; a model switch raises the generation, options ride along."""
+    import hashlib
+
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from ssim_depth.codecs import parse_model_info
+    from std_msgs.msg import String
+
+    g = graph(publish_points=False, publish_preview=False)
+    tags = {}
+    g.client.create_subscription(
+        String,
+        "depth/model",
+        lambda m: tags.update({(i := parse_model_info(m))["stamp"]["sec"]: i}),
+        QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL),
+    )
+    first = image_msg(photo)
+    g.request(first)
+    wait_until(lambda: first.header.stamp.sec in tags, "the first frame's tag")
+    tag = tags[first.header.stamp.sec]
+    assert tag["frame_id"] == first.header.frame_id
+    assert tag["model"]["generation"] == 1 and tag["model"]["model_path"] == str(model)
+    assert tag["model"]["model_sha256"] == hashlib.sha256(Path(model).read_bytes()).hexdigest()
+    assert tag["model"]["backend"] == "onnxruntime" and tag["options"]["range_max"] == 0.0
+
+    results = g.node.set_parameters_atomically(
+        [Parameter("model_path", value=str(velocity_onnx)), Parameter("range_max", value=50.0)]
+    )
+    assert results.successful, results.reason
+    second = image_msg(photo)  # published after the change returned: made entirely with the new values
+    g.request(second)
+    wait_until(lambda: second.header.stamp.sec in tags, "the second frame's tag")
+    tag = tags[second.header.stamp.sec]
+    assert tag["model"]["generation"] == 2 and tag["model"]["model_path"] == str(velocity_onnx)
+    assert tag["settings"]["model_path"] == str(velocity_onnx) and tag["options"]["range_max"] == 50.0
+
+
 def test_player_publishes_the_recorded_messages(ros, tmp_path, photo):
     context, executor = ros
     intrinsics = Intrinsics(*K, WIDTH, HEIGHT)

@@ -1,0 +1,119 @@
+"""The Self Query Layer head (models/sql.py) against a hand-computed case: self-cost volume, tallying, bin
+centres, plane-wise softmax and depth; then the head as a whole: its depth range, the disparity it returns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssim_depth_core.geometry import disparity_to_depth
+from ssim_depth_core.models.sql import (
+    MIN_BIN_WIDTH,
+    SQLDecoder,
+    bin_centres,
+    expected_depth,
+    self_cost_volume,
+    tally,
+)
+
+E = math.e
+# Two queries of C = 2 values and a 1x2 representation S: pixel (0, 0) is (2, 0), pixel (0, 1) is (0, 1).
+QUERIES = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (B=1, Q=2, C=2)
+PIXELS = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # (B=1, C=2, H=1, W=2)
+
+
+def test_self_cost_volume_is_query_dot_pixel():
+    volume = self_cost_volume(QUERIES, PIXELS)
+    # V[i, j, k] = Q_i . S[:, j, k]: query 0 reads channel 0, query 1 channel 1
+    expected = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])
+    torch.testing.assert_close(volume, expected)
+
+
+def test_tally_weights_the_pixels_by_each_querys_softmax_over_them():
+    volume = self_cost_volume(QUERIES, PIXELS)
+    # query 0: softmax([2, 0]) = (e^2, 1) / (e^2 + 1); query 1: softmax([0, 1]) = (1, e) / (1 + e)
+    a, b = E**2 / (E**2 + 1), 1 / (E**2 + 1)
+    c, d = 1 / (1 + E), E / (1 + E)
+    expected = torch.tensor([[[2 * a, b], [2 * c, d]]])  # sum_jk w_jk S_jk with S = (2, 0), (0, 1)
+    torch.testing.assert_close(tally(volume, PIXELS), expected)
+
+
+def test_bin_centres_split_the_range_by_the_normalised_cumulative_widths():
+    # widths 1 and 3 -> 1/4 and 3/4 of [1, 9] m: bins [1, 3] and [3, 9], centres 2 and 6
+    centres = bin_centres(torch.tensor([[1.0, 3.0]]), 1.0, 9.0)
+    torch.testing.assert_close(centres, torch.tensor([[2.0, 6.0]]))
+    # three equal bins of [0.5, 80]: centres at 1/6, 1/2, 5/6 of the range
+    centres = bin_centres(torch.tensor([[0.2, 0.2, 0.2], [5.0, 5.0, 5.0]]), 0.5, 80.0)
+    expected = torch.tensor([0.5 + 79.5 * f for f in (1 / 6, 1 / 2, 5 / 6)])
+    torch.testing.assert_close(centres, torch.stack([expected, expected]))
+
+
+def test_depth_is_the_plane_wise_softmax_expectation_of_the_centres():
+    volume = self_cost_volume(QUERIES, PIXELS)  # pixel (0, 0): (2, 0); pixel (0, 1): (0, 1) over the planes
+    centres = bin_centres(torch.tensor([[1.0, 3.0]]), 1.0, 9.0)  # 2 m and 6 m
+    depth = expected_depth(volume, centres)
+    first = (E**2 * 2 + 1 * 6) / (E**2 + 1)  # p = (e^2, 1) / (e^2 + 1)
+    second = (1 * 2 + E * 6) / (1 + E)  # p = (1, e) / (1 + e)
+    assert depth.shape == (1, 1, 1, 2)
+    torch.testing.assert_close(depth, torch.tensor([[[[first, second]]]]))
+    assert first == pytest.approx(2.4768116, abs=1e-6) and second == pytest.approx(4.9242343, abs=1e-6)
+
+
+def _features(batch: int = 2, size: int = 64) -> list[torch.Tensor]:
+    """Random maps shaped like a ResNet-18's five (1/2 .. 1/32) for a size x size input."""
+    channels = (64, 64, 128, 256, 512)
+    return [torch.rand(batch, c, size // 2 ** (i + 1), size // 2 ** (i + 1)) for i, c in enumerate(channels)]
+
+
+def sharpen(head: SQLDecoder) -> SQLDecoder:
+    """Scale up S and the queries so that the untrained head's volume is peaky and its depths spread over
+    the range (fresh, they sit near the mean bin centre)."""
+    torch.nn.init.normal_(head.pixels.weight, std=2.0)
+    torch.nn.init.normal_(head.to_queries.weight, std=3.0)
+    return head
+
+
+def test_head_outputs_the_normalised_disparity_of_its_bins_depth():
+    torch.manual_seed(0)
+    head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=8, dim=4, patch_size=16, embed_dim=16)
+    sharpen(head)
+    features = _features()
+    with torch.no_grad():
+        depth = head.depth(features)
+        (disparity,) = head(features)
+    assert depth.shape == disparity.shape == (2, 1, 64, 64)
+    assert depth.min() >= 0.5 and depth.max() <= 80.0 and depth.std() > 1.0
+    assert disparity.min() >= 0 and disparity.max() <= 1
+    # the serving formula gives back the bins' depth
+    torch.testing.assert_close(disparity_to_depth(disparity, 0.5, 80.0)[1], depth, rtol=1e-5, atol=0)
+
+
+def test_head_composes_the_documented_steps():
+    torch.manual_seed(1)
+    head = SQLDecoder(
+        (64, 64, 128, 256, 512), 0.5, 80.0, queries=4, dim=3, patch_size=8, embed_dim=8, heads=2
+    )
+    features = _features(batch=1, size=64)
+    with torch.no_grad():
+        *_, (_, full_resolution) = head.levels(features)
+        pixels = head.pixels(full_resolution)
+        queries = head.queries(pixels)
+        volume = self_cost_volume(queries, pixels)
+        widths = torch.nn.functional.softplus(head.bin_mlp(tally(volume, pixels).flatten(1))) + MIN_BIN_WIDTH
+        expected = expected_depth(volume, bin_centres(widths, 0.5, 80.0))
+        torch.testing.assert_close(head.depth(features), expected)
+    assert queries.shape == (1, 4, 3) and volume.shape == (1, 4, 64, 64)
+
+
+def test_head_has_one_scale_and_checks_its_settings():
+    head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=2, dim=2, embed_dim=8, layers=1)
+    with pytest.raises(ValueError, match=r"scale 0 only.*\[0, 1\]"):
+        head(_features(batch=1), scales=(0, 1))
+    with pytest.raises(ValueError, match="embed_dim 10 must be a multiple of model.sql.heads 4"):
+        SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, embed_dim=10)
+    with pytest.raises(ValueError, match="model.sql.queries must be an integer >= 1, got 0"):
+        SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=0)
+    with pytest.raises(ValueError, match="0 < min_depth < max_depth"):
+        SQLDecoder((64, 64, 128, 256, 512), 80.0, 0.5)
