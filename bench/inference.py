@@ -25,10 +25,21 @@ depends on page faults as much as on the code: full-size arrays are fresh mappin
 the order of earlier allocations and frees, so an unrelated change to either pipeline can move it by 1.5x.
 Fixed malloc thresholds (second command) keep freed memory mapped and time the computation alone.
 
+With ``--int8`` a last table times INT8 on the CPU: each configuration's FP32 ONNX model and its INT8
+models from ``export.quantize`` (``cpu`` target: uint8 activations; ``tensorrt`` target: symmetric int8, the
+form TensorRT takes), each on ONNX Runtime's CPU provider with ``--int8-threads`` intra-op threads (default 1
+and 2), the bare backend call on one pre-processed frame, all models of one thread count alternating call by
+call. The peer is the first configuration's FP32 model at the same thread count (with the default, R18 FP32:
+today's baseline). The INT8 models are calibrated and validated on ``--calibration DATA``, by default two
+small synthetic drives rendered at the network size (timing does not depend on the weights' accuracy; a
+random-init network is fine).
+
     .venv/bin/python bench/inference.py                       # random-init ResNet-18 network
     .venv/bin/python bench/inference.py --model resnet18+unet --model resnet18+sql --model convnext_tiny+sql
     MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TRIM_THRESHOLD_=2000000000 .venv/bin/python bench/inference.py
     .venv/bin/python bench/inference.py --checkpoint runs/x/last.pt --repeats 100
+    .venv/bin/python bench/inference.py --threads 1 --int8    # + R18 FP32 vs INT8, 1 and 2 threads
+    .venv/bin/python bench/inference.py --threads 1 --int8 --model resnet18+unet --model ENCODER+DECODER
 """
 
 from __future__ import annotations
@@ -51,7 +62,9 @@ from skimage import data
 
 from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.export import build_engine, export_onnx, tensorrt_available
+from ssim_depth_core.export.quantize import quantize_onnx
 from ssim_depth_core.geometry import disparity_to_depth
 from ssim_depth_core.imaging import resize_image
 from ssim_depth_core.models import MonodepthModel
@@ -147,6 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all)")
+    parser.add_argument("--int8", action="store_true", help="also time INT8 models on the CPU (last table)")
+    parser.add_argument(
+        "--int8-threads", type=int, nargs="+", default=[1, 2], help="onnxruntime threads of the INT8 table"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DATA",
+        help="--int8: data to calibrate and validate on (default: two small synthetic drives rendered here)",
+    )
     args = parser.parse_args(argv)
     if args.checkpoint and args.model:
         parser.error("--model times a random-init network; --checkpoint brings its own: give one of them")
@@ -184,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---:|---:|---:|---:|")
     worst_overhead, measured_tensorrt = 0.0, False
     batch = straightforward_batch(frame, args.height, args.width)
+    int8_models: dict[str, dict[str, Path]] = {}  # configuration -> {"FP32" | "INT8 ...": ONNX file}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in zip(names, models, strict=True):
             folder = Path(tmp) / name.replace(" ", "_")
@@ -229,10 +253,14 @@ def main(argv: list[str] | None = None) -> None:
                     f"{torch_ms / bare_ms:.2f}x | {full_ms:.2f} | {overhead:.3f} |"
                 )
                 backend.close()
-    print()
-    print(f"worst DepthEstimator / bare backend time: {worst_overhead:.3f} (goal <= 1.15)")
-    if not measured_tensorrt:
-        print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
+            if args.int8:
+                int8_models[name] = quantized_models(onnx_path, folder, args, tmp)
+        print()
+        print(f"worst DepthEstimator / bare backend time: {worst_overhead:.3f} (goal <= 1.15)")
+        if not measured_tensorrt:
+            print("tensorrt: not measured (needs TensorRT 10, pycuda and a CUDA GPU)")
+        if args.int8:
+            print_int8_table(int8_models, batch, args)
 
     print()
     frame_size = f"{frame.shape[1]}x{frame.shape[0]}"
@@ -242,6 +270,63 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| straightforward NumPy | {peer_ms:.2f} | 1.00x |")
     print(f"| DepthEstimator | {ours_ms:.2f} | {peer_ms / ours_ms:.2f}x |")
     print(f"| (part of both: the area resize to {args.width}x{args.height} alone) | {resize_ms:.2f} | |")
+
+
+def quantized_models(onnx_path: Path, folder: Path, args: argparse.Namespace, tmp: str) -> dict[str, Path]:
+    """The FP32 model and its INT8 models for both targets (calibrated on ``args.calibration``)."""
+    data = args.calibration
+    if data is None:
+        data = Path(tmp) / "calibration"
+        if not data.exists():  # 24 frames at the network size: enough to calibrate a model that is only timed
+            generate_dataset(
+                data,
+                seed=0,
+                drives=2,
+                frames=12,
+                width=args.width,
+                height=args.height,
+                bag="none",
+                progress=False,
+            )
+    models = {"FP32": onnx_path}
+    for target, label in (
+        ("cpu", "INT8 (cpu: uint8 activations)"),
+        ("tensorrt", "INT8 (tensorrt: int8, symmetric)"),
+    ):
+        path = folder / f"model.int8-{target}.onnx"
+        report = quantize_onnx(onnx_path, path, data, target=target, progress=False)
+        print(f"{path.name}: {report.summary().splitlines()[0]}")
+        models[label] = path
+    return models
+
+
+def print_int8_table(
+    int8_models: dict[str, dict[str, Path]], batch: np.ndarray, args: argparse.Namespace
+) -> None:
+    """ms/frame of every model on ONNX Runtime's CPU provider at each thread count, against the first
+    configuration's FP32 model at the same count; the models of one count alternate call by call."""
+    baseline_name = next(iter(int8_models))
+    print()
+    print(
+        f"INT8 on the CPU: onnxruntime {ort.__version__} CPUExecutionProvider, {args.width}x{args.height}, "
+        f"batch 1, bare backend call, median of {args.repeats} after {args.warmup} warm-up, load average "
+        f"{os.getloadavg()[0]:.2f}; peer: {baseline_name} FP32 at the same thread count"
+    )
+    print(f"| model | precision | threads | ms/frame | vs {baseline_name} FP32 |")
+    print("|---|---|---:|---:|---:|")
+    for threads in args.int8_threads:
+        rows = [(name, label, path) for name, files in int8_models.items() for label, path in files.items()]
+        backends = [OnnxRuntimeBackend(path, device="cpu", threads=threads) for _, _, path in rows]
+        times = alternating_median_ms(
+            *(lambda backend=backend: backend(batch) for backend in backends),
+            repeats=args.repeats,
+            warmup=args.warmup,
+        )
+        baseline_ms = times[0]
+        for (name, label, _), ms in zip(rows, times, strict=True):
+            print(f"| {name} | {label} | {threads} | {ms:.2f} | {baseline_ms / ms:.2f}x |")
+        for backend in backends:
+            backend.close()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Shapes, parameter counts and FLOPs of every depth-net and pose-net configuration (docs/models.md).
 
-Every encoder (``model.encoder`` / ``model.pose_encoder``) with every decoder (``model.decoder``), built on
-PyTorch's meta device (shapes only: no weights in memory, no arithmetic, a few seconds for all), one image at
-the given size. FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts for one forward pass:
-convolutions and matrix products, 2 per multiply-add; element-wise ops, normalisation and softmax are not
-counted. The pose net sees two frames stacked (6 channels) at the same size (``model.pose_downsample: 1``).
+Every encoder (``model.encoder`` / ``model.pose_encoder``: ResNets, ConvNeXts and the light MobileNetV3-Large,
+EfficientNet-B0, RegNetY-400MF) with every decoder (``model.decoder``: unet, sql, light), built on PyTorch's
+meta device (shapes only: no weights in memory, no arithmetic, seconds for all; the light trunks are built on
+the CPU and moved there), one image at the given size. FLOPs are what ``torch.utils.flop_counter.
+FlopCounterMode`` counts for one forward pass: convolutions and matrix products, 2 per multiply-add;
+element-wise ops, normalisation and softmax are not counted. The pose net sees two frames stacked (6
+channels) at the same size (``model.pose_downsample: 1``).
 
     .venv/bin/python bench/model_sizes.py                          # 640x192, the KITTI training size
     .venv/bin/python bench/model_sizes.py --size 640x192 --size 1024x320   # the table in docs/models.md
@@ -22,7 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ssim_depth_core.config import EncoderName, ModelConfig, SQLConfig
 from ssim_depth_core.models import DepthNet, PoseNet
+from ssim_depth_core.models.decoder import DECODER_CHANNELS
 from ssim_depth_core.models.depth import DECODERS
+from ssim_depth_core.models.light_decoder import LIGHT_DECODER_CHANNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +85,10 @@ def table(sizes: list[tuple[int, int]]) -> str:
         f"multiply-add). SQL head: {sql.queries} queries, C = {sql.dim}, {sql.patch_size}x{sql.patch_size} "
         f"patches, transformer {sql.layers} x {sql.embed_dim} wide, {sql.heads} heads. Encoder maps finest "
         f"first, at 1/2 .. 1/32 of the input (ConvNeXt's 1/2 map is its own small stem, which the pose net "
-        f"leaves out). Outputs: the depth nets 1x1xHxW disparity, the pose nets axis-angle + translation "
-        f"(1x6) from two frames stacked.",
+        f"leaves out; the light trunks' are their last layer at each stride). Light decoder widths "
+        f"{', '.join(str(c) for c in LIGHT_DECODER_CHANNELS)} (U-Net "
+        f"{', '.join(str(c) for c in DECODER_CHANNELS)}), full resolution first. Outputs: the depth nets "
+        f"1x1xHxW disparity, the pose nets axis-angle + translation (1x6) from two frames stacked.",
         "",
         f"| net | encoder | decoder | encoder maps (channels) | parameters (M) | {columns} |",
         "|---|---|---|---|---:|" + "---:|" * len(sizes),

@@ -5,8 +5,9 @@ An exported depth network takes ``image`` (B, 3, H, W) float32 RGB in [0, 1] and
 depth head gives it: the U-Net's sigmoid heads directly, the SQL head by mapping its bins' depth with
 ``geometry.depth_to_disparity`` inside the graph (models/sql.py); the metadata's ``output`` says so, and a
 runtime refuses any other. What a runtime needs beyond the graph (depth range, training and export resolution,
-the training config, whether its depth is metric and how) travels as ONNX metadata props, and for a TensorRT
-engine, which cannot carry them, in a JSON sidecar beside the engine.
+the training config, whether its depth is metric and how, its numeric precision and, for an INT8 model, how
+it was calibrated and what that cost in accuracy) travels as ONNX metadata props, and for a TensorRT engine,
+which cannot carry them, in a JSON sidecar beside the engine.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ METRIC_SOURCES = (
 # What the output tensor holds: "disparity", the normalised disparity of geometry.disparity_to_depth (every
 # DepthNet head exports it; a model file that says otherwise is refused rather than misread).
 OUTPUT_KINDS = ("disparity",)
+# Numeric precision of the model file's weights and activations: "fp32" (export_onnx), or "int8" (a QDQ graph
+# from export.quantize: INT8 weights per output channel, INT8 activations, float input, output and head).
+MODEL_PRECISIONS = ("fp32", "int8")
 
 
 def metric_source(config: dict) -> str:
@@ -56,6 +60,18 @@ class ExportMetadata:
     config_yaml: str  # the resolved training config
     metric: str  # one of METRIC_SOURCES: how the depth is metric ("none": scale-less)
     output: str = "disparity"  # one of OUTPUT_KINDS: what the output tensor holds
+    precision: str = "fp32"  # one of MODEL_PRECISIONS
+    # INT8 models only (None otherwise): the data root's name (not its local path) and the number of frames
+    # the activation ranges were calibrated on; the held-out frames it was validated on; the AbsRel of the
+    # FP32 model and of the INT8 one there (in metres for a metric model, median-scaled otherwise: the
+    # AbsRel by which the trainer picks best.pt; None when those frames have no ground truth); the mean
+    # relative depth difference |INT8 - FP32| / FP32 over their pixels.
+    calibration_data: str | None = None
+    calibration_frames: int | None = None
+    validation_frames: int | None = None
+    abs_rel_fp32: float | None = None
+    abs_rel_int8: float | None = None
+    depth_difference: float | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_SOURCES:
@@ -64,9 +80,16 @@ class ExportMetadata:
         if self.output not in OUTPUT_KINDS:
             expected = ", ".join(repr(m) for m in OUTPUT_KINDS)
             raise ValueError(f"metadata 'output' must be one of {expected}, got {self.output!r}")
+        if self.precision not in MODEL_PRECISIONS:
+            expected = ", ".join(repr(m) for m in MODEL_PRECISIONS)
+            raise ValueError(f"metadata 'precision' must be one of {expected}, got {self.precision!r}")
+        if self.precision == "int8" and (self.calibration_frames is None or self.calibration_frames < 1):
+            raise ValueError(f"an int8 model needs calibration_frames >= 1, got {self.calibration_frames!r}")
+        if self.precision == "fp32" and any(getattr(self, key) is not None for key in _INT8_KEYS):
+            raise ValueError(f"an fp32 model has no INT8 record ({', '.join(_INT8_KEYS)})")
 
     def to_props(self) -> dict[str, str]:
-        return {
+        props = {
             "min_depth": repr(self.min_depth),
             "max_depth": repr(self.max_depth),
             "train_height": str(self.train_height),
@@ -76,14 +99,21 @@ class ExportMetadata:
             "config": self.config_yaml,
             "metric": self.metric,
             "output": self.output,
+            "precision": self.precision,
         }
+        for key in _INT8_KEYS:  # the INT8 record: only where it exists
+            value = getattr(self, key)
+            if value is not None:
+                props[key] = repr(value) if isinstance(value, float) else str(value)
+        return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str | Path) -> ExportMetadata:
         """Parse metadata props; ``source`` names the file in errors.
 
-        ``metric`` and ``output`` are optional: files exported before they existed read as "none"
-        (scale-less) and "disparity" (the only output then).
+        ``metric``, ``output`` and ``precision`` are optional: files exported before they existed read as
+        "none" (scale-less), "disparity" (the only output then) and "fp32" (the only precision then); so are
+        the INT8 record's keys (:data:`_INT8_KEYS`), None when absent.
         """
         keys = ("min_depth", "max_depth", "train_height", "train_width", "height", "width", "config")
         missing = [k for k in keys if k not in props]
@@ -102,9 +132,26 @@ class ExportMetadata:
                 config_yaml=props["config"],
                 metric=props.get("metric", "none"),
                 output=props.get("output", "disparity"),
+                precision=props.get("precision", "fp32"),
+                **{key: _parse(props.get(key), kind) for key, kind in _INT8_KEYS.items()},
             )
         except ValueError as error:
             raise ValueError(f"{source}: malformed metadata ({error})") from error
+
+
+# The optional INT8 record of ExportMetadata: prop key (= field name) -> its type.
+_INT8_KEYS = {
+    "calibration_data": str,
+    "calibration_frames": int,
+    "validation_frames": int,
+    "abs_rel_fp32": float,
+    "abs_rel_int8": float,
+    "depth_difference": float,
+}
+
+
+def _parse(text: str | None, kind: type):
+    return None if text is None else kind(text)
 
 
 def read_metadata(model: onnx.ModelProto, source: str | Path) -> ExportMetadata:

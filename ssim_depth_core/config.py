@@ -19,9 +19,19 @@ import yaml
 
 # torchvision backbones the depth and pose nets take (models/encoder.py builds them; ImageNet normalisation
 # inside). ResNets give the U-Net decoder their stem map at 1/2; ConvNeXts, whose stem is at 1/4, get a small
-# conv stem for it (docs/models.md).
+# conv stem for it; the light trunks (MobileNetV3-Large, EfficientNet-B0, RegNetY-400MF: CPU inference) are
+# tapped at strides 2 .. 32 (docs/models.md).
 EncoderName = Literal[
-    "resnet18", "resnet34", "resnet50", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "regnet_y_400mf",
 ]
 # Config keys renamed by issue 19 -> their replacement. A config stored before (a checkpoint, a study record,
 # a run's config.yaml) is read with the replacement (:func:`upgrade_stored_config`, the one place where a
@@ -48,8 +58,10 @@ class ModelConfig:
     encoder: EncoderName = "resnet18"  # depth encoder, a torchvision model name
     pose_encoder: EncoderName = "resnet18"  # pose encoder (sees the two frames stacked: 6 input channels)
     # unet: sigmoid disparity heads at every scale of `scales`; sql: Self Query Layer depth bins (SQLdepth /
-    # SPIdepth) at full resolution only (scales must be [0]); both output the same normalised disparity.
-    decoder: Literal["unet", "sql"] = "unet"
+    # SPIdepth) at full resolution only (scales must be [0]); light: the unet's heads after depthwise-
+    # separable convs with fewer channels (for the light encoders on a CPU). All output the same normalised
+    # disparity.
+    decoder: Literal["unet", "sql", "light"] = "unet"
     sql: SQLConfig = field(default_factory=SQLConfig)
     pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
     scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss

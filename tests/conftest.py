@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.models import MonodepthModel
 
 
@@ -54,3 +57,12 @@ def velocity_onnx(velocity_checkpoint, tmp_path_factory):
     from ssim_depth_core.export.onnx import export_onnx
 
     return export_onnx(velocity_checkpoint, tmp_path_factory.mktemp("velocity_onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_drive(tmp_path_factory) -> Path:
+    """A synthetic dataset of one 10-frame drive at 128x64 (data seed 5), no bag: for short training runs.
+    Tests that change it work on a copy."""
+    return generate_dataset(
+        tmp_path_factory.mktemp("synth"), seed=5, drives=1, frames=10, width=128, height=64, bag="none"
+    )

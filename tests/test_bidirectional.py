@@ -12,7 +12,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.config import LossConfig, ModelConfig, load_config
-from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.geometry import pose_to_matrix
 from ssim_depth_core.losses.bidirectional import (
     camera_flow,
@@ -294,14 +293,7 @@ def test_the_depth_net_runs_on_the_sources_only_when_asked():
         MonodepthModel(config, frame_ids=[0, -1, 1], extra_outputs=("flows",))
 
 
-@pytest.fixture(scope="module")
-def drive(tmp_path_factory) -> Path:
-    return generate_dataset(
-        tmp_path_factory.mktemp("synth"), seed=5, drives=1, frames=10, width=128, height=64, bag="none"
-    )
-
-
-def test_two_training_steps_with_every_seed_002_term(drive, tmp_path):
+def test_two_training_steps_with_every_seed_002_term(tiny_drive, tmp_path):
     overrides = [
         "data.height=64",
         "data.width=128",
@@ -320,7 +312,7 @@ def test_two_training_steps_with_every_seed_002_term(drive, tmp_path):
         "loss.adaptive_weights=true",
         "loss.feature_levels=[0, 1]",
     ]
-    trainer = Trainer(load_config(CONFIG, overrides), drive, tmp_path)
+    trainer = Trainer(load_config(CONFIG, overrides), tiny_drive, tmp_path)
     assert trainer.model.extra_outputs == {"features", "source_depths"}
     trainer.fit()
     assert trainer.step == 2

@@ -88,6 +88,7 @@ PROPS = {
     "config": "seed: 0\n",
     "metric": "stereo+velocity",
     "output": "disparity",
+    "precision": "fp32",
 }
 
 
@@ -95,7 +96,7 @@ def test_metadata_round_trip_and_files_without_metric():
     metadata = ExportMetadata.from_props(PROPS, "model.onnx")
     assert metadata == ExportMetadata(0.5, 80.0, 64, 96, 128, 192, "seed: 0\n", "stereo+velocity")
     assert metadata.to_props() == PROPS
-    old = {key: value for key, value in PROPS.items() if key not in ("metric", "output")}  # before both
+    old = {key: value for key, value in PROPS.items() if key not in ("metric", "output", "precision")}
     assert ExportMetadata.from_props(old, "old.onnx").metric == "none"
     assert ExportMetadata.from_props(old, "old.onnx").output == "disparity"
 

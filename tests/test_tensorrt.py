@@ -57,8 +57,8 @@ def test_engine_cache_key_changes_with_every_component(field, value):
 
 
 def test_engine_cache_key_rejects_unknown_precision():
-    with pytest.raises(ValueError, match="int8"):
-        engine_cache_key(**{**KEY_ARGS, "precision": "int8"})
+    with pytest.raises(ValueError, match="bf16"):
+        engine_cache_key(**{**KEY_ARGS, "precision": "bf16"})
 
 
 def _write_model(path, op_type="Relu"):
@@ -99,7 +99,9 @@ def test_build_engine_rejects_unsupported_ops_before_building(tmp_path):
 
 def test_build_engine_argument_errors(tmp_path):
     onnx_path = _write_model(tmp_path / "tiny.onnx")
-    with pytest.raises(ValueError, match="precision.*int8"):
+    with pytest.raises(ValueError, match="precision must be one of.*bf16"):
+        build_engine(onnx_path, precision="bf16")
+    with pytest.raises(ValueError, match="precision .int8. needs a quantised model"):
         build_engine(onnx_path, precision="int8")
     with pytest.raises(ValueError, match="workspace_gb"):
         build_engine(onnx_path, workspace_gb=0)

@@ -40,15 +40,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def drive(tmp_path_factory) -> Path:
-    return generate_dataset(
-        tmp_path_factory.mktemp("synth"), seed=5, drives=1, frames=10, width=128, height=64, bag="none"
-    )
-
-
-@pytest.fixture(scope="module")
 def stereo_drive(tmp_path_factory) -> Path:
-    """A drive with camera 03 (the stereo partner) and OXTS odometry, in the KITTI raw layout."""
+    """A tiny drive with camera 03 (the stereo partner) and OXTS odometry, in the KITTI raw layout."""
     return generate_dataset(
         tmp_path_factory.mktemp("stereo"),
         seed=6,
@@ -76,9 +69,11 @@ def _parameters(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def test_training_writes_config_checkpoints_and_tensorboard(drive, tmp_path):
-    config = load_config(CONFIG, [*TINY, "optim.max_steps=3", "data.val_split=" + str(_split(drive, "val"))])
-    trainer = Trainer(config, drive, tmp_path)
+def test_training_writes_config_checkpoints_and_tensorboard(tiny_drive, tmp_path):
+    config = load_config(
+        CONFIG, [*TINY, "optim.max_steps=3", "data.val_split=" + str(_split(tiny_drive, "val"))]
+    )
+    trainer = Trainer(config, tiny_drive, tmp_path)
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     metrics = trainer.fit()
 
@@ -138,11 +133,11 @@ def test_learning_rate_schedules_match_torch_schedulers():
         learning_rate(OptimConfig(lr_schedule="linear"), 0.0)
 
 
-def test_training_follows_the_cosine_schedule_step_by_step(drive, tmp_path):
+def test_training_follows_the_cosine_schedule_step_by_step(tiny_drive, tmp_path):
     # 8 training samples, batch 2: 4 steps per epoch, 2 epochs
     overrides = ["optim.epochs=2", "optim.lr_schedule=cosine", "checkpoint_every=100"]
     config = load_config(CONFIG, [*TINY, *overrides])
-    Trainer(config, drive, tmp_path).fit()
+    Trainer(config, tiny_drive, tmp_path).fit()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     logged = [event.value for event in events.Scalars("lr")]
@@ -156,14 +151,16 @@ def _split(root: Path, name: str) -> Path:
     return path
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(drive, tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_drive, tmp_path):
     steps = ["optim.max_steps=8", "checkpoint_every=2"]
     reference = tmp_path / "reference"
-    subprocess.run(_train_command(drive, reference, *steps), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        _train_command(tiny_drive, reference, *steps), check=True, capture_output=True, timeout=600
+    )
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
-        _train_command(drive, interrupted, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_command(tiny_drive, interrupted, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     checkpoint = interrupted / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
@@ -176,7 +173,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(drive, tmp_path):
     assert 2 <= killed_at < 8
 
     resumed = subprocess.run(
-        _train_command(drive, interrupted, *steps, resume=True), capture_output=True, text=True, timeout=600
+        _train_command(tiny_drive, interrupted, *steps, resume=True),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {killed_at}" in resumed.stderr
@@ -187,9 +187,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(drive, tmp_path):
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_corrupt_frame_is_skipped_and_counted(drive, tmp_path):
+def test_corrupt_frame_is_skipped_and_counted(tiny_drive, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(drive, data)
+    shutil.copytree(tiny_drive, data)
     (frame,) = data.glob("*/*_sync/image_02/data/0000000004.png")
     frame.write_bytes(frame.read_bytes()[:100])  # truncated PNG
 
@@ -200,12 +200,20 @@ def test_corrupt_frame_is_skipped_and_counted(drive, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["skipped_samples"] >= 1
 
 
-def test_torchrun_two_processes_keep_identical_weights(drive, tmp_path):
+def test_torchrun_two_processes_keep_identical_weights(tiny_drive, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     worker = ROOT / "tests" / "ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker), str(drive), str(tmp_path), *TINY],
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(worker),
+            str(tiny_drive),
+            str(tmp_path),
+            *TINY,
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -232,8 +240,8 @@ def _with_splits(drive: Path, root: Path, **splits: list[int]) -> Path:
     return data
 
 
-def test_the_datasets_own_splits_are_used_by_default(drive, tmp_path, caplog):
-    data = _with_splits(drive, tmp_path, train=[1, 2, 3, 4], val=[7, 8])
+def test_the_datasets_own_splits_are_used_by_default(tiny_drive, tmp_path, caplog):
+    data = _with_splits(tiny_drive, tmp_path, train=[1, 2, 3, 4], val=[7, 8])
     train_file, val_file = _split(data, "train"), _split(data, "val")
     with caplog.at_level(logging.INFO, logger="ssim_depth_core.trainer"):
         trainer = Trainer(load_config(CONFIG, TINY), data, tmp_path / "run")
@@ -268,8 +276,8 @@ def test_the_datasets_own_splits_are_used_by_default(drive, tmp_path, caplog):
         Trainer(load_config(CONFIG, TINY), data, tmp_path / "ambiguous")
 
 
-def test_without_validation_best_pt_holds_the_last_weights(drive, tmp_path, caplog):
-    data = shutil.copytree(drive, tmp_path / "data")
+def test_without_validation_best_pt_holds_the_last_weights(tiny_drive, tmp_path, caplog):
+    data = shutil.copytree(tiny_drive, tmp_path / "data")
     shutil.rmtree(data / "splits")
     with caplog.at_level(logging.INFO, logger="ssim_depth_core.trainer"):
         trainer = Trainer(load_config(CONFIG, [*TINY, "optim.max_steps=2"]), data, tmp_path / "run")
@@ -291,25 +299,28 @@ def _logged_steps(run: Path) -> list[int]:
     return [event.step for event in events.Scalars("loss/total")]
 
 
-def test_a_run_folder_is_refused_unless_resumed_or_overwritten(drive, tmp_path):
+def test_a_run_folder_is_refused_unless_resumed_or_overwritten(tiny_drive, tmp_path):
     run = tmp_path / "run"
-    Trainer(load_config(CONFIG, [*TINY, "optim.max_steps=1", "data.val_split=none"]), drive, run).fit()
+    Trainer(load_config(CONFIG, [*TINY, "optim.max_steps=1", "data.val_split=none"]), tiny_drive, run).fit()
     before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
 
-    refused = subprocess.run(_train_command(drive, run), capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(_train_command(tiny_drive, run), capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2
     assert f"{run} is not empty" in refused.stderr
     assert "--resume" in refused.stderr and "--overwrite" in refused.stderr
     assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
     both = subprocess.run(
-        _train_command(drive, run, resume=True, overwrite=True), capture_output=True, text=True, timeout=600
+        _train_command(tiny_drive, run, resume=True, overwrite=True),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
     # --overwrite: a new run from step 0 whose TensorBoard events are its own only. Its stderr is a pipe,
     # so the progress bar writes plain lines: one at the start and one per step of the 4-step epoch.
     replaced = subprocess.run(
-        _train_command(drive, run, "optim.epochs=1", "data.val_split=none", overwrite=True),
+        _train_command(tiny_drive, run, "optim.epochs=1", "data.val_split=none", overwrite=True),
         capture_output=True,
         timeout=600,
     )
@@ -323,7 +334,7 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(drive, tmp_path):
 
     # --resume continues that run
     resumed = Trainer(
-        load_config(CONFIG, [*TINY, "optim.epochs=2", "data.val_split=none"]), drive, run, resume=True
+        load_config(CONFIG, [*TINY, "optim.epochs=2", "data.val_split=none"]), tiny_drive, run, resume=True
     )
     assert resumed.step == 4
     resumed.fit()

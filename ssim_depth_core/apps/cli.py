@@ -93,8 +93,41 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from ssim_depth_core.export.onnx import export_onnx
 
+    if args.int8 and args.calibration is None:
+        raise ValueError("--int8 needs --calibration DATA: the training data to calibrate and validate on")
+    int8_options = (
+        "calibration", "int8_onnx", "int8_target", "calibration_frames", "validation_frames",
+        "int8_tolerance", "int8_max_difference",
+    )  # fmt: skip
+    if not args.int8 and any(getattr(args, name) is not None for name in int8_options):
+        raise ValueError(
+            "--calibration, --int8-onnx, --int8-target, --calibration-frames, --validation-frames, "
+            "--int8-tolerance and --int8-max-difference only apply with --int8"
+        )
+    if args.precision == "int8" and not args.int8:
+        raise ValueError("--precision int8 builds from a quantised model: add --int8 --calibration DATA")
+    if args.int8 and args.tensorrt and args.precision not in (None, "int8"):
+        raise ValueError(
+            f"--int8 with --tensorrt builds an int8 engine; --precision {args.precision} conflicts"
+        )
     onnx_path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width)
     print(f"ONNX model written to {onnx_path}")
+    if args.int8:
+        from ssim_depth_core.export.quantize import quantize_onnx
+
+        target = args.int8_target or ("tensorrt" if args.tensorrt else "cpu")
+        int8_path = args.int8_onnx or onnx_path.with_name(f"{onnx_path.stem}.int8{onnx_path.suffix}")
+        given = {  # unset options keep quantize_onnx's defaults
+            "calibration_frames": args.calibration_frames,
+            "validation_frames": args.validation_frames,
+            "tolerance": args.int8_tolerance,
+            "max_difference": args.int8_max_difference,
+        }
+        options = {key: value for key, value in given.items() if value is not None}
+        report = quantize_onnx(onnx_path, int8_path, args.calibration, target=target, **options)
+        print(report.summary())
+        print(f"INT8 ONNX model ({target}) written to {int8_path}")
+        onnx_path = int8_path
     if args.tensorrt:
         from ssim_depth_core.export.tensorrt import build_engine
 
@@ -215,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=_evaluate)
 
-    export = _verb(verbs, "export", "export a checkpoint to ONNX (and a TensorRT engine)")
+    export = _verb(verbs, "export", "export a checkpoint to ONNX (and INT8, and a TensorRT engine)")
     export.add_argument(
         "--checkpoint",
         type=Path,
@@ -227,7 +260,57 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--width", type=int, help="network input width (default: the training width)")
     export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
     export.add_argument(
-        "--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision"
+        "--precision",
+        choices=["fp16", "fp32", "int8"],
+        help="TensorRT engine precision (default: int8 with --int8, else fp16)",
+    )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write an INT8 (QDQ) model, calibrated and validated on --calibration DATA; refused, "
+        "and not written, when it costs more than --int8-tolerance AbsRel (docs/serving.md)",
+    )
+    export.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DATA",
+        help="--int8: training data root (KITTI layout, synthetic drives or rosbag2): calibration frames "
+        "from its train split, validation frames from its test (else val) split",
+    )
+    export.add_argument(
+        "--int8-onnx", type=Path, metavar="PATH", help="--int8: output path (default: ONNX stem + .int8.onnx)"
+    )
+    export.add_argument(
+        "--calibration-frames",
+        type=int,
+        metavar="N",
+        help="--int8: frames to calibrate on, spread over the train split (default: 300)",
+    )
+    export.add_argument(
+        "--validation-frames",
+        type=int,
+        metavar="N",
+        help="--int8: held-out frames to compare INT8 with FP32 on (default: 200)",
+    )
+    export.add_argument(
+        "--int8-tolerance",
+        type=float,
+        metavar="ABSREL",
+        help="--int8: largest AbsRel increase INT8 vs FP32 accepted on held-out frames with ground truth "
+        "(default: 0.01)",
+    )
+    export.add_argument(
+        "--int8-max-difference",
+        type=float,
+        metavar="FRACTION",
+        help="--int8, data without ground truth: largest mean relative depth difference |INT8 - FP32| / FP32 "
+        "accepted (default: 0.05)",
+    )
+    export.add_argument(
+        "--int8-target",
+        choices=["cpu", "tensorrt"],
+        help="--int8: cpu = uint8 activations (ONNX Runtime's fastest CPU kernels), tensorrt = symmetric "
+        "int8 (what TensorRT parses; ONNX Runtime runs it too) (default: tensorrt with --tensorrt, else cpu)",
     )
     export.set_defaults(run=_export)
 

@@ -35,13 +35,17 @@ VALIDATION_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch, on a
 # reported before a build. LayerNormalization (ConvNeXt, the SQL transformer; opset 17+): only its first
 # output Y, checked below. Softmax (opset 13+: along one axis, any axis) and MatMul carry no restriction
 # there; Einsum, also supported, is never emitted (the SQL head multiplies with MatMul) and stays out.
+# QuantizeLinear / DequantizeLinear: explicit quantisation (an INT8 model of export.quantize), INT8 with zero
+# point 0 only (TensorRT quantises symmetrically; UINT8 is only a network I/O type there), checked below.
 TENSORRT_OPS = frozenset(
     {
         "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
-        "ConstantOfShape", "Conv", "ConvTranspose", "Div", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten",
+        "ConstantOfShape", "Conv", "ConvTranspose", "DequantizeLinear", "Div", "Elu", "Equal", "Erf", "Exp",
+        "Expand", "Flatten",
         "Floor", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "HardSigmoid",
         "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "Log",
-        "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Range", "Reciprocal",
+        "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "QuantizeLinear", "Range",
+        "Reciprocal",
         "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Selu", "Shape",
         "Sigmoid", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile",
         "Transpose", "Unsqueeze", "Where",
@@ -60,6 +64,7 @@ _RESIZE_COORDINATES = {
     "align_corners",
 }
 _RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 class ExportValidationError(RuntimeError):
@@ -72,9 +77,15 @@ def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:
     Checks the default-domain opset against :data:`TENSORRT_OPSETS`, every node's op type against
     :data:`TENSORRT_OPS` (custom domains are rejected) and the attributes TensorRT restricts: Pad ``mode``,
     Resize ``mode`` / ``coordinate_transformation_mode`` / ``nearest_mode`` / ``antialias`` /
-    ``keep_aspect_ratio_policy``, pooling ``dilations``, LayerNormalization outputs (``Y`` only).
+    ``keep_aspect_ratio_policy``, pooling ``dilations``, LayerNormalization outputs (``Y`` only), and Q/DQ
+    nodes: constant scales, INT8 zero points equal to 0, DequantizeLinear of INT8 constants only (TensorRT
+    10 has no INT32 dequantisation, e.g. of a quantised bias).
     """
     problems = []
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset not in TENSORRT_OPSETS:
         problems.append(
@@ -107,6 +118,41 @@ def check_tensorrt_ops(model: onnx.ModelProto) -> list[str]:
             problems.append(f"{where}: pooling dilations {list(text['dilations'])} (only 1 is supported)")
         elif node.op_type == "LayerNormalization" and any(node.output[1:]):
             problems.append(f"{where}: LayerNormalization outputs Mean / InvStdDev (only Y is supported)")
+        elif node.op_type in QDQ_OPS:
+            problems.extend(f"{where}: {problem}" for problem in _qdq_problems(node, attrs, constants))
+    return problems
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is a Q/DQ (explicitly quantised) graph."""
+    return any(node.op_type in QDQ_OPS for node in model.graph.node)
+
+
+def _qdq_problems(node: onnx.NodeProto, attrs: dict, constants: dict[str, onnx.TensorProto]) -> list[str]:
+    """What TensorRT 10 rejects in one QuantizeLinear / DequantizeLinear node (INT8, symmetric)."""
+    int8 = onnx.TensorProto.INT8
+    problems = []
+    if len(node.input) < 2 or node.input[1] not in constants:
+        problems.append("the scale must be a constant")
+    if node.op_type == "DequantizeLinear" and node.input[0] in constants:
+        kind = constants[node.input[0]].data_type
+        if kind != int8:  # e.g. an INT32 bias: its zero point is INT32 too, one problem
+            name = onnx.TensorProto.DataType.Name(kind)
+            return [*problems, f"dequantises a constant of type {name} (TensorRT 10 dequantises INT8 only)"]
+    zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if zero_point is not None:
+        tensor = constants.get(zero_point)
+        if tensor is None:
+            problems.append("the zero point must be a constant")
+        elif tensor.data_type != int8:
+            kind = onnx.TensorProto.DataType.Name(tensor.data_type)
+            problems.append(f"zero point of type {kind} (TensorRT quantises to INT8 only)")
+        elif onnx.numpy_helper.to_array(tensor).any():
+            problems.append("non-zero zero point (TensorRT quantises symmetrically: zero point 0)")
+    elif node.op_type == "QuantizeLinear" and attrs.get("output_dtype") != int8:
+        problems.append(
+            "no INT8 zero point or output_dtype: it quantises to UINT8 (TensorRT takes INT8 only)"
+        )
     return problems
 
 

@@ -6,6 +6,12 @@ precision: a moved disk, a new GPU or an upgraded TensorRT gets a new key, so th
 a stale one being loaded. Beside each engine a ``<engine>.json`` sidecar keeps the ONNX metadata props (depth
 range, input size, config, metric source) that a runtime needs, since an engine file cannot carry them.
 
+INT8 is explicit quantisation (TensorRT 10 deprecated the implicit calibrators, ``IInt8Calibrator`` and its
+calibration cache, in 10.1): the model is the Q/DQ graph of ``export.quantize`` (``--int8-target tensorrt``),
+whose scales are the calibration, built with ``BuilderFlag.INT8`` (required to parse Q/DQ layers) and
+``BuilderFlag.FP16`` (for the layers left in float: input normalisation, the disparity head). The key's ONNX
+hash covers those scales, so a different calibration gets a different engine.
+
 ``tensorrt`` and ``pycuda`` are optional (extra ``tensorrt``) and imported only inside functions.
 """
 
@@ -22,11 +28,11 @@ import onnx
 from ssim_depth_core.accelerator import cuda_device, import_tensorrt
 from ssim_depth_core.artifact import engine_sidecar_path, read_metadata
 from ssim_depth_core.checkpoint import write_atomic
-from ssim_depth_core.export.onnx import check_tensorrt_ops
+from ssim_depth_core.export.onnx import check_tensorrt_ops, is_quantized
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
 DEFAULT_CACHE_DIR = Path("~/.cache/ssim_depth/engines")
 
 
@@ -40,7 +46,8 @@ def engine_cache_key(
     """Hex sha256 identifying the engine built from these inputs.
 
     It is the sha256 of the UTF-8 text ``"onnx_sha256=<hex sha256 of onnx_bytes>\\ngpu=<gpu_name>\\n
-    compute_capability=<major>.<minor>\\ntensorrt=<trt_version>\\nprecision=<precision>\\n"``.
+    compute_capability=<major>.<minor>\\ntensorrt=<trt_version>\\nprecision=<precision>\\n"``. For "int8" the
+    ONNX bytes hold the calibration (the Q/DQ scales): another calibration is another key.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -58,7 +65,7 @@ def engine_cache_key(
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path | None = None,
-    precision: str = "fp16",
+    precision: str | None = None,
     workspace_gb: float = 2.0,
     cache_dir: str | Path | None = None,
 ) -> Path:
@@ -68,7 +75,9 @@ def build_engine(
         onnx_path: model from :func:`ssim_depth_core.export.onnx.export_onnx` (weights inside the file).
         engine_path: where to write the engine; always built. ``None`` uses the cache: a file named by
             :func:`engine_cache_key` in ``cache_dir``, reused when present, built otherwise.
-        precision: "fp16" (FP16 kernels allowed; inputs/outputs stay float32) or "fp32" (TF32 off too).
+        precision: "fp16" (FP16 kernels allowed; inputs/outputs stay float32), "fp32" (TF32 off too), "int8"
+            (a Q/DQ model only: INT8 where its Q/DQ nodes say, FP16 allowed elsewhere), or None: "int8" for a
+            Q/DQ model, "fp16" otherwise.
         workspace_gb: builder workspace memory limit in GiB.
         cache_dir: engine cache folder, default ``~/.cache/ssim_depth/engines``.
 
@@ -76,13 +85,14 @@ def build_engine(
         The engine path; its metadata sidecar is :func:`engine_sidecar_path`.
 
     Raises:
-        ValueError: bad precision/workspace, an op or attribute TensorRT 10 does not support, or missing or
-            malformed model metadata.
+        ValueError: bad precision/workspace, "int8" for a model without Q/DQ nodes or another precision for
+            one with them, an op or attribute TensorRT 10 does not support, or missing or malformed model
+            metadata.
         TensorRTUnavailableError: tensorrt, pycuda or a GPU is missing.
         EngineBuildError: the parser or builder failed (its messages are included).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
     if not workspace_gb > 0:
         raise ValueError(f"workspace_gb must be > 0, got {workspace_gb!r}")
     onnx_path = Path(onnx_path)
@@ -90,9 +100,23 @@ def build_engine(
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     onnx_bytes = onnx_path.read_bytes()
     model = onnx.load_model_from_string(onnx_bytes)
+    quantized = is_quantized(model)
+    precision = precision or ("int8" if quantized else "fp16")
+    if quantized != (precision == "int8"):
+        raise ValueError(
+            f"{onnx_path}: precision {precision!r} for a model with Q/DQ nodes; it builds as 'int8' only"
+            if quantized
+            else f"{onnx_path}: precision 'int8' needs a quantised model with Q/DQ nodes (export it with "
+            "--int8 --int8-target tensorrt); TensorRT 10 has no implicit INT8 calibration here"
+        )
     problems = check_tensorrt_ops(model)
     if problems:
-        raise ValueError(f"{onnx_path} is not TensorRT 10 compatible:\n  " + "\n  ".join(problems))
+        hint = (
+            "\n(an INT8 model for TensorRT is exported with --int8 --int8-target tensorrt)"
+            if quantized
+            else ""
+        )
+        raise ValueError(f"{onnx_path} is not TensorRT 10 compatible:\n  " + "\n  ".join(problems) + hint)
 
     trt = import_tensorrt()
     _, device = cuda_device()
@@ -125,7 +149,10 @@ def build_engine(
         raise EngineBuildError(f"TensorRT could not parse {onnx_path}:\n  {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2**30))
-    if precision == "fp16":
+    if precision == "int8":  # explicit quantisation: Q/DQ layers need the INT8 flag; float layers may be FP16
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     else:
         config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default; "fp32" means full FP32 math

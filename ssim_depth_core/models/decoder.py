@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,38 +26,48 @@ def conv_elu(in_channels: int, out_channels: int, padding_mode: str) -> nn.Seque
     return nn.Sequential(conv3x3(in_channels, out_channels, padding_mode), nn.ELU(inplace=True))
 
 
-class UpsamplingPath(nn.Module):
-    """The U-Net's upsampling path over five encoder maps (1/2 .. 1/32), shared by both depth heads.
+ConvBlock = Callable[[int, int, str], nn.Module]  # (in_channels, out_channels, padding_mode) -> "same" block
 
-    Each level, from the coarsest (4) to the finest (0): a 3x3 conv + ELU, nearest 2x upsampling,
-    concatenation with the encoder map of the new resolution (none at full resolution), another 3x3 conv +
-    ELU; level l's map has :data:`DECODER_CHANNELS` [l] channels at 1/2**l of the input size.
+
+class UpsamplingPath(nn.Module):
+    """The U-Net's upsampling path over five encoder maps (1/2 .. 1/32), shared by every depth head.
+
+    Each level, from the coarsest (4) to the finest (0): a ``block`` (default a 3x3 conv + ELU), nearest 2x
+    upsampling, concatenation with the encoder map of the new resolution (none at full resolution), another
+    ``block``; level l's map has ``channels[l]`` channels at 1/2**l of the input size.
 
     Args:
         num_ch_enc: channels of the five encoder maps.
         padding_mode: "reflection" (fewer border artefacts) or "zeros" (exports to any TensorRT version).
+        channels: the width of each level, finest first (default :data:`DECODER_CHANNELS`).
+        block: builds each level's convs from (in_channels, out_channels, padding_mode).
     """
 
-    def __init__(self, num_ch_enc: Sequence[int], padding_mode: str = "reflection") -> None:
+    def __init__(
+        self,
+        num_ch_enc: Sequence[int],
+        padding_mode: str = "reflection",
+        channels: Sequence[int] = DECODER_CHANNELS,
+        block: ConvBlock = conv_elu,
+    ) -> None:
         super().__init__()
-        if len(num_ch_enc) != len(DECODER_CHANNELS):
-            raise ValueError(
-                f"expected {len(DECODER_CHANNELS)} encoder channel counts, got {list(num_ch_enc)}"
-            )
+        if len(num_ch_enc) != len(channels):
+            raise ValueError(f"expected {len(channels)} encoder channel counts, got {list(num_ch_enc)}")
+        self.channels = tuple(channels)
         self.pre_upsample = nn.ModuleList()
         self.post_skip = nn.ModuleList()
         in_channels = num_ch_enc[-1]
-        for level in reversed(range(len(DECODER_CHANNELS))):
-            width = DECODER_CHANNELS[level]
+        for level in reversed(range(len(channels))):
+            width = channels[level]
             skip = num_ch_enc[level - 1] if level > 0 else 0
-            self.pre_upsample.append(conv_elu(in_channels, width, padding_mode))
-            self.post_skip.append(conv_elu(width + skip, width, padding_mode))
+            self.pre_upsample.append(block(in_channels, width, padding_mode))
+            self.post_skip.append(block(width + skip, width, padding_mode))
             in_channels = width
 
     def levels(self, features: Sequence[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
         """(level, map) from level 4 (1/16) down to level 0 (full resolution)."""
         x = features[-1]
-        for index, level in enumerate(reversed(range(len(DECODER_CHANNELS)))):
+        for index, level in enumerate(reversed(range(len(self.channels)))):
             x = F.interpolate(self.pre_upsample[index](x), scale_factor=2, mode="nearest")
             if level > 0:
                 x = torch.cat([x, features[level - 1]], dim=1)
@@ -77,6 +87,7 @@ class DepthDecoder(UpsamplingPath):
         padding_mode: "reflection" (fewer border artefacts) or "zeros" (exports to any TensorRT version).
         initial_disparity: the sigmoid output in (0, 1) the untrained heads give (their bias); None keeps
             PyTorch's default initialisation (about 0.5).
+        channels, block: the :class:`UpsamplingPath`'s.
     """
 
     def __init__(
@@ -85,14 +96,14 @@ class DepthDecoder(UpsamplingPath):
         scales: Sequence[int] = OUTPUT_SCALES,
         padding_mode: str = "reflection",
         initial_disparity: float | None = None,
+        channels: Sequence[int] = DECODER_CHANNELS,
+        block: ConvBlock = conv_elu,
     ) -> None:
         if not scales or any(s not in OUTPUT_SCALES for s in scales) or len(set(scales)) != len(scales):
             raise ValueError(f"scales must be distinct values from {list(OUTPUT_SCALES)}, got {list(scales)}")
-        super().__init__(num_ch_enc, padding_mode)
+        super().__init__(num_ch_enc, padding_mode, channels, block)
         self.scales = tuple(scales)
-        self.heads = nn.ModuleDict(
-            {str(s): conv3x3(DECODER_CHANNELS[s], 1, padding_mode) for s in self.scales}
-        )
+        self.heads = nn.ModuleDict({str(s): conv3x3(self.channels[s], 1, padding_mode) for s in self.scales})
         if initial_disparity is not None:
             if not 0 < initial_disparity < 1:
                 raise ValueError(f"initial_disparity must be within (0, 1), got {initial_disparity!r}")

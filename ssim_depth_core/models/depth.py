@@ -1,4 +1,4 @@
-"""The depth network: encoder + disparity decoder (U-Net or SQL); ``forward`` is the exported graph."""
+"""The depth network: encoder + disparity decoder (U-Net, light or SQL); ``forward`` is the exported graph."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from ..geometry import depth_to_disparity
 from .decoder import OUTPUT_SCALES, DepthDecoder
 from .encoder import build_encoder
+from .light_decoder import LightDecoder
 from .sql import SQLDecoder
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 # The encoder downsamples five times; the decoder's skip connections need every level to halve exactly.
 SIZE_MULTIPLE = 32
-DECODERS = ("unet", "sql")
+DECODERS = ("unet", "sql", "light")  # the values of config.ModelConfig.decoder
 
 
 def check_image(image: torch.Tensor) -> None:
@@ -37,14 +38,16 @@ class DepthNet(nn.Module):
     """Monocular disparity network.
 
     Args:
-        encoder: torchvision model name of the encoder ("resnet18", ..., "convnext_tiny", ...).
+        encoder: torchvision model name of the encoder ("resnet18", ..., "convnext_tiny", ...,
+            "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf").
         pretrained: start the encoder from torchvision's ImageNet weights.
         padding_mode: decoder conv padding, "reflection" or "zeros".
         scales: decoder output scales (subset of 0..3, must include 0) returned by :meth:`forward_multiscale`;
             exactly (0,) with the "sql" decoder.
         initial_disparity: the untrained decoder's sigmoid output (``DepthDecoder``); None: PyTorch's default.
-            "unet" only.
-        decoder: "unet" (:class:`DepthDecoder`, sigmoid heads) or "sql" (:class:`SQLDecoder`, depth bins).
+            "unet" and "light" only.
+        decoder: "unet" (:class:`DepthDecoder`, sigmoid heads), "light" (:class:`LightDecoder`, the same heads
+            after depthwise-separable convs) or "sql" (:class:`SQLDecoder`, depth bins).
         depth_range: (min_depth, max_depth) in metres that the "sql" bins divide.
         sql: keyword arguments of :class:`SQLDecoder` (``config.SQLConfig`` fields); default its defaults.
     """
@@ -85,6 +88,8 @@ class DepthNet(nn.Module):
         self.encoder = build_encoder(encoder, pretrained)
         if decoder == "unet":
             self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
+        elif decoder == "light":
+            self.decoder = LightDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
         else:
             self.decoder = SQLDecoder(self.encoder.num_ch_enc, *depth_range, padding_mode, **(sql or {}))
 

@@ -1,11 +1,13 @@
-"""Feature encoders: torchvision ResNet and ConvNeXt trunks with ImageNet normalisation built in.
+"""Feature encoders: torchvision ResNet, ConvNeXt and light (MobileNetV3, EfficientNet, RegNetY) trunks with
+ImageNet normalisation built in.
 
-Both return feature maps at 1/2, 1/4, 1/8, 1/16 and 1/32 of the input (the U-Net decoder's skips), finest
-first, with their channel counts in ``num_ch_enc``. :func:`build_encoder` picks one by torchvision model name.
+All return feature maps at 1/2, 1/4, 1/8, 1/16 and 1/32 of the input (the decoders' skips), finest first, with
+their channel counts in ``num_ch_enc``. :func:`build_encoder` picks one by torchvision model name.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -27,7 +29,18 @@ _CONVNEXTS = {
     "convnext_base": (models.convnext_base, models.ConvNeXt_Base_Weights.IMAGENET1K_V1),
     "convnext_large": (models.convnext_large, models.ConvNeXt_Large_Weights.IMAGENET1K_V1),
 }
-ENCODER_NAMES = (*_RESNETS, *_CONVNEXTS)  # the values of config.EncoderName
+# Light trunks made for mobile CPUs (issue 20), with torchvision's current ImageNet weights of each (V2 where
+# there is one: the same network, a better training recipe). EfficientNet's stochastic depth (a regulariser
+# for long ImageNet schedules; training only) is off: the depth nets train briefly and densely, as ResNets do.
+_LIGHT = {
+    "mobilenet_v3_large": (models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights.IMAGENET1K_V2),
+    "efficientnet_b0": (
+        functools.partial(models.efficientnet_b0, stochastic_depth_prob=0.0),
+        models.EfficientNet_B0_Weights.IMAGENET1K_V1,
+    ),
+    "regnet_y_400mf": (models.regnet_y_400mf, models.RegNet_Y_400MF_Weights.IMAGENET1K_V2),
+}
+ENCODER_NAMES = (*_RESNETS, *_CONVNEXTS, *_LIGHT)  # the values of config.EncoderName
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -59,7 +72,9 @@ def stack_input_conv(conv: nn.Conv2d, num_input_images: int) -> nn.Conv2d:
 
 
 def _resnet_init(weight: torch.Tensor) -> None:
-    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")  # torchvision's ResNet init
+    # torchvision's ResNet init; its MobileNetV3, EfficientNet and RegNet init their convs the same way (He
+    # normal, fan-out: RegNet writes it as normal(0, sqrt(2 / fan_out)))
+    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
 
 
 def _convnext_init(weight: torch.Tensor) -> None:
@@ -96,13 +111,19 @@ def _input_conv(
 def _backbone(table: dict, name: str, pretrained: bool, num_input_images: int) -> nn.Module:
     """torchvision model ``name`` of ``table`` (ImageNet weights when ``pretrained``), arguments checked."""
     if name not in table:
-        family = "ResNet" if table is _RESNETS else "ConvNeXt"
+        family = "ResNet" if table is _RESNETS else "ConvNeXt" if table is _CONVNEXTS else "light"
         raise ValueError(f"{family} encoder must be one of {list(table)}, got {name!r}")
     if num_input_images < 1:
         raise ValueError(f"num_input_images must be >= 1, got {num_input_images}")
     builder, weights = table[name]
     if pretrained:
         logger.info("loading torchvision ImageNet weights %s", weights)
+    device = torch.get_default_device()
+    if device.type == "meta" and table is _LIGHT:
+        # RegNet's builder computes its block widths with tensors and reads them back, which the meta device
+        # (shape-only builds: bench/model_sizes.py) cannot: build these small trunks on the CPU, then move.
+        with torch.device("cpu"):
+            return builder(weights=weights if pretrained else None).to(device)
     return builder(weights=weights if pretrained else None)
 
 
@@ -244,16 +265,79 @@ class ConvNextEncoder(nn.Module):
         return maps
 
 
+def _light_trunk(name: str, model: nn.Module) -> tuple[nn.Sequential, tuple[int, ...]]:
+    """The feature trunk of torchvision light model ``name`` as one sequence, and the indices in it of the
+    last layer at each stride 2, 4, 8, 16, 32 (the layer before the next stride-2 one, and the last)."""
+    if name == "regnet_y_400mf":  # stem (stride 2), then four stages each starting with a stride-2 block
+        return nn.Sequential(model.stem, *model.trunk_output), (0, 1, 2, 3, 4)
+    if name == "mobilenet_v3_large":  # features[16]: the 1x1 conv to 960 channels before the pooling
+        return model.features, (1, 3, 6, 12, 16)
+    return model.features, (1, 2, 3, 5, 8)  # efficientnet_b0; features[8]: its 1x1 conv to 1280 channels
+
+
+class LightEncoder(nn.Module):
+    """torchvision MobileNetV3-Large, EfficientNet-B0 or RegNetY-400MF trunk returning five feature maps, for
+    RGB input in [0, 1].
+
+    The whole convolutional trunk (``features`` of MobileNetV3 / EfficientNet, including the final 1x1 conv to
+    960 / 1280 channels, as torchvision's own segmentation models tap it; RegNet's ``stem`` and
+    ``trunk_output``); the pooling and classifier are dropped, so every parameter is used. Each map is the
+    output of the last layer at its stride: MobileNetV3 ``features`` 1, 3, 6, 12, 16; EfficientNet 1, 2, 3, 5,
+    8; RegNet the stem and blocks 1-4. ImageNet normalisation is inside.
+
+    Args:
+        name: "mobilenet_v3_large", "efficientnet_b0" or "regnet_y_400mf".
+        pretrained: start from torchvision's ImageNet weights.
+        num_input_images: frames stacked along channels; the stem's 3x3 stride-2 conv is adapted as the
+            ResNet's first conv is (:func:`stack_input_conv` pretrained, else independent He-initialised
+            filters, the init torchvision gives these trunks).
+    """
+
+    def __init__(self, name: str = "mobilenet_v3_large", pretrained: bool = False, num_input_images: int = 1):
+        super().__init__()
+        model = _backbone(_LIGHT, name, pretrained, num_input_images)
+        self.num_input_images = num_input_images
+        self.normalise = _Normalise(num_input_images)
+        self.features, self.taps = _light_trunk(name, model)
+        stem = self.features[0]
+        stem[0] = _input_conv(stem[0], num_input_images, pretrained, _resnet_init)
+        # Every block of these trunks ends in a BatchNorm (after the 1x1 projection of an inverted residual or
+        # a RegNet bottleneck): its width is the block's output width.
+        self.num_ch_enc: tuple[int, ...] = tuple(
+            [m.num_features for m in self.features[i].modules() if isinstance(m, nn.BatchNorm2d)][-1]
+            for i in self.taps
+        )
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Encode images.
+
+        Args:
+            images: (B, 3 * num_input_images, H, W) RGB in [0, 1].
+
+        Returns:
+            Five maps with ``num_ch_enc`` channels at 1/2, 1/4, 1/8, 1/16 and 1/32 of the input size.
+        """
+        x = self.normalise(images)
+        maps = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.taps:
+                maps.append(x)
+        return maps
+
+
 def build_encoder(
     name: str, pretrained: bool = False, num_input_images: int = 1, half_scale_map: bool = True
-) -> ResnetEncoder | ConvNextEncoder:
+) -> ResnetEncoder | ConvNextEncoder | LightEncoder:
     """The encoder for torchvision model ``name`` (one of :data:`ENCODER_NAMES`).
 
-    ``half_scale_map`` (ConvNeXt only; a ResNet's 1/2 map is on the way to its deeper ones) as in
+    ``half_scale_map`` (ConvNeXt only; the other trunks' 1/2 map is on the way to their deeper ones) as in
     :class:`ConvNextEncoder`.
     """
     if name in _RESNETS:
         return ResnetEncoder(name, pretrained, num_input_images)
     if name in _CONVNEXTS:
         return ConvNextEncoder(name, pretrained, num_input_images, half_scale_map)
+    if name in _LIGHT:
+        return LightEncoder(name, pretrained, num_input_images)
     raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODER_NAMES)}")

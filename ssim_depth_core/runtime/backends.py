@@ -320,7 +320,7 @@ def create_backend(
     backend: str = "auto",
     *,
     device: str = "auto",
-    precision: str = "fp16",
+    precision: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> Backend:
     """Open ``model_path`` with the named backend, or the fastest available one for ``"auto"``.
@@ -329,7 +329,8 @@ def create_backend(
         model_path: ``.engine``, ``.onnx`` or ``.pt``/``.pth`` (see the module docstring for the rule).
         backend: "auto", "tensorrt", "onnxruntime" or "torch".
         device: "auto", "cuda" or "cpu" for the onnxruntime and torch backends; "cpu" rules out TensorRT.
-        precision, cache_dir: engine build settings when TensorRT runs an ``.onnx`` file.
+        precision, cache_dir: engine build settings when TensorRT runs an ``.onnx`` file (precision None: the
+            model's, "int8" for an INT8 (Q/DQ) model, else "fp16"; see ``export.tensorrt.build_engine``).
 
     Raises:
         ValueError: unknown suffix, backend or device, or a backend that cannot read this file type.

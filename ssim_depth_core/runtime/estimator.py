@@ -105,27 +105,14 @@ class DepthEstimator:
         _check_encoding(encoding)
         batch = np.empty((len(images), 3, *self.backend.input_size), np.float32)
         for index, image in enumerate(images):
-            self._preprocess(image, ENCODINGS[encoding], index, out=batch[index])
+            preprocess_image(
+                image, self.backend.input_size, ENCODINGS[encoding], out=batch[index], index=index
+            )
         disparities = self.backend(batch)[:, 0]
         return [
             self._to_depth(disparity, self.output_size or image.shape[:2])
             for disparity, image in zip(disparities, images, strict=True)
         ]
-
-    def _preprocess(self, image: np.ndarray, swap_channels: bool, index: int, out: np.ndarray) -> None:
-        """(H, W, 3) uint8 -> ``out``: (3, h, w) float32 RGB in [0, 1] at the network size."""
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"image {index}: expected an (H, W, 3) uint8 array, got {type(image).__name__}")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"image {index}: expected an (H, W, 3) uint8 array, got {image.dtype} of shape {image.shape}"
-            )
-        height, width = self.backend.input_size
-        planes = cv2.split(resize_image(image, width, height))  # contiguous planes: a fast HWC -> CHW
-        if swap_channels:
-            planes = planes[::-1]
-        for channel, plane in enumerate(planes):
-            np.divide(plane, np.float32(255), out=out[channel])
 
     def _to_depth(self, disparity: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """(h, w) sigmoid disparity -> (H, W) float32 metric depth."""
@@ -137,6 +124,38 @@ class DepthEstimator:
             inverse_depth.astype(np.float32, copy=False), (size[1], size[0]), interpolation=cv2.INTER_LINEAR
         )
         return np.reciprocal(inverse_depth, out=inverse_depth)
+
+
+def preprocess_image(
+    image: np.ndarray,
+    size: tuple[int, int],
+    swap_channels: bool = False,
+    out: np.ndarray | None = None,
+    index: int = 0,
+) -> np.ndarray:
+    """The serving pre-processing of one frame: (H, W, 3) uint8 -> (3, h, w) float32 RGB in [0, 1].
+
+    ``imaging.resize_image`` to ``size`` = (h, w) (area interpolation, as in training), the channels reversed
+    when ``swap_channels`` (BGR input), /255, written into ``out`` (a (3, h, w) float32 view, e.g. one frame
+    of a batch) or a new array; returned. ``index`` names the image in errors. INT8 calibration
+    (``export.quantize``) feeds its frames through this function too, so the activation ranges it measures
+    are those of serving.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image {index}: expected an (H, W, 3) uint8 array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image {index}: expected an (H, W, 3) uint8 array, got {image.dtype} of shape {image.shape}"
+        )
+    height, width = size
+    if out is None:
+        out = np.empty((3, height, width), np.float32)
+    planes = cv2.split(resize_image(image, width, height))  # contiguous planes: a fast HWC -> CHW
+    if swap_channels:
+        planes = planes[::-1]
+    for channel, plane in enumerate(planes):
+        np.divide(plane, np.float32(255), out=out[channel])
+    return out
 
 
 def _check_encoding(encoding: str) -> None:
