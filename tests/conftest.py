@@ -28,6 +28,13 @@ def _small_config(**fields) -> TrainConfig:
 
 
 @pytest.fixture(scope="session")
+def save_random_checkpoint():
+    """``(config, path) -> path``: save a randomly initialised (seed 0) model of ``config`` as a trainer
+    checkpoint (a fixture, as ``conftest`` is not importable by name beside the ROS package's tests)."""
+    return _save_random_checkpoint
+
+
+@pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory):
     """Path of a randomly initialised (seed 0) trainer checkpoint: 64x96 input, depth range 0.5..80 m,
     scale-less (metric source "none")."""

@@ -16,7 +16,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
-from conftest import _save_random_checkpoint
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms.functional import normalize
@@ -396,7 +395,7 @@ def _calibrate_batchnorm(net: nn.Module, batches: int = 4) -> None:
 
 
 @pytest.fixture(scope="module", params=LIGHT)
-def exported(request, tmp_path_factory):
+def exported(request, tmp_path_factory, save_random_checkpoint):
     """A random checkpoint of ``ENCODER + light`` at 64x96 (batch statistics calibrated, sharpened heads) and
     its ONNX export (through ``export_onnx``, which itself refuses a graph more than 1e-4 off PyTorch)."""
     config = TrainConfig(
@@ -404,7 +403,7 @@ def exported(request, tmp_path_factory):
         data=DataConfig(height=HEIGHT, width=WIDTH),
     )
     folder = tmp_path_factory.mktemp(request.param)
-    checkpoint = _save_random_checkpoint(config, folder / "model.pt")
+    checkpoint = save_random_checkpoint(config, folder / "model.pt")
     state = load_checkpoint(checkpoint)
     net, _ = load_depth_net(checkpoint)
     _calibrate_batchnorm(net)
