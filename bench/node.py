@@ -10,15 +10,19 @@ frame by frame so that both see the same machine load:
   depth/camera_info, points at stride 2, preview), waiting for all of them.
 
 The ratio is bare time / node time = node rate / estimator rate (goal >= 0.85 for depth only). Closed loop
-(one frame in flight), so it measures per-frame cost, not the node's drop-newest throughput behaviour.
+(one frame in flight), so it measures per-frame cost. Then open loop, as a camera drives the node: frames
+published at ``--stream-rate`` for ``--stream-seconds`` with depth and points on; the frames answered on each
+output (the node drops stale frames when it falls behind) give its output rate.
 
     .venv/bin/python bench/node.py                          # random-init ResNet-18 at 640x192, onnxruntime
     .venv/bin/python bench/node.py --model depth.onnx --backend tensorrt --repeats 100
+    .venv/bin/python bench/node.py --net mobilenet_v3_large+light --threads 1 --frame-size 640x192
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -36,8 +40,9 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "ssim_depth"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import parse_model, random_checkpoint  # noqa: E402 - bench/ is on the path from here on
 
-FRAME_SIZE = (375, 1242)  # (H, W) of a KITTI camera frame
+KITTI_FRAME = "1242x375"  # W x H of a KITTI camera frame
 ALL_OUTPUTS = ("depth", "depth/camera_info", "points", "depth/preview")
 
 
@@ -45,7 +50,23 @@ def main(argv: list[str] | None = None) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--model", type=Path, help=".onnx/.engine/.pt (default: random-init ResNet-18 ONNX)")
+    parser.add_argument(
+        "--net",
+        type=parse_model,
+        metavar="ENCODER+DECODER",
+        help="the random model (default resnet18+unet; bench/inference.py --help lists them)",
+    )
     parser.add_argument("--backend", default="auto", help="auto|tensorrt|onnxruntime|torch")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="the node's threads parameter (0: one per core)"
+    )
+    parser.add_argument("--frame-size", default=KITTI_FRAME, metavar="WxH", help="published frame size")
+    parser.add_argument(
+        "--stream-rate", type=float, default=20.0, help="open-loop camera rate in Hz (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--stream-seconds", type=float, default=15.0, help="open-loop run length (default: %(default)s)"
+    )
     parser.add_argument("--height", type=int, default=192, help="network height of the random model")
     parser.add_argument("--width", type=int, default=640, help="network width of the random model")
     parser.add_argument("--repeats", type=int, default=40, help="timed frames per peer (median reported)")
@@ -56,7 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
     import rclpy
-    from inference import random_checkpoint
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -65,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     from ssim_depth_core.export import export_onnx
     from ssim_depth_core.runtime import DepthEstimator
 
-    frame = cv2.resize(data.astronaut(), FRAME_SIZE[::-1], interpolation=cv2.INTER_AREA)
-    height, width = FRAME_SIZE
+    width, height = (int(n) for n in args.frame_size.split("x"))
+    frame = cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_AREA)
     info = CameraInfo(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5)
     info.k = [721.5, 0.0, 609.6, 0.0, 721.5, 172.9, 0.0, 0.0, 1.0]
     info.p = [721.5, 0.0, 609.6, 0.0, 0.0, 721.5, 172.9, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -79,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=executor.spin, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or export_onnx(
-            random_checkpoint(Path(tmp), args.height, args.width), Path(tmp) / "model.onnx"
+            random_checkpoint(Path(tmp), args.height, args.width, args.net), Path(tmp) / "model.onnx"
         )
-        estimator = DepthEstimator(model, backend=args.backend)  # the peer; the node opens its own copy
+        # the peer; the node opens its own copy with the same settings
+        estimator = DepthEstimator(model, backend=args.backend, threads=args.threads or None)
         backend = f"{estimator.backend.name} {estimator.input_size[1]}x{estimator.input_size[0]}"
         client = rclpy.create_node("bench_client")
         arrived: dict[str, set[int]] = {topic: set() for topic in ALL_OUTPUTS}
@@ -107,8 +128,17 @@ def main(argv: list[str] | None = None) -> None:
                 if not condition.wait_for(lambda: all(stamp in arrived[t] for t in outputs), timeout=30):
                     raise RuntimeError(f"no {outputs} for frame {stamp} within 30 s")
 
-        def measure(name: str, outputs: tuple[str, ...], **params) -> tuple[float, float]:
-            overrides = {"model_path": str(model), "backend": args.backend, "stats_period": 0.0, **params}
+        @contextlib.contextmanager
+        def serving(name: str, outputs: tuple[str, ...], **params):
+            """A depth node with the bench's settings and ``params``, discovered by the client."""
+            overrides = {
+                "model_path": str(model),
+                "backend": args.backend,
+                "threads": args.threads,
+                "scale_source": "fixed",  # a random model is scale-less; its metres do not matter here
+                "stats_period": 0.0,
+                **params,
+            }
             node = DepthNode(name, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
             executor.add_node(node)
             try:
@@ -119,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
                     if time.monotonic() > deadline:
                         raise RuntimeError("the client and the node did not discover each other in 30 s")
                     time.sleep(0.01)
+                yield node
+            finally:
+                executor.remove_node(node)
+                node.destroy_node()
+
+        def measure(name: str, outputs: tuple[str, ...], **params) -> tuple[float, float]:
+            with serving(name, outputs, **params):
                 bare, through_node = [], []
                 for i in range(args.warmup + args.repeats):
                     start = time.perf_counter()
@@ -129,21 +166,38 @@ def main(argv: list[str] | None = None) -> None:
                         bare.append(middle - start)
                         through_node.append(time.perf_counter() - middle)
                 return statistics.median(bare) * 1e3, statistics.median(through_node) * 1e3
-            finally:
-                executor.remove_node(node)
-                node.destroy_node()
+
+        def stream(outputs: tuple[str, ...], **params) -> tuple[int, dict[str, int]]:
+            """Open loop at --stream-rate for --stream-seconds: frames sent, frames answered per output."""
+            with serving("stream", outputs, **params):
+                round_trip(outputs)  # warm
+                first = next(stamps)
+                period, start = 1.0 / args.stream_rate, time.monotonic()
+                count = int(args.stream_rate * args.stream_seconds)
+                for i in range(count):
+                    time.sleep(max(0.0, start + i * period - time.monotonic()))
+                    image.header.stamp.sec = info.header.stamp.sec = first + i
+                    info_pub.publish(info)
+                    image_pub.publish(image)
+                time.sleep(2.0)  # the last frame's outputs
+                sent = range(first, first + count)
+                with condition:
+                    return count, {t: len(arrived[t].intersection(sent)) for t in outputs}
 
         rows = {
             "depth only": measure("depth_only", ("depth",), publish_points=False, publish_preview=False),
             "all outputs": measure("all_outputs", ALL_OUTPUTS, publish_points=True, point_stride=2),
         }
+        streamed = stream(("depth", "points"), publish_points=True, point_stride=2, publish_preview=False)
     executor.shutdown()
     rclpy.shutdown()
 
-    model_name = f"model {args.model.name}" if args.model else "random-init ResNet-18"
+    net = args.net or parse_model("resnet18+unet")
+    model_name = f"model {args.model.name}" if args.model else f"random-init {net.encoder}+{net.decoder}"
+    threads = f"{args.threads} intra-op threads" if args.threads else "intra-op threads: one per core"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(
-        f"# depth_node vs DepthEstimator, {width}x{height} rgb8 frames, {backend}, {model_name}; "
+        f"# depth_node vs DepthEstimator, {width}x{height} rgb8 frames, {backend} ({threads}), {model_name}; "
         f"onnxruntime {ort.__version__}, {os.environ.get('RMW_IMPLEMENTATION', 'default RMW')}, {machine}, "
         f"{datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.2f}, "
         f"median of {args.repeats} after {args.warmup} warm-up"
@@ -155,6 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     print()
     bare_ms, node_ms = rows["depth only"]
     print(f"depth-only node rate / estimator rate: {bare_ms / node_ms:.3f} (goal >= 0.85)")
+    sent, answered = streamed
+    rates = ", ".join(f"{t} {n}/{sent} ({n / args.stream_seconds:.1f} fps)" for t, n in answered.items())
+    slowest = min(answered.values()) / args.stream_seconds
+    print(
+        f"open loop, {sent} frames at {args.stream_rate:g} Hz (depth + points, stride 2): answered {rates}; "
+        f"output rate / estimator rate (all outputs): {slowest * rows['all outputs'][0] / 1e3:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -142,3 +142,24 @@ def test_scale_settings_from_the_camera_mounting():
         ScaleSettings.from_mounting("camera_height")
     with pytest.raises(ValueError, match="camera_height must be the camera's height"):
         ScaleSettings.from_mounting("model", camera_height=0.0)  # a given height is checked, any source
+
+
+def test_threads_set_the_onnxruntime_session_and_a_change_reopens_it(random_onnx):
+    with FramePipeline(
+        ModelSettings(random_onnx, "onnxruntime", scale=ScaleSettings("fixed"), threads=1)
+    ) as pipe:
+        first = pipe.estimator.backend
+        assert first._session.get_session_options().intra_op_num_threads == 1
+        assert pipe.configure(
+            ModelSettings(random_onnx, "onnxruntime", scale=ScaleSettings("fixed"), threads=2)
+        )
+        second = pipe.estimator.backend
+        assert second is not first
+        assert second._session.get_session_options().intra_op_num_threads == 2
+        # a change that is not the backend's keeps the open session
+        assert pipe.configure(
+            ModelSettings(random_onnx, "onnxruntime", scale=ScaleSettings("fixed", 2.0), threads=2)
+        )
+        assert pipe.estimator.backend is second
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        ModelSettings(random_onnx, "onnxruntime", threads=-1)

@@ -322,6 +322,7 @@ def create_backend(
     device: str = "auto",
     precision: str | None = None,
     cache_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> Backend:
     """Open ``model_path`` with the named backend, or the fastest available one for ``"auto"``.
 
@@ -331,6 +332,8 @@ def create_backend(
         device: "auto", "cuda" or "cpu" for the onnxruntime and torch backends; "cpu" rules out TensorRT.
         precision, cache_dir: engine build settings when TensorRT runs an ``.onnx`` file (precision None: the
             model's, "int8" for an INT8 (Q/DQ) model, else "fp16"; see ``export.tensorrt.build_engine``).
+        threads: intra-op CPU threads of the onnxruntime backend; None = its default (one per core). The
+            other backends do not take it (torch's thread count is process-wide).
 
     Raises:
         ValueError: unknown suffix, backend or device, or a backend that cannot read this file type.
@@ -362,7 +365,7 @@ def create_backend(
     if backend == "torch":
         return TorchBackend(model_path, device=device)
     if backend == "onnxruntime":
-        return OnnxRuntimeBackend(model_path, device=device)
+        return OnnxRuntimeBackend(model_path, device=device, threads=threads)
     if suffix == ".onnx":
         from ssim_depth_core.export.tensorrt import build_engine  # the engine cache: built once per GPU
 

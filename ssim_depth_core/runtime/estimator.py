@@ -40,7 +40,7 @@ class DepthEstimator:
         depth_scale: multiplies every depth (metric scale factor of a scale-ambiguous model).
         input_encoding: default channel order of the images, "rgb" or "bgr" ("rgb8"/"bgr8" also accepted).
         output_size: (H, W) of the returned depth maps; default each input image's own size.
-        **backend_options: passed to :func:`create_backend` (device, precision, cache_dir).
+        **backend_options: passed to :func:`create_backend` (device, precision, cache_dir, threads).
     """
 
     def __init__(

@@ -115,6 +115,7 @@ class ModelSettings:
         min_depth, max_depth: network depth range in metres; None = the model's training range.
         output_resolution: "input" (depth at each frame's size) or "network" (at the network's size).
         scale: where the metric scale comes from; the default ("model") needs a metric model.
+        threads: intra-op CPU threads of the onnxruntime backend; 0 = its default (one per core).
     """
 
     model_path: str | Path
@@ -123,6 +124,7 @@ class ModelSettings:
     max_depth: float | None = None
     output_resolution: OutputResolution = "input"
     scale: ScaleSettings = ScaleSettings()
+    threads: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -135,6 +137,8 @@ class ModelSettings:
             raise ValueError(
                 f"output_resolution '{self.output_resolution}' is not one of {', '.join(choices)}"
             )
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = one per core), got {self.threads}")
         if self.min_depth is not None and self.max_depth is not None and self.min_depth >= self.max_depth:
             raise ValueError(f"min_depth {self.min_depth} must be < max_depth {self.max_depth}")
 
@@ -226,15 +230,15 @@ class FramePipeline:
     def configure(self, settings: ModelSettings) -> bool:
         """Switch to ``settings``; returns whether the estimator was rebuilt (any setting changed).
 
-        The open backend is reused unless ``model_path`` or ``backend`` changed; then the new model is opened
-        first and the old backend closed after. If that raises (or the scale source refuses the model), the
-        pipeline keeps its previous model and settings. The ground-plane state restarts when the model or the
-        scale settings change.
+        The open backend is reused unless ``model_path``, ``backend`` or ``threads`` changed; then the new
+        model is opened first and the old backend closed after. If that raises (or the scale source refuses
+        the model), the pipeline keeps its previous model and settings. The ground-plane state restarts when
+        the model or the scale settings change.
         """
         if settings == self.settings:
             return False
         old, previous = self.estimator, self.settings
-        same_model = (settings.model_path, settings.backend) == (previous.model_path, previous.backend)
+        same_model = _backend_key(settings) == _backend_key(previous)
         self.estimator = _build_estimator(settings, old.backend if same_model else None)
         self.settings = settings
         if not same_model:
@@ -300,11 +304,18 @@ class FramePipeline:
         self.close()
 
 
+def _backend_key(settings: ModelSettings) -> tuple:
+    """What the open backend depends on: a change reopens it."""
+    return settings.model_path, settings.backend, settings.threads
+
+
 def _build_estimator(settings: ModelSettings, backend: Backend | None) -> DepthEstimator:
     """A DepthEstimator for ``settings`` on ``backend``, or on a newly opened one when None (closed again
     when the estimator cannot be built or the scale source refuses the model)."""
     opened = backend is None
-    backend = backend or create_backend(settings.model_path, settings.backend)
+    backend = backend or create_backend(
+        settings.model_path, settings.backend, threads=settings.threads or None
+    )
     try:
         problem = scale_problem(settings.scale, backend.metric, settings.model_path)
         if problem:

@@ -106,6 +106,7 @@ class DepthParams:
     cy: float = 0.0
     stats_period: float = 5.0
     max_input_pixels: int = 16_000_000
+    threads: int = 0
 
     def model_settings(self) -> ModelSettings:
         """The frame pipeline's model settings (0 depth limits = the model's range, camera_height 0 = unset);
@@ -124,6 +125,7 @@ class DepthParams:
             max_depth=self.max_depth or None,
             output_resolution=self.output_resolution,
             scale=scale,
+            threads=self.threads,
         )
 
     def frame_options(self) -> FrameOptions:
@@ -147,6 +149,10 @@ _PIXELS = _float_range(0, 1e6)
 _DESCRIPTORS = {
     "model_path": ("model file: .engine (TensorRT), .onnx or .pt; required", {}),
     "backend": (f"inference backend: {' | '.join(BACKENDS)}", {}),
+    "threads": (
+        "onnxruntime backend: intra-op CPU threads; 0 = one per core",
+        {"integer_range": [IntegerRange(from_value=0, to_value=256, step=1)]},
+    ),
     "min_depth": (
         "network depth range minimum in metres; 0 = the model's training range",
         _float_range(0, 1e5),

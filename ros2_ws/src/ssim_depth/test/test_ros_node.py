@@ -465,8 +465,8 @@ def test_full_hd_frames_from_another_process_arrive_with_a_reliable_subscription
     """1920x1080 rgb8 at 10 Hz from a separate process (real transport, not in-process delivery).
 
     The image subscription's reliability is overridden to reliable by parameter (the default best-effort
-    sensor-data QoS loses most such frames: bench/dds_large_frames.py). The criterion is delivery: frames
-    received by the node's subscription, whether or not the worker kept up with inference.
+    sensor-data QoS loses most such frames: bench/dds_large_frames.py). The criterion is issue 18's: >= 95% of
+    the frames answered (depth published), so delivery and the worker both keep up with the camera.
     """
     import subprocess
     import sys
@@ -487,7 +487,7 @@ def test_full_hd_frames_from_another_process_arrive_with_a_reliable_subscription
         text=True,
     )
     assert publisher.returncode == 0, publisher.stderr
-    wait_until(lambda: g.node.stats.received >= 0.95 * frames, f"{frames} frames from {topic}")
+    wait_until(lambda: g.node.stats.processed >= 0.95 * frames, f"{frames} frames from {topic} answered")
     assert g.node.stats.received <= frames and g.node.stats.failed == 0
     print(f"received {g.node.stats.received}/{frames}, answered {g.node.stats.processed}")
 
