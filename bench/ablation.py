@@ -327,7 +327,8 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """``git rev-parse HEAD``, with ``-dirty`` when the working tree has changes (tracked or not).
+    """``git rev-parse HEAD``, with ``-dirty`` when the working tree has changes (tracked or not) outside
+    docs/studies/, where the studies' own records and reports grow while they run.
 
     Outside a git checkout (a copy of the tree sent to another machine) it is what ``SSIM_DEPTH_GIT_COMMIT``
     says the copy was made from, else "unknown"."""
@@ -336,7 +337,7 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain"],
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", ".", ":(exclude)docs/studies"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -426,3 +427,20 @@ def test_jobs_train_pairs_in_worker_processes_with_the_same_records(tmp_path, mo
     assert by_variant["far"]["metric"]["abs_rel"] != pytest.approx(
         by_variant["l1"]["metric"]["abs_rel"], rel=0.1
     )
+
+
+def test_git_commit_is_dirty_for_changes_outside_the_study_records(tmp_path, monkeypatch):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "README.md").write_text("x\n")
+    git("add", "README.md")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = git("rev-parse", "HEAD").strip()
+    monkeypatch.setattr(ablation, "ROOT", tmp_path)
+    (tmp_path / "docs" / "studies").mkdir(parents=True)
+    (tmp_path / "docs" / "studies" / "study.jsonl").write_text("{}\n")  # a running study's own records
+    assert ablation.git_commit() == head
+    (tmp_path / "README.md").write_text("changed\n")
+    assert ablation.git_commit() == head + "-dirty"
