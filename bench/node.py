@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--net",
         type=parse_model,
+        default="resnet18+unet",
         metavar="ENCODER+DECODER",
-        help="the random model (default resnet18+unet; bench/inference.py --help lists them)",
+        help="the random model (default: %(default)s; bench/inference.py --help lists them)",
     )
     parser.add_argument("--backend", default="auto", help="auto|tensorrt|onnxruntime|torch")
     parser.add_argument(
@@ -124,13 +125,17 @@ def main(argv: list[str] | None = None) -> None:
         executor.add_node(client)
         stamps = iter(range(1, 1_000_000))
 
+        def send(stamp: int) -> None:
+            image.header.stamp.sec = info.header.stamp.sec = stamp
+            info_pub.publish(info)
+            image_pub.publish(image)
+
         def round_trip(outputs: tuple[str, ...]) -> None:
             """One frame in flight until all ``outputs`` for it arrive. A frame lost on the best-effort
             subscription (a node just created may not be matched yet) is sent again every 2 s."""
-            image.header.stamp.sec = info.header.stamp.sec = stamp = next(stamps)
+            stamp = next(stamps)
             for _ in range(15):
-                info_pub.publish(info)
-                image_pub.publish(image)
+                send(stamp)
                 with condition:
                     if condition.wait_for(lambda: all(stamp in arrived[t] for t in outputs), timeout=2):
                         return
@@ -185,9 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                 count = int(args.stream_rate * args.stream_seconds)
                 for i in range(count):
                     time.sleep(max(0.0, start + i * period - time.monotonic()))
-                    image.header.stamp.sec = info.header.stamp.sec = first + i
-                    info_pub.publish(info)
-                    image_pub.publish(image)
+                    send(first + i)
                 time.sleep(2.0)  # the last frame's outputs
                 sent = range(first, first + count)
                 with condition:
@@ -201,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     executor.shutdown()
     rclpy.shutdown()
 
-    net = args.net or parse_model("resnet18+unet")
-    model_name = f"model {args.model.name}" if args.model else f"random-init {net.encoder}+{net.decoder}"
+    net = f"{args.net.encoder}+{args.net.decoder}"
+    model_name = f"model {args.model.name}" if args.model else f"random-init {net}"
     threads = f"{args.threads} intra-op threads" if args.threads else "intra-op threads: one per core"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(
