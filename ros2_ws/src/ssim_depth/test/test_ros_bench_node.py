@@ -31,7 +31,7 @@ def test_node_bench_answers_every_frame_of_a_slow_camera(tmp_path):
     result = json.loads(figures.read_text())
     assert set(result["closed_loop"]) == {"depth only", "all outputs"}
     for row in result["closed_loop"].values():
-        assert 0 < row["estimator_ms"] < row["node_ms"]  # the node's round trip includes the estimator call
+        assert row["estimator_ms"] > 0 and row["node_ms"] > 0  # measured, not compared: no timing assertions
     stream = result["open_loop"]
     assert stream["sent"] == 10
     # a 5 Hz camera leaves a 64x96 net ample time: every frame gets depth and a cloud (a lost one at most)
