@@ -172,18 +172,15 @@ class Kinds:
 
         values = dict(height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH * 3, data=self.rgb.tobytes())
         values.update(fields)
-        msg = Image(**values)
-        msg.header.frame_id = frame_id
-        if sec is None:
-            self.stamp -= 1
-            sec = self.stamp
-        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
-        return msg
+        return self._header(Image(**values), frame_id, sec, nanosec)
 
     def comp(self, data: bytes, fmt: str, frame_id: str = "camera", sec: int | None = None, nanosec: int = 0):
         from sensor_msgs.msg import CompressedImage
 
-        msg = CompressedImage(format=fmt, data=data)
+        return self._header(CompressedImage(format=fmt, data=data), frame_id, sec, nanosec)
+
+    def _header(self, msg, frame_id: str, sec: int | None, nanosec: int):
+        """``msg`` with its header set; without ``sec`` the next stamp of the backwards count."""
         msg.header.frame_id = frame_id
         if sec is None:
             self.stamp -= 1
