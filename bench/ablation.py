@@ -57,6 +57,8 @@ REPORTED = {"abs_rel": "AbsRel", "rmse": "RMSE", "a1": "a1"}  # metric key -> la
 FORMATS = {"abs_rel": ".4f", "rmse": ".3f", "a1": ".4f"}
 HIGHER_IS_BETTER = frozenset({"a1"})
 VERDICT_METRIC = "abs_rel"
+# --metrics auto compares depth in metres only where every model's mean scale ratio is within this factor of 1
+METRIC_SCALE_TOLERANCE = 1.5
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # a fixed generator: the same records always give the same intervals
 CONFIDENCE = 0.95
@@ -617,15 +619,31 @@ class VariantSummary:
         return sorted(self.values[VERDICT_METRIC])
 
 
+def off_scale_variants(records: list[dict]) -> list[str]:
+    """Variants with a metric record whose mean scale ratio median(gt) / median(pred) is off by more than
+    ``METRIC_SCALE_TOLERANCE`` either way: trained for metres (velocity, stereo) but not there yet."""
+    return sorted(
+        {
+            r["variant"]
+            for r in records
+            if "metric" in r["evaluation"]
+            and not 1 / METRIC_SCALE_TOLERANCE <= r["evaluation"]["scale_mean"] <= METRIC_SCALE_TOLERANCE
+        }
+    )
+
+
 def metric_basis(records: list[dict], requested: str = "auto") -> str:
     """Which metrics a report compares: "metric" (no scaling) or "median" (median-scaled). ``auto``: metric
-    when every record is of a metric model, else median-scaled for all (one footing for every variant)."""
+    when every record is of a metric model whose depth is in metres (:func:`off_scale_variants`), else
+    median-scaled for all (one footing for every variant)."""
     if requested not in ("auto", "metric", "median"):
         raise ValueError(f"metrics must be auto, metric or median, got {requested!r}")
     metric = all("metric" in r["evaluation"] for r in records)
     if requested == "metric" and not metric:
         scale_less = sorted({r["variant"] for r in records if "metric" not in r["evaluation"]})
         raise ValueError(f"--metrics metric: variants {', '.join(scale_less)} have scale-less records")
+    if requested == "auto":
+        metric = metric and not off_scale_variants(records)
     return "median" if requested == "median" or not metric else "metric"
 
 
@@ -710,6 +728,11 @@ def render_markdown(
         if basis == "metric"
         else "median-scaled (per image, median(gt) / median(pred))"
     )
+    if off_scale := off_scale_variants(records):
+        basis_text += (
+            f"; trained for metres but not there (mean scale ratio beyond {METRIC_SCALE_TOLERANCE}x either "
+            f"way): {', '.join(off_scale)}"
+        )
     lines = [
         f"# Ablation study `{study}`",
         "",
@@ -916,7 +939,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         choices=("auto", "metric", "median"),
         default="auto",
-        help="auto (default): without scaling when every record is of a metric model, else median-scaled",
+        help="auto (default): without scaling when every record is of a metric model with a mean scale ratio "
+        f"within {METRIC_SCALE_TOLERANCE}x of 1, else median-scaled",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="write the report of --results; train nothing"

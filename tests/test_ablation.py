@@ -154,6 +154,23 @@ def test_metric_basis_and_report_consistency_checks():
     assert ablation.metric_basis(mixed) == "median"
     with pytest.raises(ValueError, match="scale_less have scale-less records"):
         ablation.metric_basis(mixed, "metric")
+    # velocity-trained but 31x off (the 980-step recipe's models): in metres by training, not in fact
+    off_scale = _record("short", 0, 0.96, ["x=short"])
+    off_scale["evaluation"]["scale_mean"] = 31.3
+    within = _record("close", 0, 0.2, ["x=close"])
+    within["evaluation"]["scale_mean"] = 1.45
+    assert ablation.off_scale_variants([*records, off_scale, within]) == ["short"]
+    assert ablation.metric_basis([*records, within]) == "metric"
+    assert ablation.metric_basis([*records, off_scale]) == "median"
+    assert ablation.metric_basis([*records, off_scale], "metric") == "metric"
+    summaries = ablation.summarize([*records, off_scale], "base", "median")
+    markdown = ablation.render_markdown(
+        "toy", [*records, off_scale], summaries, "base", "median", "cmd", "toy.png"
+    )
+    assert (
+        "- Metrics: median-scaled" in markdown
+        and "(mean scale ratio beyond 1.5x either way): short;" in markdown
+    )
     with pytest.raises(ValueError, match=r"more than one record of seed\(s\) \[0\]"):
         ablation.summarize([*records, _record("base", 0, 0.2)], "base", "metric")
     with pytest.raises(ValueError, match="variant 'better' .* overrides"):
