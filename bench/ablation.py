@@ -103,12 +103,42 @@ def check_variant(name: Any, overrides: Any, source: str) -> list[str]:
     return list(overrides)
 
 
-def load_variants(path: str | Path) -> dict[str, list[str]]:
-    """A variants file: a YAML mapping of variant name -> list of ``--set`` style overrides (empty: none)."""
+def load_variants(path: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """A variants file: a YAML mapping of variant name -> list of ``--set`` style overrides (empty: none), or
+    -> ``{init_from: <variant>, overrides: [...]}`` for a run that starts from that variant's trained weights
+    of the same seed (a fine-tune). Returns (name -> overrides, fine-tune name -> the variant it starts from).
+    """
     loaded = yaml.safe_load(Path(path).read_text())
     if not isinstance(loaded, dict) or not loaded:
         raise ValueError(f"{path}: expected a mapping of variant name -> list of key=value overrides")
-    return {name: check_variant(name, overrides, str(path)) for name, overrides in loaded.items()}
+    variants, init_from = {}, {}
+    for name, entry in loaded.items():
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"init_from", "overrides"}
+            if unknown or not isinstance(entry.get("init_from"), str):
+                raise ValueError(
+                    f"{path}: variant '{name}' as a mapping takes init_from (a variant name) and overrides, "
+                    f"got {sorted(entry)}"
+                )
+            init_from[name] = entry["init_from"]
+            entry = entry.get("overrides")
+        variants[name] = check_variant(name, entry, str(path))
+    check_init_from(variants, init_from, str(path))
+    return variants, init_from
+
+
+def check_init_from(variants: dict[str, list[str]], init_from: dict[str, str], source: str) -> None:
+    """Each fine-tune starts from another variant of the study that is not a fine-tune itself."""
+    for name, start in init_from.items():
+        if start == name or start not in variants:
+            raise ValueError(
+                f"{source}: variant '{name}' starts from '{start}', which is not another variant of the study"
+            )
+        if start in init_from:
+            raise ValueError(
+                f"{source}: variant '{name}' starts from '{start}', a fine-tune itself: chains are not "
+                "supported"
+            )
 
 
 # ------------------------------------------------------------------------------------------ data, recipe
@@ -208,10 +238,18 @@ class VariantPlan:
     steps: int
     schedule: dict[str, int]
     train_config: dict[str, Any]
+    init_from: str = ""  # the variant whose weights (same seed) this one starts from; "": random init
 
 
 def plan_variant(
-    name: str, overrides: list[str], common: list[str], config_path: Path, data: Path, split: Path, steps: int
+    name: str,
+    overrides: list[str],
+    common: list[str],
+    config_path: Path,
+    data: Path,
+    split: Path,
+    steps: int,
+    init_from: str = "",
 ) -> VariantPlan:
     """Resolve a variant's training overrides: the split, no validation, the schedule, shared ``common``
     overrides, then the variant's own (last, so a variant may set its own ``optim`` values)."""
@@ -223,7 +261,7 @@ def plan_variant(
     budget, schedule = study_schedule(config.optim, epoch_steps, steps)
     train_overrides = [*location, *(f"{k}={v}" for k, v in schedule.items()), *common, *overrides]
     train_config = to_dict(load_config(config_path, train_overrides))
-    return VariantPlan(name, list(overrides), train_overrides, budget, schedule, train_config)
+    return VariantPlan(name, list(overrides), train_overrides, budget, schedule, train_config, init_from)
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -280,7 +318,8 @@ def config_differences(old: dict, new: dict, ignore: frozenset[str] = LOGISTICS_
 
 def _identity(record: dict) -> dict[str, Any]:
     """What must match for two records of one variant to belong to one study."""
-    return {key: record.get(key) for key in ("overrides", "common_overrides", "steps", "config", "data")}
+    identity = {key: record.get(key) for key in ("overrides", "common_overrides", "steps", "config", "data")}
+    return {**identity, "init_from": record.get("init_from", "")}
 
 
 def check_same_setup(records: list[dict], variant: str, reference: dict, results: Path) -> None:
@@ -353,8 +392,16 @@ def git_commit() -> str:
 # ------------------------------------------------------------------------------------------- training
 
 
-def train_pair(config: TrainConfig, data: Path, run_dir: Path) -> dict[str, Any]:
-    """Train one pair in ``run_dir``, resuming its ``checkpoints/last.pt``; returns timing and device."""
+def run_folder(out: Path, variant: str, seed: int) -> Path:
+    """Where a study keeps the run of one (variant, seed) pair."""
+    return out / "runs" / f"{variant}_s{seed}"
+
+
+def train_pair(
+    config: TrainConfig, data: Path, run_dir: Path, init_from: Path | None = None
+) -> dict[str, Any]:
+    """Train one pair in ``run_dir``, resuming its ``checkpoints/last.pt``, else starting from the weights of
+    checkpoint ``init_from`` when given; returns timing and device."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
         differences = config_differences(
@@ -368,7 +415,7 @@ def train_pair(config: TrainConfig, data: Path, run_dir: Path) -> dict[str, Any]
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     overwrite = not resume and run_dir.is_dir() and any(run_dir.iterdir())  # nothing there to continue
     tic = time.perf_counter()
-    trainer = Trainer(config, data, run_dir, resume=resume, overwrite=overwrite)
+    trainer = Trainer(config, data, run_dir, resume=resume, overwrite=overwrite, init_from=init_from or "")
     resumed_from = trainer.step
     trainer.fit()
     minutes = (time.perf_counter() - tic) / 60
@@ -407,9 +454,17 @@ def _init_worker(threads: int) -> None:
 def measure_pair(setting: PairSetting, plan: VariantPlan, seed: int) -> dict[str, Any]:
     """Train (or resume) one (variant, seed) pair and evaluate its ``best.pt``: the pair's record."""
     config = load_config(setting.config_path, [*plan.train_overrides, f"seed={seed}"])
-    run_dir = setting.out / "runs" / f"{plan.name}_s{seed}"
+    run_dir = run_folder(setting.out, plan.name, seed)
+    init = None
+    if plan.init_from:
+        init = run_folder(setting.out, plan.init_from, seed) / "checkpoints" / "best.pt"
+        if not init.is_file():
+            raise FileNotFoundError(
+                f"{plan.name} seed {seed} starts from {init}, which is missing: {plan.init_from}'s run of "
+                f"seed {seed} is recorded elsewhere or its folder was removed; train that pair here first"
+            )
     log.info("%s seed %d: training in %s", plan.name, seed, run_dir)
-    facts = train_pair(config, setting.data, run_dir)
+    facts = train_pair(config, setting.data, run_dir, init)
     if facts["trained_steps"] != plan.steps:
         log.warning(
             "%s seed %d: trained %d steps, planned %d", plan.name, seed, facts["trained_steps"], plan.steps
@@ -431,6 +486,7 @@ def measure_pair(setting: PairSetting, plan: VariantPlan, seed: int) -> dict[str
         "study": setting.study,
         "variant": plan.name,
         "overrides": plan.overrides,
+        "init_from": plan.init_from,
         "common_overrides": setting.common,
         "seed": seed,
         "steps": plan.steps,
@@ -461,16 +517,23 @@ def run_study(
     recipe: DataRecipe | None = None,
     command: str = "",
     jobs: int = 1,
+    init_from: dict[str, str] | None = None,
 ) -> list[dict]:
     """Train and evaluate every (variant, seed) pair not yet in ``results``; returns all its records.
 
     Pairs run seed by seed (every variant of the first seed, then of the next), so that a study cut short
-    still holds paired comparisons. Run folders are ``out/runs/<variant>_s<seed>``; a pair's ``last.pt`` is
-    removed once its record is written (``best.pt``, the weights evaluated, stays). ``jobs`` > 1 trains that
-    many pairs at once in worker processes (a GPU with spare capacity; each worker gets an equal share of the
-    CPU threads), started in the same order; each record is appended as its pair finishes.
+    still holds paired comparisons; the fine-tunes of ``init_from`` (variant -> the variant whose weights of
+    the same seed it starts from) run after the others. Run folders are ``out/runs/<variant>_s<seed>``; a
+    pair's ``last.pt`` is removed once its record is written (``best.pt``, the weights evaluated, stays).
+    ``jobs`` > 1 trains that many pairs at once in worker processes (a GPU with spare capacity; each worker
+    gets an equal share of the CPU threads), started in the same order; each record is appended as its pair
+    finishes.
     """
-    common, recipe = list(common or []), recipe or DataRecipe()
+    common, recipe, init_from = list(common or []), recipe or DataRecipe(), dict(init_from or {})
+    check_init_from({**dict.fromkeys(init_from.values(), []), **variants}, init_from, "init_from")
+    unknown = set(init_from) - set(variants)
+    if unknown:
+        raise ValueError(f"init_from names variant(s) {sorted(unknown)} that are not among the variants")
     records = read_records(results)
     if baseline not in variants and not any(r["variant"] == baseline for r in records):
         raise ValueError(f"baseline '{baseline}' is neither among the variants nor recorded in {results}")
@@ -480,9 +543,10 @@ def run_study(
     config_name = _display_path(config_path)
     plans = {}
     for name, overrides in variants.items():
-        plan = plan_variant(name, overrides, common, config_path, data, split, steps)
+        plan = plan_variant(name, overrides, common, config_path, data, split, steps, init_from.get(name, ""))
         reference = {
             "overrides": plan.overrides,
+            "init_from": plan.init_from,
             "common_overrides": common,
             "steps": plan.steps,
             "config": config_name,
@@ -493,6 +557,12 @@ def run_study(
         plans[name] = plan
     done = {(r["variant"], r["seed"]) for r in records}
     todo = [(name, seed) for seed in seeds for name in variants if (name, seed) not in done]
+    for name, seed in todo:
+        start = init_from.get(name)
+        if start and (start, seed) not in done and start not in variants:
+            raise ValueError(
+                f"variant '{name}' starts from '{start}' of seed {seed}: add '{start}' to the run"
+            )
     log.info(
         "study %s: %d pairs to train, %d of %d already in %s",
         study,
@@ -504,29 +574,37 @@ def run_study(
     for name, plan in plans.items():
         log.info("%s: %d steps, schedule %s, overrides %s", name, plan.steps, plan.schedule, plan.overrides)
     setting = PairSetting(study, config_path, config_name, common, recipe, data, heldout, out, command)
-    pairs = [(setting, plans[name], seed) for name, seed in todo]
-    if jobs <= 1:
-        measured = (measure_pair(*pair) for pair in pairs)
-    else:
-        pool = ProcessPoolExecutor(
-            jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(max(1, (os.cpu_count() or 1) // jobs),),
-        )
-        measured = (
+    waves = [
+        [(setting, plans[name], seed) for name, seed in todo if bool(plans[name].init_from) == fine_tunes]
+        for fine_tunes in (False, True)
+    ]
+    with progress_bar(total=len(todo), desc=f"study {study}", unit="run") as bar:
+        for pairs in waves:
+            for record in measure_pairs(pairs, jobs):
+                append_record(results, record)
+                checkpoints = run_folder(out, record["variant"], record["seed"]) / "checkpoints"
+                (checkpoints / "last.pt").unlink(missing_ok=True)
+                bar.update()
+    return read_records(results)
+
+
+def measure_pairs(pairs: list[tuple[PairSetting, VariantPlan, int]], jobs: int):
+    """Yield the record of each pair as it is measured: in this process, or ``jobs`` worker processes."""
+    if jobs <= 1 or not pairs:
+        yield from (measure_pair(*pair) for pair in pairs)
+        return
+    pool = ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(max(1, (os.cpu_count() or 1) // jobs),),
+    )
+    try:
+        yield from (
             future.result() for future in as_completed([pool.submit(measure_pair, *p) for p in pairs])
         )
-    try:
-        for record in progress_bar(measured, total=len(pairs), desc=f"study {study}", unit="run"):
-            append_record(results, record)
-            (out / "runs" / f"{record['variant']}_s{record['seed']}" / "checkpoints" / "last.pt").unlink(
-                missing_ok=True
-            )
     finally:
-        if jobs > 1:
-            pool.shutdown(cancel_futures=True)
-    return read_records(results)
+        pool.shutdown(cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -613,6 +691,7 @@ class VariantSummary:
     minutes: list[float]  # training minutes of the runs trained in one sitting
     comparisons: dict[str, Comparison] = field(default_factory=dict)  # empty for the baseline
     verdict: str = "baseline"
+    init_from: str = ""  # a fine-tune: the variant whose weights it starts from
 
     @property
     def seeds(self) -> list[int]:
@@ -666,7 +745,9 @@ def summarize(
             raise ValueError(f"variant '{name}' has more than one record of seed(s) {duplicated}: keep one")
         values = {m: {r["seed"]: r["evaluation"][basis][m] for r in runs} for m in REPORTED}
         minutes = [r["train_minutes"] for r in runs if r.get("resumed_from_step") == 0]
-        summaries[name] = VariantSummary(name, runs[0]["overrides"], values, minutes)
+        summaries[name] = VariantSummary(
+            name, runs[0]["overrides"], values, minutes, init_from=runs[0].get("init_from", "")
+        )
     reference = summaries[baseline]
     for summary in summaries.values():
         if summary.name == baseline:
@@ -758,6 +839,8 @@ def render_markdown(
     ]
     for s in summaries:
         overrides = ", ".join(f"`{o}`" for o in s.overrides) or "(recipe)"
+        if s.init_from:
+            overrides = f"from `{s.init_from}`'s weights (same seed): {overrides}"
         means = [_mean_std(list(s.values[m].values()), FORMATS[m]) for m in REPORTED]
         span = sorted({f"{min(s.minutes):.1f}", f"{max(s.minutes):.1f}"}, key=float) if s.minutes else ["-"]
         minutes = "-".join(span)
@@ -955,7 +1038,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not NAME.fullmatch(args.study):
         parser.error(f"--study {args.study!r} must match {NAME.pattern}")
-    variants = load_variants(args.variants_file) if args.variants_file else {}
+    variants, init_from = load_variants(args.variants_file) if args.variants_file else ({}, {})
     for name, *overrides in args.variant or []:
         if name in variants:
             parser.error(f"variant '{name}' is given twice")
@@ -966,6 +1049,7 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"--only: no variant(s) {', '.join(unknown)} among {', '.join(variants)}")
         variants = {name: variants[name] for name in args.only}
+        init_from = {name: start for name, start in init_from.items() if name in variants}
     results = args.results or ROOT / "docs" / "studies" / f"{args.study}.jsonl"
     out = args.out or ROOT / "runs" / "ablation" / args.study
     command = shlex.join(["python", "bench/ablation.py", *argv])
@@ -987,6 +1071,7 @@ def main(argv: list[str] | None = None) -> None:
             recipe=DataRecipe(drives=args.drives, frames=args.frames),
             command=command,
             jobs=args.jobs,
+            init_from=init_from,
         )
     markdown, _ = write_report(
         args.study, read_records(results), args.baseline, results, command, args.metrics, order

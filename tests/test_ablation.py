@@ -183,10 +183,12 @@ def test_metric_basis_and_report_consistency_checks():
 
 
 def test_variants_file_and_inline_variants(tmp_path):
-    variants = ablation.load_variants(ROOT / "bench" / "studies" / "ssim.yaml")
+    for study in (ROOT / "bench" / "studies").glob("*.yaml"):  # every override is a key of the recipe
+        for overrides in ablation.load_variants(study)[0].values():
+            load_config(ablation.DEFAULT_CONFIG, overrides)
+    variants, init_from = ablation.load_variants(ROOT / "bench" / "studies" / "ssim.yaml")
+    assert init_from == {}
     assert {"additive", "conventional", "exponent", "l1", "additive_0.5_0_0.5"} <= set(variants)
-    for overrides in variants.values():  # every override is a valid key of the shipped recipe
-        load_config(ablation.DEFAULT_CONFIG, overrides)
     assert load_config(None, variants["additive_0.5_0_0.5"]).loss.ssim_weights == [0.5, 0.0, 0.5]
     assert load_config(None, variants["l1"]).loss.alpha == 0.0
     bad = tmp_path / "bad.yaml"
@@ -241,9 +243,10 @@ def fake_training(tmp_path, monkeypatch):
     def prepare_data(out, recipe):
         return tmp_path / "data", tmp_path / "split.txt", tmp_path / "heldout"
 
-    def train_pair(config, data, run_dir):
-        trained.append((run_dir.name, config.seed, config.optim.max_steps, config.loss.alpha))
+    def train_pair(config, data, run_dir, init_from=None):
+        trained.append((run_dir.name, config.seed, config.optim.max_steps, config.loss.alpha, init_from))
         (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "best.pt").touch()
         return {"train_minutes": 0.1, "resumed_from_step": 0, "trained_steps": 980, "device": "cpu"}
 
     def evaluate_model(checkpoint, heldout, split, backend, progress):
@@ -267,7 +270,7 @@ def test_rerun_skips_recorded_pairs_and_a_changed_variant_is_an_error(fake_train
         ("base_s1", 1),
         ("l1_s1", 1),
     ]
-    assert {steps for _, _, steps, _ in fake_training} == {980}
+    assert {steps for _, _, steps, *_ in fake_training} == {980}
     records = ablation.read_records(results)
     assert [(r["variant"], r["seed"]) for r in records] == [("base", 0), ("l1", 0), ("base", 1), ("l1", 1)]
     record = records[1]
@@ -292,6 +295,56 @@ def test_rerun_skips_recorded_pairs_and_a_changed_variant_is_an_error(fake_train
     with pytest.raises(ValueError, match="baseline 'other' is neither among the variants nor recorded"):
         ablation.run_study(variants=variants, seeds=[0], **{**study, "baseline": "other"})
     assert fake_training == [] and len(ablation.read_records(results)) == 6
+
+
+def test_fine_tune_variants_start_from_their_source_of_the_same_seed(fake_training, tmp_path):
+    file = tmp_path / "study.yaml"
+    file.write_text(
+        "base: []\nft:\n  init_from: base\n  overrides: [loss.alpha=0]\nother: [loss.alpha=0.5]\n"
+    )
+    variants, init_from = ablation.load_variants(file)
+    assert variants == {"base": [], "ft": ["loss.alpha=0"], "other": ["loss.alpha=0.5"]}
+    assert init_from == {"ft": "base"}
+    for text, message in [
+        ("base: []\nft: {init_from: ft}\n", "'ft' starts from 'ft', which is not another variant"),
+        ("base: []\nft: {init_from: nope}\n", "'ft' starts from 'nope', which is not another variant"),
+        ("base: []\nft: {init_from: base}\nft2: {init_from: ft}\n", "a fine-tune itself"),
+        ("base: []\nft: {init: base}\n", "takes init_from .* and overrides"),
+    ]:
+        file.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            ablation.load_variants(file)
+
+    out = tmp_path / "out"
+    results = tmp_path / "ft.jsonl"
+    study = dict(study="ft", baseline="base", results=results, out=out, steps=980)
+    ablation.run_study(variants=variants, seeds=[0, 1], init_from=init_from, **study)
+    # the fine-tunes come last, each from its own seed's best.pt of base
+    assert [(name, init) for name, *_, init in fake_training] == [
+        ("base_s0", None),
+        ("other_s0", None),
+        ("base_s1", None),
+        ("other_s1", None),
+        ("ft_s0", out / "runs" / "base_s0" / "checkpoints" / "best.pt"),
+        ("ft_s1", out / "runs" / "base_s1" / "checkpoints" / "best.pt"),
+    ]
+    records = {(r["variant"], r["seed"]): r for r in ablation.read_records(results)}
+    assert records["ft", 1]["init_from"] == "base" and records["base", 1]["init_from"] == ""
+    markdown, _ = ablation.write_report("ft", list(records.values()), "base", results, "cmd")
+    assert "| ft | from `base`'s weights (same seed): `loss.alpha=0` | 2 |" in markdown.read_text()
+
+    with pytest.raises(
+        ValueError, match=r"variant 'ft' \(seed 0\) was measured with another setup: init_from"
+    ):
+        ablation.run_study(variants=variants, seeds=[0], **study)  # the same overrides from scratch
+    fake_training.clear()
+    with pytest.raises(ValueError, match="'ft' starts from 'base' of seed 2: add 'base' to the run"):
+        ablation.run_study(variants={"ft": variants["ft"]}, seeds=[2], init_from=init_from, **study)
+    (out / "runs" / "base_s1" / "checkpoints" / "best.pt").unlink()
+    (results.write_text("".join(json.dumps(r) + "\n" for k, r in records.items() if k != ("ft", 1))))
+    with pytest.raises(FileNotFoundError, match="base_s1/checkpoints/best.pt, which is missing"):
+        ablation.run_study(variants={"ft": variants["ft"]}, seeds=[1], init_from=init_from, **study)
+    assert fake_training == []
 
 
 def test_report_only_writes_markdown_and_png(tmp_path, capsys):
@@ -351,6 +404,12 @@ def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypatch)
     assert set(evaluation["metric"]) == set(evaluation["median"]) >= {"abs_rel", "rmse", "a1"}
     run = tmp_path / "out" / "runs" / "l1_s3"
     assert (run / "checkpoints" / "best.pt").is_file() and not (run / "checkpoints" / "last.pt").exists()
+    location = [f"data.train_split={record['train_config']['data']['train_split']}", "data.val_split=none"]
+    other_net = load_config(ablation.DEFAULT_CONFIG, [*tiny, *location, "model.encoder=resnet34"])
+    with pytest.raises(ValueError, match="--init-from .*l1_s3/checkpoints/best.pt: its model does not fit"):
+        ablation.train_pair(
+            other_net, tmp_path / "out" / "data", tmp_path / "ft", run / "checkpoints" / "best.pt"
+        )
 
     def no_training(*args, **kwargs):
         raise AssertionError("a recorded pair was trained again")
