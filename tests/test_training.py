@@ -69,6 +69,19 @@ def _parameters(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
+def test_training_on_the_cpu_flushes_subnormal_floats(tiny_drive, tmp_path):
+    subnormal = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38
+    torch.set_flush_denormal(False)
+    assert subnormal.item() > 0 and (subnormal * 1.0).item() > 0
+    try:
+        Trainer(load_config(CONFIG, [*TINY, "device=cpu"]), tiny_drive, tmp_path / "run")
+        assert (subnormal * 1.0).item() == 0.0 and (torch.tensor([1e-30]) * 1e-9).item() == 0.0
+        normal = (torch.tensor([1e-30]) * 1e-7).item()  # 1e-37: a normal float, kept as before
+        assert normal == pytest.approx(1e-37, rel=1e-6, abs=0)
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_training_writes_config_checkpoints_and_tensorboard(tiny_drive, tmp_path):
     config = load_config(
         CONFIG, [*TINY, "optim.max_steps=3", "data.val_split=" + str(_split(tiny_drive, "val"))]
