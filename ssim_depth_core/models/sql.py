@@ -68,8 +68,10 @@ def bin_centres(widths: torch.Tensor, min_depth: float, max_depth: float) -> tor
 def expected_depth(volume: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Plane-wise softmax of ``volume`` (B, Q, H, W) over its Q planes, then ``sum_i p_i * centres[:, i]``
     (centres (B, Q)): the (B, 1, H, W) depth."""
-    probabilities = volume.softmax(dim=1)
-    return (probabilities * centres[:, :, None, None]).sum(dim=1, keepdim=True)
+    # The planes moved last: ONNX Runtime's CPU Softmax on a non-last axis took 448 ms on a 64x192x640 volume,
+    # 17 ms on the last axis (one thread); torch is no slower this way.
+    probabilities = volume.permute(0, 2, 3, 1).softmax(dim=-1)  # (B, H, W, Q)
+    return (probabilities @ centres[:, None, :, None]).permute(0, 3, 1, 2)
 
 
 class _TransformerLayer(nn.Module):
