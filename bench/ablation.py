@@ -1036,6 +1036,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # as the Trainer does, but before the rendering starts torch's thread pool, whose threads inherit it
+    torch.set_flush_denormal(True)
     if not NAME.fullmatch(args.study):
         parser.error(f"--study {args.study!r} must match {NAME.pattern}")
     variants, init_from = load_variants(args.variants_file) if args.variants_file else ({}, {})

@@ -167,7 +167,8 @@ class Trainer:
         if self.device.type == "cpu":
             # Subnormal floats (below 1.2e-38) cost x86 CPUs 10-20x per op, and some batches produce them in
             # the backward pass: inverse-depth supervision took 10 s instead of 0.7 s on those steps. Flushed
-            # to zero they change nothing a float32 network can tell apart. Process-wide: torch has no getter.
+            # to zero they change nothing a float32 network can tell apart. It holds for this thread and the
+            # threads started after it: torch's intra-op pool, if already running, keeps its own setting.
             torch.set_flush_denormal(True)
         torch.manual_seed(config.seed)
 

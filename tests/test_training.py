@@ -70,8 +70,8 @@ def _parameters(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_training_on_the_cpu_flushes_subnormal_floats(tiny_drive, tmp_path):
+    torch.set_flush_denormal(False)  # an earlier Trainer in this process may have set it
     subnormal = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38
-    torch.set_flush_denormal(False)
     assert subnormal.item() > 0 and (subnormal * 1.0).item() > 0
     try:
         Trainer(load_config(CONFIG, [*TINY, "device=cpu"]), tiny_drive, tmp_path / "run")
