@@ -127,10 +127,15 @@ def load_variants(path: str | Path) -> tuple[dict[str, list[str]], dict[str, str
     return variants, init_from
 
 
-def check_init_from(variants: dict[str, list[str]], init_from: dict[str, str], source: str) -> None:
-    """Each fine-tune starts from another variant of the study that is not a fine-tune itself."""
+def check_init_from(
+    variants: dict[str, list[str]], init_from: dict[str, str], source: str, recorded: set[str] = frozenset()
+) -> None:
+    """Each fine-tune is a variant of the study and starts from another variant, of the study or among the
+    ``recorded`` ones, that is not a fine-tune itself."""
     for name, start in init_from.items():
-        if start == name or start not in variants:
+        if name not in variants:
+            raise ValueError(f"{source}: fine-tune '{name}' is not among the variants")
+        if start == name or start not in variants.keys() | recorded:
             raise ValueError(
                 f"{source}: variant '{name}' starts from '{start}', which is not another variant of the study"
             )
@@ -530,11 +535,8 @@ def run_study(
     finishes.
     """
     common, recipe, init_from = list(common or []), recipe or DataRecipe(), dict(init_from or {})
-    check_init_from({**dict.fromkeys(init_from.values(), []), **variants}, init_from, "init_from")
-    unknown = set(init_from) - set(variants)
-    if unknown:
-        raise ValueError(f"init_from names variant(s) {sorted(unknown)} that are not among the variants")
     records = read_records(results)
+    check_init_from(variants, init_from, "init_from", {r["variant"] for r in records})
     if baseline not in variants and not any(r["variant"] == baseline for r in records):
         raise ValueError(f"baseline '{baseline}' is neither among the variants nor recorded in {results}")
     for overrides in variants.values():  # a typo fails now, not hours into a study

@@ -340,6 +340,10 @@ def test_fine_tune_variants_start_from_their_source_of_the_same_seed(fake_traini
     fake_training.clear()
     with pytest.raises(ValueError, match="'ft' starts from 'base' of seed 2: add 'base' to the run"):
         ablation.run_study(variants={"ft": variants["ft"]}, seeds=[2], init_from=init_from, **study)
+    with pytest.raises(ValueError, match="'ft' starts from 'nope', which is not another variant"):
+        ablation.run_study(variants={"ft": variants["ft"]}, seeds=[2], init_from={"ft": "nope"}, **study)
+    with pytest.raises(ValueError, match="fine-tune 'ft2' is not among the variants"):
+        ablation.run_study(variants=variants, seeds=[2], init_from={**init_from, "ft2": "base"}, **study)
     (out / "runs" / "base_s1" / "checkpoints" / "best.pt").unlink()
     (results.write_text("".join(json.dumps(r) + "\n" for k, r in records.items() if k != ("ft", 1))))
     with pytest.raises(FileNotFoundError, match="base_s1/checkpoints/best.pt, which is missing"):
