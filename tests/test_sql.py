@@ -98,13 +98,25 @@ def test_head_composes_the_documented_steps():
     features = _features(batch=1, size=64)
     with torch.no_grad():
         *_, (_, full_resolution) = head.levels(features)
-        pixels = head.pixels(full_resolution)
+        pixels = head.representation(full_resolution)
         queries = head.queries(pixels)
-        volume = self_cost_volume(queries, pixels)
+        volume = self_cost_volume(queries, pixels) / math.sqrt(3)
         widths = torch.nn.functional.softplus(head.bin_mlp(tally(volume, pixels).flatten(1))) + MIN_BIN_WIDTH
         expected = expected_depth(volume, bin_centres(widths, 0.5, 80.0))
         torch.testing.assert_close(head.depth(features), expected)
     assert queries.shape == (1, 4, 3) and volume.shape == (1, 4, 64, 64)
+
+
+def test_representation_is_normalised_over_the_channels_of_every_pixel():
+    torch.manual_seed(2)
+    head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=2, dim=6, embed_dim=8, layers=1)
+    torch.nn.init.normal_(head.pixels.weight, std=50.0)  # large raw activations: the norm undoes them
+    with torch.no_grad():
+        *_, (_, full_resolution) = head.levels(_features(batch=1, size=64))
+        pixels = head.representation(full_resolution)
+    assert pixels.shape == (1, 6, 64, 64)
+    torch.testing.assert_close(pixels.mean(dim=1), torch.zeros(1, 64, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels.var(dim=1, unbiased=False), torch.ones(1, 64, 64), atol=1e-3, rtol=0)
 
 
 def test_head_has_one_scale_and_checks_its_settings():

@@ -1,12 +1,15 @@
 """Self Query Layer depth head (SQLdepth, as SPIdepth uses it; seed 003, section 3): depth from adaptive bins.
 
 From the encoder maps, the U-Net upsampling path (shared with the sigmoid head) and a 3x3 conv give the
-per-pixel representation S (C x H x W, at the input resolution). Coarse-grained queries Q_1..Q_Q (each of C
+per-pixel representation S (C x H x W, at the input resolution; layer-normalised over its C channels at
+every pixel). Coarse-grained queries Q_1..Q_Q (each of C
 values) come from patches of S: a P x P stride-P patch embedding, a depthwise 3x3 conv over the patch grid for
 position, and a small transformer over the patch tokens together with Q learned query tokens, whose outputs,
 projected to C, are the queries (learned tokens, so that Q does not depend on the image size). Then
 
-- the self-cost volume ``V[i, j, k] = Q_i . S[:, j, k]`` (Q x H x W);
+- the self-cost volume ``V[i, j, k] = Q_i . S[:, j, k]`` (Q x H x W), divided by sqrt(C) as attention
+  logits are. Without the normalisation of S and this scale the dot products grew to 10^4 in training and
+  both softmaxes saturated: every pixel in one bin, a constant depth map (measured, docs/models.md);
 - per query, a softmax of V_i over the pixels weights S into one C-vector ("tallying" the volume); the Q
   vectors, concatenated, go through an MLP to Q positive bin widths;
 - the widths, normalised to sum 1, split [min_depth, max_depth]: the centre of bin i is
@@ -145,7 +148,8 @@ class SQLDecoder(UpsamplingPath):
             raise ValueError(f"model.sql.embed_dim {embed_dim} must be a multiple of model.sql.heads {heads}")
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         self.num_queries = queries
-        self.pixels = conv3x3(DECODER_CHANNELS[0], dim, padding_mode)  # S
+        self.pixels = conv3x3(DECODER_CHANNELS[0], dim, padding_mode)  # S, before its normalisation
+        self.pixel_norm = nn.LayerNorm(dim)
         self.patch_embedding = nn.Conv2d(dim, embed_dim, patch_size, stride=patch_size)
         self.position = nn.Conv2d(embed_dim, embed_dim, 3, padding=1, groups=embed_dim)
         self.query_tokens = nn.Parameter(torch.empty(queries, embed_dim))
@@ -160,6 +164,12 @@ class SQLDecoder(UpsamplingPath):
             nn.LeakyReLU(),
             nn.Linear(_MLP_WIDTH, queries),
         )
+
+    def representation(self, full_resolution: torch.Tensor) -> torch.Tensor:
+        """S from the upsampling path's full-resolution level: a 3x3 conv, then a LayerNorm over the C
+        channels of every pixel; (B, 16, H, W) -> (B, C, H, W)."""
+        pixels = self.pixels(full_resolution).permute(0, 2, 3, 1)
+        return self.pixel_norm(pixels).permute(0, 3, 1, 2)
 
     def queries(self, pixels: torch.Tensor) -> torch.Tensor:
         """The coarse-grained queries of a per-pixel representation: (B, C, H, W) -> (B, Q, C)."""
@@ -178,8 +188,8 @@ class SQLDecoder(UpsamplingPath):
     def depth(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, 1, H, W) depth in metres, within [min_depth, max_depth], from the five encoder maps."""
         *_, (_, full_resolution) = self.levels(features)  # the last level is at the input resolution
-        pixels = self.pixels(full_resolution)
-        volume = self_cost_volume(self.queries(pixels), pixels)
+        pixels = self.representation(full_resolution)
+        volume = self_cost_volume(self.queries(pixels), pixels) * pixels.shape[1] ** -0.5
         return expected_depth(volume.float(), self.bins(volume, pixels))
 
     def forward(
