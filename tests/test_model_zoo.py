@@ -25,6 +25,7 @@ from ssim_depth_core.config import (
     DataConfig,
     EncoderName,
     ModelConfig,
+    SQLConfig,
     TrainConfig,
     load_config,
     stored_config,
@@ -234,17 +235,23 @@ def test_every_parameter_gets_a_gradient_with_convnext_nets_and_the_sql_head():
 
 # --------------------------------------------------------------------------------------------- serving
 
-SERVED = [("resnet18", "sql"), ("convnext_tiny", "unet"), ("convnext_tiny", "sql")]
+# (encoder, decoder, the SQL head's bins): both bin spaces of the SQL head are served
+SERVED = [
+    ("resnet18", "sql", "depth"),
+    ("resnet18", "sql", "disparity"),
+    ("convnext_tiny", "unet", "depth"),
+    ("convnext_tiny", "sql", "depth"),
+]
 SIZE = 64
 
 
-@pytest.fixture(scope="module", params=SERVED, ids=lambda p: "+".join(p))
+@pytest.fixture(scope="module", params=SERVED, ids=lambda p: "+".join(p[:2]) + f"-{p[2]}-bins")
 def served(request, tmp_path_factory):
     """A random checkpoint of a new depth net (64x64; the SQL head sharpened so that its depths spread over
     the range) and its ONNX export (validated against PyTorch by the exporter)."""
-    encoder, decoder = request.param
+    encoder, decoder, bins = request.param
     config = TrainConfig(
-        model=_model_config(encoder, decoder, min_depth=0.5, max_depth=80.0),
+        model=_model_config(encoder, decoder, min_depth=0.5, max_depth=80.0, sql=SQLConfig(bins=bins)),
         data=DataConfig(height=SIZE, width=SIZE),
     )
     torch.manual_seed(0)
@@ -255,7 +262,7 @@ def served(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
     checkpoint = folder / "model.pt"
     save_atomic({"config": to_dict(config), "model": model.state_dict()}, checkpoint)
-    return request.param, checkpoint, export_onnx(checkpoint, folder / "model.onnx")
+    return request.param[:2], checkpoint, export_onnx(checkpoint, folder / "model.onnx")
 
 
 def test_new_depth_nets_export_with_parity_and_pass_the_tensorrt_check(served):

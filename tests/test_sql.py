@@ -13,7 +13,7 @@ from ssim_depth_core.models.sql import (
     MIN_BIN_WIDTH,
     SQLDecoder,
     bin_centres,
-    expected_depth,
+    expected_centre,
     self_cost_volume,
     tally,
 )
@@ -53,7 +53,7 @@ def test_bin_centres_split_the_range_by_the_normalised_cumulative_widths():
 def test_depth_is_the_plane_wise_softmax_expectation_of_the_centres():
     volume = self_cost_volume(QUERIES, PIXELS)  # pixel (0, 0): (2, 0); pixel (0, 1): (0, 1) over the planes
     centres = bin_centres(torch.tensor([[1.0, 3.0]]), 1.0, 9.0)  # 2 m and 6 m
-    depth = expected_depth(volume, centres)
+    depth = expected_centre(volume, centres)
     first = (E**2 * 2 + 1 * 6) / (E**2 + 1)  # p = (e^2, 1) / (e^2 + 1)
     second = (1 * 2 + E * 6) / (1 + E)  # p = (1, e) / (1 + e)
     assert depth.shape == (1, 1, 1, 2)
@@ -102,9 +102,29 @@ def test_head_composes_the_documented_steps():
         queries = head.queries(pixels)
         volume = self_cost_volume(queries, pixels) / math.sqrt(3)
         widths = torch.nn.functional.softplus(head.bin_mlp(tally(volume, pixels).flatten(1))) + MIN_BIN_WIDTH
-        expected = expected_depth(volume, bin_centres(widths, 0.5, 80.0))
+        expected = expected_centre(volume, bin_centres(widths, 0.5, 80.0))
         torch.testing.assert_close(head.depth(features), expected)
     assert queries.shape == (1, 4, 3) and volume.shape == (1, 4, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("bins", "disparity", "depth"),
+    [
+        ("depth", (1 / 40.25 - 1 / 80) / (2 - 1 / 80), 40.25),  # the middle of [0.5, 80] m
+        ("disparity", 0.5, 1 / (1 / 80 + (2 - 1 / 80) * 0.5)),  # the middle of [1/80, 1/0.5] 1/m
+    ],
+)
+def test_uniform_probabilities_and_equal_bins_give_the_middle_of_the_bin_range(bins, disparity, depth):
+    head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=4, dim=3, embed_dim=8, layers=1, bins=bins)
+    with torch.no_grad():  # zero queries: V = 0, p uniform; a zero last MLP layer: equal widths
+        for parameter in (*head.to_queries.parameters(), *head.bin_mlp[-1].parameters()):
+            parameter.zero_()
+        features = _features(batch=1)
+        (output,) = head(features)
+        torch.testing.assert_close(output, torch.full((1, 1, 64, 64), disparity))
+        torch.testing.assert_close(head.depth(features), torch.full((1, 1, 64, 64), depth))
+    with pytest.raises(ValueError, match="model.sql.bins must be 'depth' or 'disparity', got 'log'"):
+        SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, bins="log")
 
 
 def test_representation_is_normalised_over_the_channels_of_every_pixel():

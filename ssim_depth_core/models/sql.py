@@ -12,15 +12,17 @@ projected to C, are the queries (learned tokens, so that Q does not depend on th
   both softmaxes saturated: every pixel in one bin, a constant depth map (measured, docs/models.md);
 - per query, a softmax of V_i over the pixels weights S into one C-vector ("tallying" the volume); the Q
   vectors, concatenated, go through an MLP to Q positive bin widths;
-- the widths, normalised to sum 1, split [min_depth, max_depth]: the centre of bin i is
-  ``min_depth + (max_depth - min_depth) * (sum_{i' <= i} w_i' - w_i / 2)``;
-- a plane-wise softmax over the Q planes of V gives each pixel's probabilities p_i, and its depth is
-  ``sum_i p_i * centre_i``, in metres within [min_depth, max_depth].
+- the widths, normalised to sum 1, split a range [lo, hi]: the centre of bin i is
+  ``lo + (hi - lo) * (sum_{i' <= i} w_i' - w_i / 2)``;
+- a plane-wise softmax over the Q planes of V gives each pixel's probabilities p_i, and its value is
+  ``sum_i p_i * centre_i``.
 
-The head returns that depth as the normalised disparity every depth net returns
-(``geometry.depth_to_disparity``: 0 at max_depth, 1 at min_depth), so that training, evaluation, the exported
-graph (output ``disparity``) and every runtime treat both heads alike; ``geometry.disparity_to_depth`` gives
-back the bins' depth. :meth:`SQLDecoder.depth` returns the depth itself.
+With ``bins="depth"`` (the seed's) the range is [min_depth, max_depth] and the value is depth in metres; the
+head returns it as the normalised disparity every depth net returns (``geometry.depth_to_disparity``: 0 at
+max_depth, 1 at min_depth). With ``bins="disparity"`` the range is that normalised disparity, [0, 1], and the
+value is returned as it is. Either way training, evaluation, the exported graph (output ``disparity``) and
+every runtime treat all heads alike; ``geometry.disparity_to_depth`` gives back the depth, and
+:meth:`SQLDecoder.depth` returns it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import depth_to_disparity
+from ..geometry import depth_to_disparity, disparity_to_depth
 from .decoder import DECODER_CHANNELS, UpsamplingPath, conv3x3
 
 MIN_BIN_WIDTH = 1e-3  # added to the MLP's softplus widths before normalising: no bin collapses to nothing
@@ -68,9 +70,9 @@ def bin_centres(widths: torch.Tensor, min_depth: float, max_depth: float) -> tor
     return min_depth + (max_depth - min_depth) * (normalised @ upper - normalised / 2)
 
 
-def expected_depth(volume: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def expected_centre(volume: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Plane-wise softmax of ``volume`` (B, Q, H, W) over its Q planes, then ``sum_i p_i * centres[:, i]``
-    (centres (B, Q)): the (B, 1, H, W) depth."""
+    (centres (B, Q)): the (B, 1, H, W) expected centre (depth, or disparity, as the centres are)."""
     # The planes moved last: ONNX Runtime's CPU Softmax on a non-last axis took 448 ms on a 64x192x640 volume,
     # 17 ms on the last axis (one thread); torch is no slower this way.
     probabilities = volume.permute(0, 2, 3, 1).softmax(dim=-1)  # (B, H, W, Q)
@@ -116,6 +118,9 @@ class SQLDecoder(UpsamplingPath):
         patch_size: P, the side of the patches the query transformer sees, pixels.
         embed_dim: the transformer's width (a multiple of ``heads``).
         layers, heads: transformer depth and attention heads.
+        bins: "depth" (bins over [min_depth, max_depth] in metres) or "disparity" (over the normalised
+            disparity [0, 1]: the untrained head, p uniform, starts at 0.5 as the unet's sigmoid does
+            rather than at the middle of the metre range, where parallax and its gradient vanish).
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class SQLDecoder(UpsamplingPath):
         embed_dim: int = 128,
         layers: int = 4,
         heads: int = 4,
+        bins: str = "depth",
     ) -> None:
         super().__init__(num_ch_enc, padding_mode)
         if not 0 < min_depth < max_depth:
@@ -146,7 +152,11 @@ class SQLDecoder(UpsamplingPath):
                 raise ValueError(f"model.sql.{name} must be an integer >= 1, got {value!r}")
         if embed_dim % heads:
             raise ValueError(f"model.sql.embed_dim {embed_dim} must be a multiple of model.sql.heads {heads}")
+        if bins not in ("depth", "disparity"):
+            raise ValueError(f"model.sql.bins must be 'depth' or 'disparity', got {bins!r}")
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.bin_range = (self.min_depth, self.max_depth) if bins == "depth" else (0.0, 1.0)
+        self.bins_in_depth = bins == "depth"
         self.num_queries = queries
         self.pixels = conv3x3(DECODER_CHANNELS[0], dim, padding_mode)  # S, before its normalisation
         self.pixel_norm = nn.LayerNorm(dim)
@@ -181,16 +191,22 @@ class SQLDecoder(UpsamplingPath):
         return self.to_queries(x[:, : self.num_queries])
 
     def bins(self, volume: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """Bin centres (B, Q) in metres, regressed from the tallied volume."""
+        """Bin centres (B, Q) within ``bin_range`` (metres, or normalised disparity), regressed from the
+        tallied volume."""
         widths = F.softplus(self.bin_mlp(tally(volume, pixels).flatten(1))) + MIN_BIN_WIDTH
-        return bin_centres(widths.float(), self.min_depth, self.max_depth)
+        return bin_centres(widths.float(), *self.bin_range)
 
-    def depth(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(B, 1, H, W) depth in metres, within [min_depth, max_depth], from the five encoder maps."""
+    def expected_bin_value(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 1, H, W): each pixel's expectation of the bin centres, from the five encoder maps."""
         *_, (_, full_resolution) = self.levels(features)  # the last level is at the input resolution
         pixels = self.representation(full_resolution)
         volume = self_cost_volume(self.queries(pixels), pixels) * pixels.shape[1] ** -0.5
-        return expected_depth(volume.float(), self.bins(volume, pixels))
+        return expected_centre(volume.float(), self.bins(volume, pixels))
+
+    def depth(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 1, H, W) depth in metres, within [min_depth, max_depth], from the five encoder maps."""
+        value = self.expected_bin_value(features)
+        return value if self.bins_in_depth else disparity_to_depth(value, self.min_depth, self.max_depth)[1]
 
     def forward(
         self, features: Sequence[torch.Tensor], scales: Sequence[int] | None = None
@@ -199,4 +215,5 @@ class SQLDecoder(UpsamplingPath):
         ``scales``, when given, must be (0,): this head has no other scale)."""
         if scales is not None and tuple(scales) != (0,):
             raise ValueError(f"the sql decoder predicts scale 0 only, asked for scales {list(scales)}")
-        return [depth_to_disparity(self.depth(features), self.min_depth, self.max_depth)]
+        value = self.expected_bin_value(features)
+        return [depth_to_disparity(value, self.min_depth, self.max_depth) if self.bins_in_depth else value]
