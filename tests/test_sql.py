@@ -127,6 +127,20 @@ def test_uniform_probabilities_and_equal_bins_give_the_middle_of_the_bin_range(b
         SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, bins="log")
 
 
+def test_untrained_queries_differ_from_each_other():
+    """S only gets a gradient through the differences between the queries (sum_i p_i (c_i - d) Q_i vanishes
+    for equal Q_i): fresh queries must not start out nearly parallel."""
+    torch.manual_seed(3)
+    head = SQLDecoder((64, 64, 128, 256, 512), 0.1, 100.0)
+    with torch.no_grad():
+        *_, (_, full_resolution) = head.levels(_features(batch=1, size=64))
+        queries = head.queries(head.representation(full_resolution))[0]  # (Q, C)
+    unit = torch.nn.functional.normalize(queries, dim=-1)
+    cosine = unit @ unit.T
+    off_diagonal = cosine[~torch.eye(len(cosine), dtype=torch.bool)]
+    assert off_diagonal.mean() < 0.5  # 0.98 with the former std-0.02 tokens
+
+
 def test_representation_is_normalised_over_the_channels_of_every_pixel():
     torch.manual_seed(2)
     head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=2, dim=6, embed_dim=8, layers=1)

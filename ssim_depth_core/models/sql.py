@@ -163,7 +163,11 @@ class SQLDecoder(UpsamplingPath):
         self.patch_embedding = nn.Conv2d(dim, embed_dim, patch_size, stride=patch_size)
         self.position = nn.Conv2d(embed_dim, embed_dim, 3, padding=1, groups=embed_dim)
         self.query_tokens = nn.Parameter(torch.empty(queries, embed_dim))
-        nn.init.trunc_normal_(self.query_tokens, std=0.02)
+        # Unit-scale tokens, so that each query's residual stream keeps its own token beside the attention
+        # output that all of them share. At std 0.02 the untrained queries were nearly identical, and the
+        # gradient reaching S, sum_i p_i (centre_i - value) Q_i, is zero for equal queries: S never learnt
+        # spatial structure and every trained net output one constant map (docs/models.md).
+        nn.init.normal_(self.query_tokens)
         self.transformer = nn.Sequential(*(_TransformerLayer(embed_dim, heads) for _ in range(layers)))
         self.norm = nn.LayerNorm(embed_dim)
         self.to_queries = nn.Linear(embed_dim, dim)
