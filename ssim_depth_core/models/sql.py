@@ -8,7 +8,7 @@ position, and a small transformer over the patch tokens together with Q learned 
 projected to C, are the queries (learned tokens, so that Q does not depend on the image size). Then
 
 - the self-cost volume ``V[i, j, k] = Q_i . S[:, j, k]`` (Q x H x W), divided by sqrt(C) as attention
-  logits are. Without the normalisation of S and this scale the dot products grew to 10^4 in training and
+  logits are. Without the normalisation of S and this scale the dot products grew to about 2e4 in training and
   both softmaxes saturated: every pixel in one bin, a constant depth map (measured, docs/models.md);
 - per query, a softmax of V_i over the pixels weights S into one C-vector ("tallying" the volume); the Q
   vectors, concatenated, go through an MLP to Q positive bin widths;
@@ -59,15 +59,15 @@ def tally(volume: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return weights @ pixels.flatten(2).transpose(1, 2)
 
 
-def bin_centres(widths: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
-    """Centres of the bins that ``widths`` (B, Q), positive, normalised to sum 1, cut [min_depth, max_depth]
-    into, in order: ``min + (max - min) * (cumulative width up to and including bin i - w_i / 2)``; (B, Q)."""
+def bin_centres(widths: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Centres of the bins that ``widths`` (B, Q), positive, normalised to sum 1, cut [low, high] into, in
+    order: ``low + (high - low) * (cumulative width up to and including bin i - w_i / 2)``; (B, Q)."""
     normalised = widths / widths.sum(dim=-1, keepdim=True)
     count = normalised.shape[-1]
     # The cumulative sum as a product with an upper-triangular matrix of ones: a constant and a MatMul in the
     # exported graph (ONNX CumSum is left out of the TensorRT op allow-list).
     upper = torch.ones(count, count, dtype=normalised.dtype, device=normalised.device).triu()
-    return min_depth + (max_depth - min_depth) * (normalised @ upper - normalised / 2)
+    return low + (high - low) * (normalised @ upper - normalised / 2)
 
 
 def expected_centre(volume: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ class SQLDecoder(UpsamplingPath):
         layers, heads: transformer depth and attention heads.
         bins: "depth" (bins over [min_depth, max_depth] in metres) or "disparity" (over the normalised
             disparity [0, 1]: the untrained head, p uniform, starts at 0.5 as the unet's sigmoid does
-            rather than at the middle of the metre range, where parallax and its gradient vanish).
+            rather than at the middle of the metre range).
     """
 
     def __init__(
