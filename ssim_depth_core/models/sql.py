@@ -155,7 +155,6 @@ class SQLDecoder(UpsamplingPath):
         if bins not in ("depth", "disparity"):
             raise ValueError(f"model.sql.bins must be 'depth' or 'disparity', got {bins!r}")
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
-        self.bin_range = (self.min_depth, self.max_depth) if bins == "depth" else (0.0, 1.0)
         self.bins_in_depth = bins == "depth"
         self.num_queries = queries
         self.pixels = conv3x3(DECODER_CHANNELS[0], dim, padding_mode)  # S, before its normalisation
@@ -194,11 +193,15 @@ class SQLDecoder(UpsamplingPath):
         x = self.norm(self.transformer(torch.cat([learned, tokens], dim=1)))
         return self.to_queries(x[:, : self.num_queries])
 
+    def bin_range(self) -> tuple[float, float]:
+        """The range the bins split: [min_depth, max_depth] in metres, or the normalised disparity [0, 1]."""
+        return (self.min_depth, self.max_depth) if self.bins_in_depth else (0.0, 1.0)
+
     def bins(self, volume: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """Bin centres (B, Q) within ``bin_range`` (metres, or normalised disparity), regressed from the
+        """Bin centres (B, Q) within :meth:`bin_range` (metres, or normalised disparity), regressed from the
         tallied volume."""
         widths = F.softplus(self.bin_mlp(tally(volume, pixels).flatten(1))) + MIN_BIN_WIDTH
-        return bin_centres(widths.float(), *self.bin_range)
+        return bin_centres(widths.float(), *self.bin_range())
 
     def expected_bin_value(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, 1, H, W): each pixel's expectation of the bin centres, from the five encoder maps."""
