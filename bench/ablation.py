@@ -23,12 +23,14 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -451,9 +453,18 @@ class PairSetting:
 
 
 def _init_worker(threads: int) -> None:
-    """A worker process of ``--jobs``: its share of the CPU threads, and log lines as the parent's."""
+    """A worker process of ``--jobs``: its share of the CPU threads, log lines as the parent's, and an exit
+    when the parent dies (a killed study must not leave workers training into its run folders)."""
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """Block until the parent process is gone, then end this worker at once (its pair resumes on a rerun)."""
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    log.warning("the study's process is gone: worker %d stops", os.getpid())
+    os._exit(1)
 
 
 def measure_pair(setting: PairSetting, plan: VariantPlan, seed: int) -> dict[str, Any]:
@@ -590,17 +601,22 @@ def run_study(
     return read_records(results)
 
 
-def measure_pairs(pairs: list[tuple[PairSetting, VariantPlan, int]], jobs: int):
-    """Yield the record of each pair as it is measured: in this process, or ``jobs`` worker processes."""
-    if jobs <= 1 or not pairs:
-        yield from (measure_pair(*pair) for pair in pairs)
-        return
-    pool = ProcessPoolExecutor(
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes, each with an equal share of the CPU threads."""
+    return ProcessPoolExecutor(
         jobs,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(max(1, (os.cpu_count() or 1) // jobs),),
     )
+
+
+def measure_pairs(pairs: list[tuple[PairSetting, VariantPlan, int]], jobs: int):
+    """Yield the record of each pair as it is measured: in this process, or ``jobs`` worker processes."""
+    if jobs <= 1 or not pairs:
+        yield from (measure_pair(*pair) for pair in pairs)
+        return
+    pool = worker_pool(jobs)
     try:
         yield from (
             future.result() for future in as_completed([pool.submit(measure_pair, *p) for p in pairs])

@@ -7,10 +7,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -524,3 +526,38 @@ def test_git_commit_is_dirty_for_changes_outside_the_study_records(tmp_path, mon
     assert ablation.git_commit() == head
     (tmp_path / "README.md").write_text("changed\n")
     assert ablation.git_commit() == head + "-dirty"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie left to a non-reaping PID 1 counts as ended)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_workers_stop_when_the_study_process_is_killed():
+    """A --jobs worker busy with a long pair ends within seconds of its parent's SIGKILL, not orphaned."""
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(ROOT / "bench")!r})
+import ablation
+pool = ablation.worker_pool(1)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 600)
+time.sleep(1)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert parent.returncode == -9, parent.stderr
+    worker = int(parent.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker), "the worker outlived the killed study process"
+    finally:
+        if _running(worker):
+            os.kill(worker, 9)
