@@ -273,7 +273,7 @@ def test_new_depth_nets_export_with_parity_and_pass_the_tensorrt_check(served):
     if encoder.startswith("convnext"):
         assert "LayerNormalization" in ops
     if decoder == "sql":
-        assert {"MatMul", "Softmax", "LayerNormalization"} <= ops
+        assert {"MatMul", "Softmax", "LayerNormalization", "InstanceNormalization"} <= ops
     metadata = read_metadata(model, exported)
     assert metadata.output == "disparity"
     assert yaml.safe_load(metadata.config_yaml)["model"]["decoder"] == decoder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,16 +142,35 @@ def test_untrained_queries_differ_from_each_other():
     assert off_diagonal.mean() < 0.5  # 0.98 with the former std-0.02 tokens
 
 
-def test_representation_is_normalised_over_the_channels_of_every_pixel():
+def test_representation_is_normalised_per_channel_over_the_pixels():
     torch.manual_seed(2)
     head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=2, dim=6, embed_dim=8, layers=1)
     torch.nn.init.normal_(head.pixels.weight, std=50.0)  # large raw activations: the norm undoes them
     with torch.no_grad():
-        *_, (_, full_resolution) = head.levels(_features(batch=1, size=64))
+        *_, (_, full_resolution) = head.levels(_features(batch=2, size=64))
         pixels = head.representation(full_resolution)
-    assert pixels.shape == (1, 6, 64, 64)
-    torch.testing.assert_close(pixels.mean(dim=1), torch.zeros(1, 64, 64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(pixels.var(dim=1, unbiased=False), torch.ones(1, 64, 64), atol=1e-3, rtol=0)
+    assert pixels.shape == (2, 6, 64, 64)
+    torch.testing.assert_close(pixels.mean(dim=(2, 3)), torch.zeros(2, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels.var(dim=(2, 3), unbiased=False), torch.ones(2, 6), atol=1e-3, rtol=0)
+
+
+def test_representation_keeps_pixels_that_differ_only_in_magnitude_apart():
+    """The trained net that still collapsed: every pixel's conv output one direction v times its own magnitude
+    a, plus an offset. A per-pixel norm over the channels maps all such pixels to one vector; here channel c
+    of S must be sign(v_c) times a standardised over the pixels (hand-computed with NumPy)."""
+    head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=2, dim=4, embed_dim=8, layers=1)
+    direction = torch.tensor([3.0, -0.5, 1.0, -2.0])
+    magnitude = torch.rand(1, 1, 8, 12, generator=torch.Generator().manual_seed(4)) * 10 + 20
+    with torch.no_grad():
+        head.pixels.weight.zero_()
+        head.pixels.weight[:, 0, 1, 1] = direction  # centre tap of input channel 0 only
+        head.pixels.bias.copy_(torch.tensor([5.0, 7.0, -3.0, 1.0]))
+        full_resolution = torch.cat([magnitude, torch.randn(1, 15, 8, 12)], dim=1)
+        pixels = head.representation(full_resolution)[0].numpy()
+    a = magnitude[0, 0].numpy().astype(np.float64)
+    standardised = (a - a.mean()) / a.std()
+    for channel, sign in enumerate(np.sign(direction.numpy())):
+        np.testing.assert_allclose(pixels[channel], sign * standardised, atol=1e-3)
 
 
 def test_head_has_one_scale_and_checks_its_settings():

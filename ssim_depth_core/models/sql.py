@@ -1,15 +1,18 @@
 """Self Query Layer depth head (SQLdepth, as SPIdepth uses it; seed 003, section 3): depth from adaptive bins.
 
 From the encoder maps, the U-Net upsampling path (shared with the sigmoid head) and a 3x3 conv give the
-per-pixel representation S (C x H x W, at the input resolution; layer-normalised over its C channels at
-every pixel). Coarse-grained queries Q_1..Q_Q (each of C
+per-pixel representation S (C x H x W, at the input resolution; each channel normalised over the image's
+pixels). Coarse-grained queries Q_1..Q_Q (each of C
 values) come from patches of S: a P x P stride-P patch embedding, a depthwise 3x3 conv over the patch grid for
 position, and a small transformer over the patch tokens together with Q learned query tokens, whose outputs,
 projected to C, are the queries (learned tokens, so that Q does not depend on the image size). Then
 
 - the self-cost volume ``V[i, j, k] = Q_i . S[:, j, k]`` (Q x H x W), divided by sqrt(C) as attention
   logits are. Without the normalisation of S and this scale the dot products grew to about 2e4 in training and
-  both softmaxes saturated: every pixel in one bin, a constant depth map (measured, docs/models.md);
+  both softmaxes saturated: every pixel in one bin, a constant depth map (measured, docs/models.md). S is
+  normalised per channel over the pixels, not per pixel over the channels: a per-pixel LayerNorm is blind to
+  a pixel's magnitude, and one trained net whose features all pointed one way came out of it with a constant
+  S and a constant map; per channel, every channel of S varies over the image by construction;
 - per query, a softmax of V_i over the pixels weights S into one C-vector ("tallying" the volume); the Q
   vectors, concatenated, go through an MLP to Q positive bin widths;
 - the widths, normalised to sum 1, split a range [lo, hi]: the centre of bin i is
@@ -158,7 +161,6 @@ class SQLDecoder(UpsamplingPath):
         self.bins_in_depth = bins == "depth"
         self.num_queries = queries
         self.pixels = conv3x3(DECODER_CHANNELS[0], dim, padding_mode)  # S, before its normalisation
-        self.pixel_norm = nn.LayerNorm(dim)
         self.patch_embedding = nn.Conv2d(dim, embed_dim, patch_size, stride=patch_size)
         self.position = nn.Conv2d(embed_dim, embed_dim, 3, padding=1, groups=embed_dim)
         self.query_tokens = nn.Parameter(torch.empty(queries, embed_dim))
@@ -179,10 +181,9 @@ class SQLDecoder(UpsamplingPath):
         )
 
     def representation(self, full_resolution: torch.Tensor) -> torch.Tensor:
-        """S from the upsampling path's full-resolution level: a 3x3 conv, then a LayerNorm over the C
-        channels of every pixel; (B, 16, H, W) -> (B, C, H, W)."""
-        pixels = self.pixels(full_resolution).permute(0, 2, 3, 1)
-        return self.pixel_norm(pixels).permute(0, 3, 1, 2)
+        """S from the upsampling path's full-resolution level: a 3x3 conv, then each of the C channels
+        normalised to zero mean and unit variance over the image's pixels; (B, 16, H, W) -> (B, C, H, W)."""
+        return F.instance_norm(self.pixels(full_resolution))
 
     def queries(self, pixels: torch.Tensor) -> torch.Tensor:
         """The coarse-grained queries of a per-pixel representation: (B, C, H, W) -> (B, Q, C)."""
