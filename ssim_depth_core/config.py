@@ -51,9 +51,10 @@ class SQLConfig:
     embed_dim: int = 128  # width of the transformer over the patches
     layers: int = 4  # transformer layers
     heads: int = 4  # attention heads (must divide embed_dim)
-    # depth: the bins split [min_depth, max_depth] in metres (the seed's); disparity: they split the
-    # normalised disparity [0, 1], so the untrained head starts where the unet's sigmoid does (docs/models.md)
-    bins: Literal["depth", "disparity"] = "depth"
+    # disparity: the bins split the normalised disparity [0, 1], so the untrained head starts where the
+    # unet's sigmoid does; depth: they split [min_depth, max_depth] in metres (the seed's), which did not
+    # train on the CPU recipe: the bins drifted to max_depth (docs/models.md)
+    bins: Literal["depth", "disparity"] = "disparity"
 
 
 @dataclass

@@ -78,7 +78,9 @@ def sharpen(head: SQLDecoder) -> SQLDecoder:
 
 def test_head_outputs_the_normalised_disparity_of_its_bins_depth():
     torch.manual_seed(0)
-    head = SQLDecoder((64, 64, 128, 256, 512), 0.5, 80.0, queries=8, dim=4, patch_size=16, embed_dim=16)
+    head = SQLDecoder(
+        (64, 64, 128, 256, 512), 0.5, 80.0, queries=8, dim=4, patch_size=16, embed_dim=16, bins="depth"
+    )
     sharpen(head)
     features = _features()
     with torch.no_grad():
@@ -94,7 +96,7 @@ def test_head_outputs_the_normalised_disparity_of_its_bins_depth():
 def test_head_composes_the_documented_steps():
     torch.manual_seed(1)
     head = SQLDecoder(
-        (64, 64, 128, 256, 512), 0.5, 80.0, queries=4, dim=3, patch_size=8, embed_dim=8, heads=2
+        (64, 64, 128, 256, 512), 0.5, 80.0, queries=4, dim=3, patch_size=8, embed_dim=8, heads=2, bins="depth"
     )
     features = _features(batch=1, size=64)
     with torch.no_grad():

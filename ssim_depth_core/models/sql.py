@@ -121,9 +121,9 @@ class SQLDecoder(UpsamplingPath):
         patch_size: P, the side of the patches the query transformer sees, pixels.
         embed_dim: the transformer's width (a multiple of ``heads``).
         layers, heads: transformer depth and attention heads.
-        bins: "depth" (bins over [min_depth, max_depth] in metres) or "disparity" (over the normalised
-            disparity [0, 1]: the untrained head, p uniform, starts at 0.5 as the unet's sigmoid does
-            rather than at the middle of the metre range).
+        bins: "disparity" (bins over the normalised disparity [0, 1]: the untrained head, p uniform, starts
+            at 0.5 as the unet's sigmoid does) or "depth" (over [min_depth, max_depth] in metres, the
+            seed's; it did not train on the CPU recipe, docs/models.md).
     """
 
     def __init__(
@@ -138,7 +138,7 @@ class SQLDecoder(UpsamplingPath):
         embed_dim: int = 128,
         layers: int = 4,
         heads: int = 4,
-        bins: str = "depth",
+        bins: str = "disparity",
     ) -> None:
         super().__init__(num_ch_enc, padding_mode)
         if not 0 < min_depth < max_depth:
