@@ -538,7 +538,7 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
-def test_workers_stop_when_the_study_process_is_killed():
+def test_workers_stop_when_the_study_process_is_killed(tmp_path):
     """A --jobs worker busy with a long pair ends within seconds of its parent's SIGKILL, not orphaned."""
     script = f"""
 import os, signal, sys, time
@@ -550,9 +550,11 @@ pool.submit(time.sleep, 600)
 time.sleep(1)
 os.kill(os.getpid(), signal.SIGKILL)
 """
-    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert parent.returncode == -9, parent.stderr
-    worker = int(parent.stdout.split()[0])
+    output = tmp_path / "parent.out"  # a file, not a pipe: an orphaned worker would hold a pipe open
+    with output.open("w") as stdout:
+        parent = subprocess.run([sys.executable, "-c", script], stdout=stdout, timeout=300)
+    assert parent.returncode == -9
+    worker = int(output.read_text().split()[0])
     try:
         deadline = time.monotonic() + 30
         while _running(worker) and time.monotonic() < deadline:
