@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -130,7 +131,10 @@ def load_variants(path: str | Path) -> tuple[dict[str, list[str]], dict[str, str
 
 
 def check_init_from(
-    variants: dict[str, list[str]], init_from: dict[str, str], source: str, recorded: set[str] = frozenset()
+    variants: dict[str, list[str]],
+    init_from: dict[str, str],
+    source: str,
+    recorded: AbstractSet[str] = frozenset(),
 ) -> None:
     """Each fine-tune is a variant of the study and starts from another variant, of the study or among the
     ``recorded`` ones, that is not a fine-tune itself."""

@@ -2,10 +2,10 @@
 
 From the encoder maps, the U-Net upsampling path (shared with the sigmoid head) and a 3x3 conv give the
 per-pixel representation S (C x H x W, at the input resolution; each channel normalised over the image's
-pixels). Coarse-grained queries Q_1..Q_Q (each of C
-values) come from patches of S: a P x P stride-P patch embedding, a depthwise 3x3 conv over the patch grid for
-position, and a small transformer over the patch tokens together with Q learned query tokens, whose outputs,
-projected to C, are the queries (learned tokens, so that Q does not depend on the image size). Then
+pixels). Coarse-grained queries Q_1..Q_Q (each of C values) come from patches of S: a P x P stride-P patch
+embedding, a depthwise 3x3 conv over the patch grid for position, and a small transformer over the patch
+tokens together with Q learned query tokens, whose outputs, projected to C, are the queries (learned tokens,
+so that Q does not depend on the image size). Then
 
 - the self-cost volume ``V[i, j, k] = Q_i . S[:, j, k]`` (Q x H x W), divided by sqrt(C) as attention
   logits are. Without the normalisation of S and this scale the dot products grew to about 2e4 in training and
