@@ -46,6 +46,9 @@ VARIANTS = {  # name: (encoder, decoder, pose encoder); the first is the peer
     "efficientnet_b0+light, pose the same": ("efficientnet_b0", "light", "efficientnet_b0"),
     "regnet_y_400mf+light, pose the same": ("regnet_y_400mf", "light", "regnet_y_400mf"),
     "mobilenet_v3_large+light, pose resnet18": ("mobilenet_v3_large", "light", "resnet18"),
+    # where the light net's accuracy is lost: its encoder with the U-Net decoder, the R18 with the light one
+    "mobilenet_v3_large+unet, pose the same": ("mobilenet_v3_large", "unet", "mobilenet_v3_large"),
+    "resnet18+light, pose the same": ("resnet18", "light", "resnet18"),
 }
 ONNX_SIZE = (192, 640)  # height, width: the KITTI serving size of issue 20
 ONNX_THREADS = (1, 2)
