@@ -319,11 +319,16 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(old: dict, new: dict, ignore: frozenset[str] = LOGISTICS_KEYS) -> list[str]:
     """``key: old -> new`` for each resolved-config value that differs, outside ``ignore``. A key missing
     from a record older than it stands for its default (a new config key defaults to the old behaviour); a
-    renamed key is compared under its new name (``model.num_layers: 18`` is ``model.encoder: resnet18``)."""
+    renamed key is compared under its new name (``model.num_layers: 18`` is ``model.encoder: resnet18``).
+    The SQL head's settings (``model.sql.*``) count only where one of the two uses that decoder: their
+    defaults change without changing any other network."""
     defaults = _flatten(to_dict(TrainConfig()))
     old = {**defaults, **_flatten(upgrade_stored_config(old))}
     new = {**defaults, **_flatten(upgrade_stored_config(new))}
-    keys = sorted((set(old) | set(new)) - ignore)
+    keys = set(old) | set(new)
+    if "sql" not in (old["model.decoder"], new["model.decoder"]):
+        keys = {key for key in keys if not key.startswith("model.sql.")}
+    keys = sorted(keys - ignore)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 

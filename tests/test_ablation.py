@@ -436,6 +436,19 @@ def test_a_config_key_newer_than_a_record_stands_for_its_default():
     assert ablation.config_differences(old, new) == ["loss.ssim_window: 3 -> 5"]
 
 
+def test_the_sql_heads_settings_count_only_for_the_sql_decoder():
+    old = to_dict(TrainConfig())
+    new = copy.deepcopy(old)
+    new["model"]["sql"]["bins"] = "depth" if old["model"]["sql"]["bins"] == "disparity" else "disparity"
+    assert old["model"]["decoder"] == "unet" and ablation.config_differences(old, new) == []
+    old["model"]["decoder"] = new["model"]["decoder"] = "sql"
+    assert ablation.config_differences(old, new) == [
+        f"model.sql.bins: {old['model']['sql']['bins']!r} -> {new['model']['sql']['bins']!r}"
+    ]
+    new["model"]["decoder"] = "light"  # one of the two uses the head: its settings count
+    assert len(ablation.config_differences(old, new)) == 2
+
+
 def _pre_issue_19(train_config: dict, depth: int = 18) -> dict:
     """A resolved train config as records written before issue 19 store it: ResNet depths, no decoder keys."""
     old = copy.deepcopy(train_config)
