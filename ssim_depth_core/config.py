@@ -66,6 +66,9 @@ class ModelConfig:
     # separable convs with fewer channels (for the light encoders on a CPU). All output the same normalised
     # disparity.
     decoder: Literal["unet", "sql", "light"] = "unet"
+    # Width of the unet / light decoder's five levels, full resolution first; empty: the decoder's own
+    # (unet 16, 32, 64, 128, 256; light 16, 24, 32, 64, 128). Not for sql.
+    decoder_channels: list[int] = field(default_factory=list)
     sql: SQLConfig = field(default_factory=SQLConfig)
     pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
     scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss

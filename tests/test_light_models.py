@@ -295,6 +295,33 @@ def test_light_decoder_padding_mode_is_used():
     assert (reflection - zeros).abs()[..., 0, :].max() > 1e-4
 
 
+@pytest.mark.parametrize("decoder", ["unet", "light"])
+def test_decoder_channels_set_each_levels_width(decoder):
+    widths = [8, 16, 48, 96, 200]
+    net = DepthNet.from_config(_model_config("mobilenet_v3_large", decoder, decoder_channels=widths))
+    default = DepthNet.from_config(_model_config("mobilenet_v3_large", decoder))
+    with torch.no_grad():
+        levels = dict(net.decoder.levels(_features()))
+        default_levels = dict(default.decoder.levels(_features()))
+    assert {level: x.shape[1] for level, x in levels.items()} == dict(enumerate(widths))
+    expected_default = LIGHT_DECODER_CHANNELS if decoder == "light" else DECODER_CHANNELS
+    assert {level: x.shape[1] for level, x in default_levels.items()} == dict(enumerate(expected_default))
+    assert all(levels[level].shape[-2:] == default_levels[level].shape[-2:] for level in levels)
+
+
+@pytest.mark.parametrize(
+    ("decoder", "widths", "message"),
+    [
+        ("light", [16, 32, 64, 128], "five positive integer widths"),
+        ("unet", [16, 32, 0, 128, 256], "five positive integer widths"),
+        ("sql", [16, 32, 64, 128, 256], "not sql's"),
+    ],
+)
+def test_decoder_channels_are_checked(decoder, widths, message):
+    with pytest.raises(ValueError, match=message):
+        DepthNet.from_config(_model_config("mobilenet_v3_large", decoder, decoder_channels=widths))
+
+
 def test_light_decoder_rejects_bad_settings():
     with pytest.raises(ValueError, match="padding_mode.*'replicate'"):
         LightDecoder(_ENCODER_CHANNELS, padding_mode="replicate")

@@ -50,6 +50,8 @@ class DepthNet(nn.Module):
             after depthwise-separable convs) or "sql" (:class:`SQLDecoder`, depth bins).
         depth_range: (min_depth, max_depth) in metres that the "sql" bins divide.
         sql: keyword arguments of :class:`SQLDecoder` (``config.SQLConfig`` fields); default its defaults.
+        decoder_channels: the "unet" or "light" decoder's five level widths, full resolution first; None:
+            the decoder's own.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class DepthNet(nn.Module):
         decoder: str = "unet",
         depth_range: tuple[float, float] = (0.1, 100.0),
         sql: Mapping[str, Any] | None = None,
+        decoder_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if 0 not in scales:
@@ -85,11 +88,24 @@ class DepthNet(nn.Module):
                     f"model.sql.patch_size must divide {SIZE_MULTIPLE} (inputs are multiples of it), got "
                     f"{patch_size}"
                 )
+        widths = {} if decoder_channels is None else {"channels": tuple(decoder_channels)}
+        if widths:
+            if decoder == "sql":
+                raise ValueError("model.decoder_channels sets the unet and light decoders' widths, not sql's")
+            if len(decoder_channels) != 5 or not all(isinstance(c, int) and c > 0 for c in decoder_channels):
+                raise ValueError(
+                    "model.decoder_channels must be five positive integer widths (full resolution to 1/16), "
+                    f"got {list(decoder_channels)}"
+                )
         self.encoder = build_encoder(encoder, pretrained)
         if decoder == "unet":
-            self.decoder = DepthDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
+            self.decoder = DepthDecoder(
+                self.encoder.num_ch_enc, scales, padding_mode, initial_disparity, **widths
+            )
         elif decoder == "light":
-            self.decoder = LightDecoder(self.encoder.num_ch_enc, scales, padding_mode, initial_disparity)
+            self.decoder = LightDecoder(
+                self.encoder.num_ch_enc, scales, padding_mode, initial_disparity, **widths
+            )
         else:
             self.decoder = SQLDecoder(self.encoder.num_ch_enc, *depth_range, padding_mode, **(sql or {}))
 
@@ -106,6 +122,7 @@ class DepthNet(nn.Module):
             decoder=model_config.decoder,
             depth_range=(model_config.min_depth, model_config.max_depth),
             sql=dataclasses.asdict(model_config.sql),
+            decoder_channels=model_config.decoder_channels or None,
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

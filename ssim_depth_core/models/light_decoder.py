@@ -49,15 +49,16 @@ def separable_conv3x3(in_channels: int, out_channels: int, padding_mode: str) ->
 class LightDecoder(DepthDecoder):
     """Decode five encoder maps (1/2 .. 1/32) into sigmoid disparities at the requested scales, cheaply.
 
-    :class:`~.decoder.DepthDecoder` with :func:`separable_conv3x3` blocks and :data:`LIGHT_DECODER_CHANNELS`:
-    the same nearest 2x upsampling (ONNX ``Resize`` nearest, which every runtime and TensorRT take), skips and
-    plain 3x3 conv + sigmoid heads (a separable head would save nothing with one output channel).
+    :class:`~.decoder.DepthDecoder` with :func:`separable_conv3x3` blocks, by default
+    :data:`LIGHT_DECODER_CHANNELS` wide: the same nearest 2x upsampling (ONNX ``Resize`` nearest, which every
+    runtime and TensorRT take), skips and plain 3x3 conv + sigmoid heads (a separable head would save nothing
+    with one output channel).
 
-    Takes :class:`~.decoder.DepthDecoder`'s arguments but ``channels`` and ``block``; ``padding_mode`` applies
-    to every 3x3 conv (depthwise ones and heads).
+    Takes :class:`~.decoder.DepthDecoder`'s arguments but ``block``; ``padding_mode`` applies to every 3x3
+    conv (depthwise ones and heads).
     """
 
-    def __init__(self, num_ch_enc: Sequence[int], *args, **kwargs) -> None:
-        super().__init__(
-            num_ch_enc, *args, channels=LIGHT_DECODER_CHANNELS, block=separable_conv3x3, **kwargs
-        )
+    def __init__(
+        self, num_ch_enc: Sequence[int], *args, channels: Sequence[int] = LIGHT_DECODER_CHANNELS, **kwargs
+    ) -> None:
+        super().__init__(num_ch_enc, *args, channels=channels, block=separable_conv3x3, **kwargs)
