@@ -1,8 +1,9 @@
 """Inference latency at 640x192, batch 1: torch eager vs ONNX Runtime vs TensorRT; DepthEstimator overhead.
 
 One row per backend for each depth-net configuration asked for with ``--model ENCODER+DECODER`` (repeatable;
-``model.encoder`` + ``model.decoder``, default ``resnet18+unet``; docs/models.md lists them), each a randomly
-initialised network, or for the network of ``--checkpoint``.
+``model.encoder`` + ``model.decoder``, default ``resnet18+unet``; docs/models.md lists them) or ``--model
+CONFIG.yaml`` (a training config's ``model`` section), each a randomly initialised network, or for the
+network of ``--checkpoint``.
 
 Peers, measured in one process on the same network and the same frames:
 
@@ -40,6 +41,8 @@ random-init network is fine).
     .venv/bin/python bench/inference.py --checkpoint runs/x/last.pt --repeats 100
     .venv/bin/python bench/inference.py --threads 1 --int8    # + R18 FP32 vs INT8, 1 and 2 threads
     .venv/bin/python bench/inference.py --threads 1 --int8 --model resnet18+unet --model ENCODER+DECODER
+    .venv/bin/python bench/inference.py --threads 1 --int8 --model resnet18+unet \
+        --model training/configs/synthetic_cpu_light.yaml
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import torch
 from skimage import data
 
 from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.config import ModelConfig, TrainConfig, load_config, to_dict
 from ssim_depth_core.data.synthetic import generate_dataset
 from ssim_depth_core.export import build_engine, export_onnx, tensorrt_available
 from ssim_depth_core.export.quantize import quantize_onnx
@@ -121,14 +124,31 @@ def straightforward_depth(frame: np.ndarray, backend: Backend) -> np.ndarray:
 
 
 def parse_model(spec: str) -> ModelConfig:
-    """``ENCODER+DECODER`` (e.g. "convnext_tiny+sql") as a model config (the sql head at scale 0 only)."""
+    """``ENCODER+DECODER`` (e.g. "convnext_tiny+sql"; the sql head at scale 0 only) or a training config's
+    path (its ``model`` section, e.g. ``training/configs/synthetic_cpu_light.yaml``) as a model config."""
+    if spec.endswith((".yaml", ".yml")):
+        try:
+            return load_config(spec, []).model
+        except (OSError, ValueError) as error:
+            raise argparse.ArgumentTypeError(f"--model {spec!r}: {error}") from error
     encoder, _, decoder = spec.partition("+")
     if encoder not in ENCODER_NAMES or decoder not in DECODERS:
         raise argparse.ArgumentTypeError(
             f"--model {spec!r}: expected ENCODER+DECODER with ENCODER one of {', '.join(ENCODER_NAMES)} and "
-            f"DECODER one of {', '.join(DECODERS)}"
+            f"DECODER one of {', '.join(DECODERS)}, or a training config (.yaml)"
         )
     return ModelConfig(encoder=encoder, decoder=decoder, scales=[0] if decoder == "sql" else [0, 1, 2, 3])
+
+
+def model_name(model: ModelConfig) -> str:
+    """``ENCODER+DECODER``, with the decoder's widths and padding where they are not the defaults."""
+    default = ModelConfig()
+    name = f"{model.encoder}+{model.decoder}"
+    if model.decoder_channels:
+        name += f" widths {'-'.join(str(c) for c in model.decoder_channels)}"
+    if model.padding_mode != default.padding_mode:
+        name += f" {model.padding_mode} padding"
+    return name
 
 
 def random_checkpoint(folder: Path, height: int, width: int, model: ModelConfig | None = None) -> Path:
@@ -151,9 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         "--model",
         action="append",
         type=parse_model,
-        metavar="ENCODER+DECODER",
+        metavar="ENCODER+DECODER|CONFIG.yaml",
         help=f"a random-init configuration to time, repeatable (default {DEFAULT_MODEL}): ENCODER one of "
-        f"{', '.join(ENCODER_NAMES)}; DECODER one of {', '.join(DECODERS)}",
+        f"{', '.join(ENCODER_NAMES)}; DECODER one of {', '.join(DECODERS)}; or a training config's model",
     )
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=640)
@@ -190,10 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     models = [None] if args.checkpoint else (args.model or [parse_model(DEFAULT_MODEL)])
-    names = [
-        f"checkpoint {args.checkpoint.name}" if model is None else f"{model.encoder}+{model.decoder}"
-        for model in models
-    ]
+    names = [f"checkpoint {args.checkpoint.name}" if model is None else model_name(model) for model in models]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     print(
         f"# Depth inference {args.width}x{args.height}, batch 1, "

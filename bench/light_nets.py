@@ -1,8 +1,9 @@
 """Light depth nets against the R18 CPU recipe, in one run: training-step time and ONNX Runtime inference.
 
 The peer is ``training/configs/synthetic_cpu.yaml`` as shipped (ResNet-18 depth and pose encoders, U-Net
-decoder); each light variant is that config with ``model.encoder`` / ``model.pose_encoder`` /
-``model.decoder`` changed, nothing else. Two measurements, the variants taking turns within each round so that
+decoder); each light variant is that config with its networks changed (``model.encoder`` /
+``model.pose_encoder`` / ``model.decoder``, some also ``model.padding_mode`` / ``model.decoder_channels``),
+nothing else. Two measurements, the variants taking turns within each round so that
 all see the same machine load (this VM is often shared: compare ratios, not seconds):
 
 - a training step as ``bench/train_step.py`` times it (forward, objective, backward, fused Adam step) on a
@@ -33,31 +34,48 @@ import torch
 from train_step import make_step, random_batch  # bench/ is the script's folder
 
 from ssim_depth_core.checkpoint import save_atomic
-from ssim_depth_core.config import TrainConfig, load_config, to_dict
+from ssim_depth_core.config import ModelConfig, TrainConfig, load_config, to_dict
 from ssim_depth_core.export import export_onnx
 from ssim_depth_core.models import MonodepthModel
 from ssim_depth_core.runtime import OnnxRuntimeBackend
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "synthetic_cpu.yaml"
 RECIPE_STEPS = 2450  # synthetic_cpu.yaml: 10 epochs of 245 steps
-VARIANTS = {  # name: (encoder, decoder, pose encoder); the first is the peer
-    "resnet18+unet, pose resnet18 (synthetic_cpu.yaml)": ("resnet18", "unet", "resnet18"),
-    "mobilenet_v3_large+light, pose the same": ("mobilenet_v3_large", "light", "mobilenet_v3_large"),
-    "efficientnet_b0+light, pose the same": ("efficientnet_b0", "light", "efficientnet_b0"),
-    "regnet_y_400mf+light, pose the same": ("regnet_y_400mf", "light", "regnet_y_400mf"),
-    "mobilenet_v3_large+light, pose resnet18": ("mobilenet_v3_large", "light", "resnet18"),
+VARIANTS = {  # name: the model fields that differ from the peer's; the first is the peer
+    "resnet18+unet, pose resnet18 (synthetic_cpu.yaml)": {},
+    **{
+        f"{encoder}+light, pose the same": {"encoder": encoder, "decoder": "light", "pose_encoder": encoder}
+        for encoder in ("mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf")
+    },
+    "mobilenet_v3_large+light, pose resnet18": {"encoder": "mobilenet_v3_large", "decoder": "light"},
     # where the light net's accuracy is lost: its encoder with the U-Net decoder, the R18 with the light one
-    "mobilenet_v3_large+unet, pose the same": ("mobilenet_v3_large", "unet", "mobilenet_v3_large"),
-    "resnet18+light, pose the same": ("resnet18", "light", "resnet18"),
+    "mobilenet_v3_large+unet, pose the same": {
+        "encoder": "mobilenet_v3_large",
+        "pose_encoder": "mobilenet_v3_large",
+    },
+    "resnet18+light, pose the same": {"decoder": "light"},
+    # the light net with zero padding (no Pad ops), and with it the light decoder at the U-Net's widths
+    "mobilenet_v3_large+light, zero padding, pose the same": {
+        "encoder": "mobilenet_v3_large",
+        "decoder": "light",
+        "pose_encoder": "mobilenet_v3_large",
+        "padding_mode": "zeros",
+    },
+    "mobilenet_v3_large+light at U-Net widths, zero padding, pose the same": {
+        "encoder": "mobilenet_v3_large",
+        "decoder": "light",
+        "pose_encoder": "mobilenet_v3_large",
+        "padding_mode": "zeros",
+        "decoder_channels": [16, 32, 64, 128, 256],
+    },
 }
 ONNX_SIZE = (192, 640)  # height, width: the KITTI serving size of issue 20
 ONNX_THREADS = (1, 2)
 
 
-def variant_config(config: TrainConfig, encoder: str, decoder: str, pose_encoder: str) -> TrainConfig:
-    """``config`` with the networks replaced, nothing else."""
-    model = dataclasses.replace(config.model, encoder=encoder, decoder=decoder, pose_encoder=pose_encoder)
-    return dataclasses.replace(config, model=model)
+def variant_config(config: TrainConfig, **model_fields) -> TrainConfig:
+    """``config`` with the networks' ``model_fields`` replaced, nothing else."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **model_fields))
 
 
 def onnx_backends(config: TrainConfig, folder: Path, name: str) -> dict[int, OnnxRuntimeBackend]:
@@ -70,6 +88,13 @@ def onnx_backends(config: TrainConfig, folder: Path, name: str) -> dict[int, Onn
     save_atomic({"config": to_dict(config), "model": network.state_dict()}, checkpoint)
     exported = export_onnx(checkpoint, folder / f"{name}.onnx")
     return {threads: OnnxRuntimeBackend(exported, device="cpu", threads=threads) for threads in ONNX_THREADS}
+
+
+def depth_net_key(model: ModelConfig) -> tuple:
+    """What makes the served depth net: the model fields but the pose net's."""
+    return tuple(
+        (k, str(v)) for k, v in sorted(dataclasses.asdict(model).items()) if not k.startswith("pose")
+    )
 
 
 def timed(function, *args) -> float:
@@ -88,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_config(CONFIG, [])
-    configs = {name: variant_config(base, *networks) for name, networks in VARIANTS.items()}
+    configs = {name: variant_config(base, **fields) for name, fields in VARIANTS.items()}
     frames, height, width = len(base.data.frame_ids), base.data.height, base.data.width
     batch = random_batch(base.optim.batch_size, frames, height, width)
     batch["travel"] = torch.ones(base.optim.batch_size, frames - 1)  # metres, for the recipe's velocity term
@@ -109,9 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_onnx:
             depth_nets = {}  # variants differing only in the pose net share one depth net
             for name, config in configs.items():
-                key = (config.model.encoder, config.model.decoder)
+                key = depth_net_key(config.model)
                 if key not in depth_nets:
-                    depth_nets[key] = onnx_backends(config, Path(folder), "+".join(key))
+                    depth_nets[key] = onnx_backends(config, Path(folder), f"depth{len(depth_nets)}")
                 backends[name] = depth_nets[key]
         image = np.random.default_rng(0).random((1, 3, *ONNX_SIZE), dtype=np.float32)
         for round_index in range(args.rounds + 1):

@@ -41,7 +41,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "ssim_depth"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import parse_model, random_checkpoint  # noqa: E402 - bench/ is on the path from here on
+from inference import model_name, parse_model, random_checkpoint  # noqa: E402 - bench/ is on the path from here on
 
 KITTI_FRAME = "1242x375"  # W x H of a KITTI camera frame
 ALL_OUTPUTS = ("depth", "depth/camera_info", "points", "depth/preview")
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         "--net",
         type=parse_model,
         default="resnet18+unet",
-        metavar="ENCODER+DECODER",
-        help="the random model (default: %(default)s; bench/inference.py --help lists them)",
+        metavar="ENCODER+DECODER|CONFIG.yaml",
+        help="the random model (default: %(default)s; bench/inference.py --help lists the choices)",
     )
     parser.add_argument("--backend", default="auto", help="auto|tensorrt|onnxruntime|torch")
     parser.add_argument(
@@ -204,12 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     executor.shutdown()
     rclpy.shutdown()
 
-    net = f"{args.net.encoder}+{args.net.decoder}"
-    model_name = f"model {args.model.name}" if args.model else f"random-init {net}"
+    model = f"model {args.model.name}" if args.model else f"random-init {model_name(args.net)}"
     threads = f"{args.threads} intra-op threads" if args.threads else "intra-op threads: one per core"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(
-        f"# depth_node vs DepthEstimator, {width}x{height} rgb8 frames, {backend} ({threads}), {model_name}; "
+        f"# depth_node vs DepthEstimator, {width}x{height} rgb8 frames, {backend} ({threads}), {model}; "
         f"onnxruntime {ort.__version__}, {os.environ.get('RMW_IMPLEMENTATION', 'default RMW')}, {machine}, "
         f"{datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.2f}, "
         f"median of {args.repeats} after {args.warmup} warm-up"
