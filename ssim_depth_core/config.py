@@ -69,6 +69,9 @@ class ModelConfig:
     # Width of the unet / light decoder's five levels, full resolution first; empty: the decoder's own
     # (unet 16, 32, 64, 128, 256; light 16, 24, 32, 64, 128). Not for sql.
     decoder_channels: list[int] = field(default_factory=list)
+    # The unet / light disparity heads: conv (a 3x3 conv to one channel) or separable (a depthwise 3x3, then a
+    # 1x1 to one channel: the same functions, faster on ONNX Runtime's CPU provider; docs/models.md). Not sql.
+    disparity_head: Literal["conv", "separable"] = "conv"
     sql: SQLConfig = field(default_factory=SQLConfig)
     pretrained: bool = False  # ImageNet weights from torchvision (needs them downloadable or cached)
     scales: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # decoder output scales used in the loss

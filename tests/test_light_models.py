@@ -25,7 +25,7 @@ from ssim_depth_core.config import DataConfig, EncoderName, ModelConfig, TrainCo
 from ssim_depth_core.export.onnx import check_tensorrt_ops, export_onnx
 from ssim_depth_core.geometry import disparity_to_depth
 from ssim_depth_core.models import DepthNet, MonodepthModel, PoseNet
-from ssim_depth_core.models.decoder import DECODER_CHANNELS, DepthDecoder
+from ssim_depth_core.models.decoder import DECODER_CHANNELS, DISPARITY_HEADS, DepthDecoder, disparity_head
 from ssim_depth_core.models.depth import DECODERS
 from ssim_depth_core.models.encoder import IMAGENET_MEAN, IMAGENET_STD, LightEncoder, build_encoder
 from ssim_depth_core.models.light_decoder import LIGHT_DECODER_CHANNELS, LightDecoder
@@ -314,12 +314,17 @@ def test_decoder_channels_set_each_levels_width(decoder):
     [
         ("light", [16, 32, 64, 128], "five positive integer widths"),
         ("unet", [16, 32, 0, 128, 256], "five positive integer widths"),
-        ("sql", [16, 32, 64, 128, 256], "not sql's"),
+        ("sql", [16, 32, 64, 128, 256], "not sql"),
     ],
 )
 def test_decoder_channels_are_checked(decoder, widths, message):
     with pytest.raises(ValueError, match=message):
         DepthNet.from_config(_model_config("mobilenet_v3_large", decoder, decoder_channels=widths))
+
+
+def test_the_sql_decoder_refuses_a_separable_disparity_head():
+    with pytest.raises(ValueError, match="model.disparity_head set the unet and light decoders, not sql"):
+        DepthNet.from_config(_model_config("resnet18", "sql", disparity_head="separable"))
 
 
 def test_light_decoder_rejects_bad_settings():
@@ -335,12 +340,29 @@ def test_light_decoder_rejects_bad_settings():
         LightDecoder(_ENCODER_CHANNELS, initial_disparity=1.5)
 
 
-def test_light_decoder_heads_start_at_the_initial_disparity():
+def test_separable_disparity_head_computes_any_3x3_conv_head():
+    """The depthwise filters set to a 3x3 conv head's and the 1x1 weights to one: the same output."""
+    torch.manual_seed(0)
+    conv, separable = disparity_head(16, "reflection", "conv"), disparity_head(16, "reflection", "separable")
+    with torch.no_grad():
+        separable[0].weight.copy_(conv.weight.transpose(0, 1))  # (1, 16, 3, 3) -> one filter per channel
+        nn.init.ones_(separable[1].weight)
+        separable[1].bias.copy_(conv.bias)
+        features = torch.rand(2, 16, 12, 20)
+        torch.testing.assert_close(separable(features), conv(features))
+    assert sum(p.numel() for p in separable.parameters()) == 16 * 9 + 16 + 1
+    with pytest.raises(ValueError, match="disparity head must be one of"):
+        disparity_head(16, "zeros", "dense")
+
+
+@pytest.mark.parametrize("head", DISPARITY_HEADS)
+def test_light_decoder_heads_start_at_the_initial_disparity(head):
     """With the heads' weights zeroed, each head outputs sigmoid(bias): exactly the initial disparity."""
     torch.manual_seed(0)
-    decoder = LightDecoder(_ENCODER_CHANNELS, initial_disparity=0.03)
-    for head in decoder.heads.values():
-        nn.init.zeros_(head.weight)
+    decoder = LightDecoder(_ENCODER_CHANNELS, initial_disparity=0.03, head=head)
+    for module in decoder.heads.values():
+        for conv in [module] if head == "conv" else module:
+            nn.init.zeros_(conv.weight)
     with torch.no_grad():
         disparities = decoder(_features(batch=2))
     for disparity in disparities:

@@ -52,6 +52,7 @@ class DepthNet(nn.Module):
         sql: keyword arguments of :class:`SQLDecoder` (``config.SQLConfig`` fields); default its defaults.
         decoder_channels: the "unet" or "light" decoder's five level widths, full resolution first; None:
             the decoder's own.
+        disparity_head: the "unet" or "light" decoder's head, "conv" or "separable" (``disparity_head``).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class DepthNet(nn.Module):
         depth_range: tuple[float, float] = (0.1, 100.0),
         sql: Mapping[str, Any] | None = None,
         decoder_channels: Sequence[int] | None = None,
+        disparity_head: str = "conv",
     ) -> None:
         super().__init__()
         if 0 not in scales:
@@ -88,10 +90,12 @@ class DepthNet(nn.Module):
                     f"model.sql.patch_size must divide {SIZE_MULTIPLE} (inputs are multiples of it), got "
                     f"{patch_size}"
                 )
+        if decoder == "sql" and (decoder_channels is not None or disparity_head != "conv"):
+            raise ValueError(
+                "model.decoder_channels and model.disparity_head set the unet and light decoders, not sql"
+            )
         widths = {} if decoder_channels is None else {"channels": tuple(decoder_channels)}
         if widths:
-            if decoder == "sql":
-                raise ValueError("model.decoder_channels sets the unet and light decoders' widths, not sql's")
             if len(decoder_channels) != 5 or not all(isinstance(c, int) and c > 0 for c in decoder_channels):
                 raise ValueError(
                     "model.decoder_channels must be five positive integer widths (full resolution to 1/16), "
@@ -100,11 +104,21 @@ class DepthNet(nn.Module):
         self.encoder = build_encoder(encoder, pretrained)
         if decoder == "unet":
             self.decoder = DepthDecoder(
-                self.encoder.num_ch_enc, scales, padding_mode, initial_disparity, **widths
+                self.encoder.num_ch_enc,
+                scales,
+                padding_mode,
+                initial_disparity,
+                **widths,
+                head=disparity_head,
             )
         elif decoder == "light":
             self.decoder = LightDecoder(
-                self.encoder.num_ch_enc, scales, padding_mode, initial_disparity, **widths
+                self.encoder.num_ch_enc,
+                scales,
+                padding_mode,
+                initial_disparity,
+                **widths,
+                head=disparity_head,
             )
         else:
             self.decoder = SQLDecoder(self.encoder.num_ch_enc, *depth_range, padding_mode, **(sql or {}))
@@ -123,6 +137,7 @@ class DepthNet(nn.Module):
             depth_range=(model_config.min_depth, model_config.max_depth),
             sql=dataclasses.asdict(model_config.sql),
             decoder_channels=model_config.decoder_channels or None,
+            disparity_head=model_config.disparity_head,
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .decoder import _PADDING_MODES, DepthDecoder
+from .decoder import DepthDecoder, depthwise_conv3x3
 
 # Feature width of each level (level l at 1/2**l of the input): the U-Net's DECODER_CHANNELS (16 .. 256)
 # halved at the coarse levels, where the encoder maps are wide and few positions make them cheap anyway, and
@@ -29,18 +29,8 @@ def separable_conv3x3(in_channels: int, out_channels: int, padding_mode: str) ->
     the U-Net's ELU: ONNX Runtime and TensorRT fuse it into the preceding conv, and INT8 quantisation folds it
     into the conv's output range.
     """
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {sorted(_PADDING_MODES)}, got {padding_mode!r}")
     return nn.Sequential(
-        nn.Conv2d(
-            in_channels,
-            in_channels,
-            3,
-            padding=1,
-            groups=in_channels,
-            bias=False,
-            padding_mode=_PADDING_MODES[padding_mode],
-        ),
+        depthwise_conv3x3(in_channels, padding_mode),
         nn.Conv2d(in_channels, out_channels, 1),
         nn.ReLU(inplace=True),
     )
@@ -51,8 +41,7 @@ class LightDecoder(DepthDecoder):
 
     :class:`~.decoder.DepthDecoder` with :func:`separable_conv3x3` blocks, by default
     :data:`LIGHT_DECODER_CHANNELS` wide: the same nearest 2x upsampling (ONNX ``Resize`` nearest, which every
-    runtime and TensorRT take), skips and plain 3x3 conv + sigmoid heads (a separable head would save nothing
-    with one output channel).
+    runtime and TensorRT take), skips and sigmoid heads (``head``: a 3x3 conv by default).
 
     Takes :class:`~.decoder.DepthDecoder`'s arguments but ``block``; ``padding_mode`` applies to every 3x3
     conv (depthwise ones and heads).
