@@ -141,11 +141,13 @@ def parse_model(spec: str) -> ModelConfig:
 
 
 def model_name(model: ModelConfig) -> str:
-    """``ENCODER+DECODER``, with the decoder's widths and padding where they are not the defaults."""
+    """``ENCODER+DECODER``, with the decoder's widths, head and padding where they are not the defaults."""
     default = ModelConfig()
     name = f"{model.encoder}+{model.decoder}"
     if model.decoder_channels:
         name += f" widths {'-'.join(str(c) for c in model.decoder_channels)}"
+    if model.disparity_head != default.disparity_head:
+        name += f" {model.disparity_head} head"
     if model.padding_mode != default.padding_mode:
         name += f" {model.padding_mode} padding"
     return name
