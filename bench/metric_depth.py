@@ -128,7 +128,9 @@ def read_records(results: Path) -> list[dict]:
 
 
 def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} +- {np.std(values):.3f}" if values else "-"
+    if len(values) < 2:
+        return f"{values[0]:.3f}" if values else "-"
+    return f"{np.mean(values):.3f} +- {np.std(values):.3f}"
 
 
 def report(records: list[dict]) -> str:
