@@ -37,11 +37,12 @@ from ssim_depth_core.checkpoint import save_atomic
 from ssim_depth_core.config import ModelConfig, TrainConfig, load_config, to_dict
 from ssim_depth_core.export import export_onnx
 from ssim_depth_core.models import MonodepthModel
+from ssim_depth_core.models.decoder import DECODER_CHANNELS
 from ssim_depth_core.runtime import OnnxRuntimeBackend
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "synthetic_cpu.yaml"
 RECIPE_STEPS = 2450  # synthetic_cpu.yaml: 10 epochs of 245 steps
-UNET_WIDTHS = [16, 32, 64, 128, 256]
+UNET_WIDTHS = list(DECODER_CHANNELS)
 VARIANTS = {  # name: the model fields that differ from the peer's; the first is the peer
     "resnet18+unet, pose resnet18 (synthetic_cpu.yaml)": {},
     **{

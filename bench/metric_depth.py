@@ -49,20 +49,16 @@ from ssim_depth_core.runtime.scale import GroundPlaneScale, GroundPlaneSettings
 from ssim_depth_core.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+MS = ["data.stereo=true", "loss.weights.velocity=0", "model.initial_depth=10"]
+AT_288X96 = ["data.width=288", "data.height=96"]
 VARIANTS = {
     "velocity": [],
-    "ms": ["data.stereo=true", "loss.weights.velocity=0", "model.initial_depth=10"],
+    "ms": MS,
     "none": ["loss.weights.velocity=0"],
     "ms_default_init": ["data.stereo=true", "loss.weights.velocity=0"],
     "velocity_init10": ["model.initial_depth=10"],
-    "velocity_288x96": ["data.width=288", "data.height=96"],
-    "ms_288x96": [
-        "data.stereo=true",
-        "loss.weights.velocity=0",
-        "model.initial_depth=10",
-        "data.width=288",
-        "data.height=96",
-    ],
+    "velocity_288x96": AT_288X96,
+    "ms_288x96": [*MS, *AT_288X96],
 }
 # the acceptance applies to the velocity-supervised and MS models of the recipe's number of steps
 ACCEPTANCE_VARIANTS = ("velocity", "ms", "velocity_288x96", "ms_288x96")
