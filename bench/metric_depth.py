@@ -16,6 +16,9 @@ runs the camera-height ground-plane scale over the held-out frames. Variants:
   ``make demo`` trains it;
 - ``velocity_288x96``, ``ms_288x96``: ``velocity`` and ``ms`` trained at 288x96 instead of 192x64 (2.25x the
   pixels, the same steps): is the per-frame scale's spread a matter of the input's resolution?
+- ``velocity_lr5e4``, ``ms_lr5e4``: ``velocity`` and ``ms`` at 2.5x the learning rate (5e-4), the same steps:
+  the light network gained 0.02 AbsRel from it (bench/studies/light_cpu.yaml); does the better shape narrow
+  the per-frame scale's spread?
 
 One JSON record per (variant, seed) is appended to ``--results`` as soon as it is measured; a rerun skips the
 records already there and resumes an interrupted training run from its last checkpoint.
@@ -51,6 +54,7 @@ from ssim_depth_core.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 MS = ["data.stereo=true", "loss.weights.velocity=0", "model.initial_depth=10"]
 AT_288X96 = ["data.width=288", "data.height=96"]
+LR_5E4 = ["optim.learning_rate=5e-4"]
 VARIANTS = {
     "velocity": [],
     "ms": MS,
@@ -59,9 +63,11 @@ VARIANTS = {
     "velocity_init10": ["model.initial_depth=10"],
     "velocity_288x96": AT_288X96,
     "ms_288x96": [*MS, *AT_288X96],
+    "velocity_lr5e4": LR_5E4,
+    "ms_lr5e4": [*MS, *LR_5E4],
 }
 # the acceptance applies to the velocity-supervised and MS models of the recipe's number of steps
-ACCEPTANCE_VARIANTS = ("velocity", "ms", "velocity_288x96", "ms_288x96")
+ACCEPTANCE_VARIANTS = ("velocity", "ms", "velocity_288x96", "ms_288x96", "velocity_lr5e4", "ms_lr5e4")
 log = logging.getLogger("metric_depth")
 
 
