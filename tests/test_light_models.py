@@ -88,7 +88,7 @@ def test_build_encoder_names_the_light_encoders_for_a_wrong_name():
         LightEncoder("resnet18")
 
 
-def test_the_light_recipe_is_the_r18_recipe_with_light_nets_more_steps_and_a_10m_start():
+def test_the_light_recipe_is_the_r18_recipe_with_light_nets_more_steps_a_10m_start_and_a_higher_rate():
     r18 = to_dict(load_config(CONFIGS / "synthetic_cpu.yaml"))
     light = to_dict(load_config(CONFIGS / "synthetic_cpu_light.yaml"))
     changed = {
@@ -105,9 +105,11 @@ def test_the_light_recipe_is_the_r18_recipe_with_light_nets_more_steps_and_a_10m
         ("model", "initial_depth"),
         ("optim", "epochs"),
         ("optim", "lr_step_epochs"),
+        ("optim", "learning_rate"),
     }
     assert light["model"]["encoder"] in LIGHT and light["model"]["decoder"] == "light"
     assert light["model"]["initial_depth"] == 10.0
+    assert light["optim"]["learning_rate"] == pytest.approx(2.5 * r18["optim"]["learning_rate"])
     assert light["optim"]["epochs"] > r18["optim"]["epochs"]
     # the learning-rate drop at the same fraction of the schedule (R18: after 9 of 10 epochs)
     r18_fraction = r18["optim"]["lr_step_epochs"] / r18["optim"]["epochs"]
