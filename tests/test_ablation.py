@@ -184,6 +184,26 @@ def test_metric_basis_and_report_consistency_checks():
 # ------------------------------------------------------------------------------------ variants, recipe
 
 
+def test_study_records_still_resolve_to_their_variants():
+    """A variant's records keep their meaning only while its overrides, on today's recipe, give the config the
+    records were trained with: a recipe default that changes under a variant that does not spell it out
+    (the light config's learning rate, 2026-12-06) must fail here, not hours into the next study run."""
+    checked = 0
+    for study in sorted((ROOT / "bench" / "studies").glob("*.yaml")):
+        variants = ablation.load_variants(study)[0]
+        for record in ablation.read_records(ROOT / "docs" / "studies" / f"{study.stem}.jsonl"):
+            if record["variant"] not in variants:
+                continue
+            where = f"{study.stem}: {record['variant']} seed {record['seed']}"
+            assert record["overrides"] == variants[record["variant"]], where
+            schedule = [f"{key}={value}" for key, value in record["schedule"].items()]
+            overrides = [*schedule, *record["common_overrides"], *record["overrides"]]
+            resolved = to_dict(load_config(ROOT / record["config"], overrides))
+            assert ablation.config_differences(record["train_config"], resolved) == [], where
+            checked += 1
+    assert checked >= 100  # the shipped studies' records are read
+
+
 def test_variants_file_and_inline_variants(tmp_path):
     for study in (ROOT / "bench" / "studies").glob("*.yaml"):  # every override is a key of the recipe
         for overrides in ablation.load_variants(study)[0].values():
