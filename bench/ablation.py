@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -252,6 +253,14 @@ class VariantPlan:
     init_from: str = ""  # the variant whose weights (same seed) this one starts from; "": random init
 
 
+def compose_overrides(
+    schedule: dict[str, Any], common: list[str], overrides: list[str], location: Sequence[str] = ()
+) -> list[str]:
+    """A run's overrides in the order that decides: where it trains, the study's schedule, ``--set``, then the
+    variant's own (last, so a variant may set its own ``optim`` values)."""
+    return [*location, *(f"{k}={v}" for k, v in schedule.items()), *common, *overrides]
+
+
 def plan_variant(
     name: str,
     overrides: list[str],
@@ -262,15 +271,15 @@ def plan_variant(
     steps: int,
     init_from: str = "",
 ) -> VariantPlan:
-    """Resolve a variant's training overrides: the split, no validation, the schedule, shared ``common``
-    overrides, then the variant's own (last, so a variant may set its own ``optim`` values)."""
+    """Resolve a variant's training overrides (:func:`compose_overrides`): the split, no validation, the
+    schedule, shared ``common`` overrides, then the variant's own."""
     location = [f"data.train_split={split}", "data.val_split=none"]
     config = load_config(config_path, [*location, *common, *overrides])
     epoch_steps = steps_per_epoch(config, data, split)
     if epoch_steps == 0:
         raise ValueError(f"variant '{name}': {split} holds fewer samples than one batch")
     budget, schedule = study_schedule(config.optim, epoch_steps, steps)
-    train_overrides = [*location, *(f"{k}={v}" for k, v in schedule.items()), *common, *overrides]
+    train_overrides = compose_overrides(schedule, common, overrides, location)
     train_config = to_dict(load_config(config_path, train_overrides))
     return VariantPlan(name, list(overrides), train_overrides, budget, schedule, train_config, init_from)
 

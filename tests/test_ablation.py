@@ -191,15 +191,21 @@ def test_study_records_still_resolve_to_their_variants():
     checked = 0
     for study in sorted((ROOT / "bench" / "studies").glob("*.yaml")):
         variants = ablation.load_variants(study)[0]
-        for record in ablation.read_records(ROOT / "docs" / "studies" / f"{study.stem}.jsonl"):
+        results = ROOT / "docs" / "studies" / f"{study.stem}.jsonl"
+        records = ablation.read_records(results)
+        for record in records:
             if record["variant"] not in variants:
                 continue
-            where = f"{study.stem}: {record['variant']} seed {record['seed']}"
-            assert record["overrides"] == variants[record["variant"]], where
-            schedule = [f"{key}={value}" for key, value in record["schedule"].items()]
-            overrides = [*schedule, *record["common_overrides"], *record["overrides"]]
-            resolved = to_dict(load_config(ROOT / record["config"], overrides))
-            assert ablation.config_differences(record["train_config"], resolved) == [], where
+            overrides = variants[record["variant"]]
+            schedule_and_overrides = ablation.compose_overrides(
+                record["schedule"], record["common_overrides"], overrides
+            )
+            today = {
+                **record,
+                "overrides": overrides,
+                "train_config": to_dict(load_config(ROOT / record["config"], schedule_and_overrides)),
+            }
+            ablation.check_same_setup(records, record["variant"], today, results)  # raises naming the change
             checked += 1
     assert checked >= 100  # the shipped studies' records are read
 
