@@ -291,22 +291,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| (part of both: the area resize to {args.width}x{args.height} alone) | {resize_ms:.2f} | |")
 
 
+def calibration_data(data: Path | None, tmp: str, width: int, height: int) -> Path:
+    """``data``, or (without it) two small synthetic drives rendered once into ``tmp`` at the network size:
+    24 frames, enough to calibrate a model that is only timed."""
+    if data is not None:
+        return data
+    data = Path(tmp) / "calibration"
+    if not data.exists():
+        generate_dataset(
+            data, seed=0, drives=2, frames=12, width=width, height=height, bag="none", progress=False
+        )
+    return data
+
+
 def quantized_models(onnx_path: Path, folder: Path, args: argparse.Namespace, tmp: str) -> dict[str, Path]:
     """The FP32 model and its INT8 models for both targets (calibrated on ``args.calibration``)."""
-    data = args.calibration
-    if data is None:
-        data = Path(tmp) / "calibration"
-        if not data.exists():  # 24 frames at the network size: enough to calibrate a model that is only timed
-            generate_dataset(
-                data,
-                seed=0,
-                drives=2,
-                frames=12,
-                width=args.width,
-                height=args.height,
-                bag="none",
-                progress=False,
-            )
+    data = calibration_data(args.calibration, tmp, args.width, args.height)
     models = {"FP32": onnx_path}
     for target, label in (
         ("cpu", "INT8 (cpu: uint8 activations)"),

@@ -9,8 +9,15 @@ shares of the kernel time, and the ``--top`` costliest nodes are listed with the
 Runtime's fused nodes carry no module names, but the shape says which level of the net a node is at).
 The first model is the peer: each model's heading gives its kernel time and the peer's divided by it.
 
+With ``--int8`` each model is profiled twice: its FP32 graph and its INT8 graph from ``export.quantize``
+(``cpu`` target, as ``training/export.py --int8`` writes it; calibrated on ``--calibration DATA``, by default
+two small synthetic drives rendered here, as ``bench/inference.py --int8``). In the INT8 graph ONNX Runtime
+fuses each quantised conv with its Q/DQ pairs into ``QLinearConv``; the ``QuantizeLinear`` /
+``DequantizeLinear`` left are where the graph goes back to float (ops without an 8-bit kernel).
+
     .venv/bin/python bench/onnx_profile.py --model mobilenet_v3_large+light \
         --model training/configs/synthetic_cpu_light.yaml
+    .venv/bin/python bench/onnx_profile.py --int8 --model resnet18+unet --model mobilenet_v3_large+light
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from inference import model_name, parse_model, random_checkpoint  # bench/ is the script's folder
+from inference import calibration_data, model_name, parse_model, random_checkpoint  # bench/: script's folder
 
 from ssim_depth_core.export import export_onnx
+from ssim_depth_core.export.quantize import quantize_onnx
 
 
 def profile_kernels(onnx_path: Path, image: np.ndarray, threads: int, runs: int, warmup: int) -> list[dict]:
@@ -72,6 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=20, help="counted runs")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--top", type=int, default=10, help="costliest nodes listed (default 10)")
+    parser.add_argument("--int8", action="store_true", help="also profile each model's INT8 (cpu) graph")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DATA",
+        help="--int8: data to calibrate on (default: two small synthetic drives rendered here)",
+    )
     args = parser.parse_args(argv)
     models = args.model or [parse_model("resnet18+unet")]
     image = np.random.default_rng(0).random((1, 3, args.height, args.width), dtype=np.float32)
@@ -85,24 +100,35 @@ def main(argv: list[str] | None = None) -> None:
             folder = Path(tmp) / str(index)
             folder.mkdir()
             checkpoint = random_checkpoint(folder, args.height, args.width, model)
-            events = profile_kernels(
-                export_onnx(checkpoint, folder / "model.onnx"), image, args.threads, args.runs, args.warmup
-            )
-            by_op, by_node = collections.Counter(), collections.Counter()
-            for event in events:
-                by_op[event["op"]] += event["us"]
-                by_node[(event["node"], event["op"], event["shape"])] += event["us"]
-            total_us = sum(by_op.values())
-            peer_us = peer_us or total_us
-            print(
-                f"\n## {model_name(model)}: {total_us / 1e3 / args.runs:.2f} ms kernel time "
-                f"({peer_us / total_us:.2f}x the first's)\n\n| op type | ms/frame | share |\n|---|---:|---:|"
-            )
-            for op, us in by_op.most_common():
-                print(f"| {op} | {us / 1e3 / args.runs:.2f} | {us / total_us:.1%} |")
-            print("\n| node | op type | output | ms/frame | share |\n|---|---|---|---:|---:|")
-            for (node, op, shape), us in by_node.most_common(args.top):
-                print(f"| {node} | {op} | {shape} | {us / 1e3 / args.runs:.2f} | {us / total_us:.1%} |")
+            graphs = {"FP32": export_onnx(checkpoint, folder / "model.onnx")}
+            if args.int8:
+                graphs["INT8"] = folder / "model.int8.onnx"
+                data = calibration_data(args.calibration, tmp, args.width, args.height)
+                quantize_onnx(graphs["FP32"], graphs["INT8"], data, progress=False)
+            for precision, onnx_path in graphs.items():
+                events = profile_kernels(onnx_path, image, args.threads, args.runs, args.warmup)
+                peer_us = print_profile(f"{model_name(model)} {precision}", events, peer_us, args)
+
+
+def print_profile(title: str, events: list[dict], peer_us: float | None, args: argparse.Namespace) -> float:
+    """Print one graph's kernel time per op type and its costliest nodes; returns the peer's kernel time
+    (this graph's when it is the first)."""
+    by_op, by_node = collections.Counter(), collections.Counter()
+    for event in events:
+        by_op[event["op"]] += event["us"]
+        by_node[(event["node"], event["op"], event["shape"])] += event["us"]
+    total_us = sum(by_op.values())
+    peer_us = peer_us or total_us
+    print(
+        f"\n## {title}: {total_us / 1e3 / args.runs:.2f} ms kernel time "
+        f"({peer_us / total_us:.2f}x the first's)\n\n| op type | ms/frame | share |\n|---|---:|---:|"
+    )
+    for op, us in by_op.most_common():
+        print(f"| {op} | {us / 1e3 / args.runs:.2f} | {us / total_us:.1%} |")
+    print("\n| node | op type | output | ms/frame | share |\n|---|---|---|---:|---:|")
+    for (node, op, shape), us in by_node.most_common(args.top):
+        print(f"| {node} | {op} | {shape} | {us / 1e3 / args.runs:.2f} | {us / total_us:.1%} |")
+    return peer_us
 
 
 if __name__ == "__main__":
