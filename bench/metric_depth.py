@@ -67,6 +67,7 @@ VARIANTS = {
     "ms_lr5e4": [*MS, *LR_5E4],
 }
 # the issue's acceptance applies to the velocity-supervised and MS models of the recipe's number of steps
+HELDOUT_SEED = 2  # the held-out drive's data seed (training drives: 1)
 ACCEPTANCE_VARIANTS = ("velocity", "ms", "velocity_288x96", "ms_288x96", "velocity_lr5e4", "ms_lr5e4")
 log = logging.getLogger("metric_depth")
 
@@ -81,9 +82,15 @@ def prepare_data(out: Path, drives: int, frames: int) -> tuple[Path, Path, Path]
         drive_dirs = sorted(p for p in data.glob("*/*_sync") if p.is_dir())
         entries = [(f"{d.parent.name}/{d.name}", i) for d in drive_dirs for i in range(1, frames - 1)]
         kl.write_split(split, entries)
-    if not (heldout / "splits").is_dir():
-        generate_dataset(heldout, seed=2, drives=1, frames=60, bag="none")
+    render_heldout(heldout, HELDOUT_SEED)
     return data, split, heldout
+
+
+def render_heldout(folder: Path, seed: int) -> Path:
+    """One 60-frame held-out drive of data seed ``seed`` in ``folder`` (rendered once)."""
+    if not (folder / "splits").is_dir():
+        generate_dataset(folder, seed=seed, drives=1, frames=60, bag="none")
+    return folder
 
 
 def train(

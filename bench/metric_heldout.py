@@ -1,0 +1,118 @@
+"""Metric models on several held-out drives: how much issue 16's one-drive checks depend on the drive.
+
+``bench/metric_depth.py`` measures each trained model on one held-out drive (data seed 2, 58 evaluated
+frames). This script evaluates the same trained runs on one 60-frame drive per data seed of ``--drive-seeds``
+(default 2-7, none of them a training seed; seed 2 is that drive, so its rows reproduce the bench's records),
+rendered once into ``--out``, through the same evaluation (``apps.evaluate.evaluate_model``, no median
+scaling for a metric model), and prints per run each drive's per-frame scale ratio median(gt)/median(pred)
+(mean, std) and AbsRel, and the scale ratio over all frames pooled. One JSON record per (run, drive) is
+appended to ``--results`` as soon as it is measured; a rerun skips the records already there.
+
+    python bench/metric_depth.py --out runs/metric --seeds 0 --variants ms_lr5e4 velocity_lr5e4
+    python bench/metric_heldout.py --runs runs/metric/ms_lr5e4_s0 runs/metric/velocity_lr5e4_s0
+    python bench/metric_heldout.py --report     # the table of the records so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from metric_depth import read_records, render_heldout  # bench/ is the script's folder
+
+from ssim_depth_core.apps.evaluate import evaluate_model
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("metric_heldout")
+
+
+def pooled_scale(records: list[dict]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the per-frame scale ratios of all ``records`` together,
+    exactly, from each record's frame count, mean and population std."""
+    counts = np.array([r["images"] for r in records], dtype=float)
+    means = np.array([r["scale_mean"] for r in records])
+    stds = np.array([r["scale_std"] for r in records])
+    mean = float(counts @ means / counts.sum())
+    second_moment = counts @ (stds**2 + means**2) / counts.sum()
+    return mean, float(np.sqrt(max(second_moment - mean**2, 0.0)))
+
+
+def report(records: list[dict]) -> str:
+    """Markdown: one row per (run, drive), then one per run over its drives."""
+    lines = [
+        "| run | drive seed | frames | scale ratio mean | scale ratio std | AbsRel in metres "
+        "| AbsRel median-scaled |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = list(dict.fromkeys(r["run"] for r in records))
+    for run in runs:
+        for r in sorted((r for r in records if r["run"] == run), key=lambda r: r["drive_seed"]):
+            metric = f"{r['metric']['abs_rel']:.4f}" if "metric" in r else "-"
+            lines.append(
+                f"| {run} | {r['drive_seed']} | {r['images']} | {r['scale_mean']:.4f} | {r['scale_std']:.4f} "
+                f"| {metric} | {r['median']['abs_rel']:.4f} |"
+            )
+    lines += [
+        "",
+        "| run | drives | per-drive std: mean (range) | drives with std <= 0.05 | per-drive mean: range | "
+        "pooled mean | pooled std |",
+        "|---|---:|---|---:|---|---:|---:|",
+    ]
+    for run in runs:
+        own = [r for r in records if r["run"] == run]
+        stds = [r["scale_std"] for r in own]
+        means = [r["scale_mean"] for r in own]
+        mean, std = pooled_scale(own)
+        lines.append(
+            f"| {run} | {len(own)} | {np.mean(stds):.4f} ({min(stds):.4f}-{max(stds):.4f}) "
+            f"| {sum(s <= 0.05 for s in stds)} of {len(own)} | {min(means):.3f}-{max(means):.3f} "
+            f"| {mean:.4f} | {std:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--runs", nargs="+", type=Path, default=[], help="training run folders (checkpoints/)"
+    )
+    parser.add_argument("--drive-seeds", nargs="+", type=int, default=[2, 3, 4, 5, 6, 7])
+    parser.add_argument("--out", type=Path, default=Path("runs/metric_heldout"), help="rendered drives")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "studies" / "metric_heldout.jsonl")
+    parser.add_argument(
+        "--report", action="store_true", help="print the table of --results; evaluate nothing"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.report:
+        if 1 in args.drive_seeds:
+            parser.error("data seed 1 renders bench/metric_depth.py's training drives: not a held-out drive")
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        for run in args.runs:
+            checkpoint = run / "checkpoints" / "best.pt"
+            if not checkpoint.is_file():
+                parser.error(f"{run}: no checkpoints/best.pt (a finished bench/metric_depth.py run?)")
+            for seed in args.drive_seeds:
+                if any((r["run"], r["drive_seed"]) == (run.name, seed) for r in read_records(args.results)):
+                    continue
+                drive = render_heldout(args.out / f"seed{seed}", seed)
+                record = {
+                    "run": run.name,
+                    "drive_seed": seed,
+                    "date": date.today().isoformat(),
+                    "machine": f"{platform.machine()} {platform.node()}",
+                    **evaluate_model(checkpoint, drive, "test", backend="torch", progress=False),
+                }
+                with args.results.open("a") as stream:
+                    stream.write(json.dumps(record) + "\n")
+                log.info("%s on drive seed %d: scale std %.4f", run.name, seed, record["scale_std"])
+    print(report(read_records(args.results)))
+
+
+if __name__ == "__main__":
+    main()
