@@ -7,7 +7,8 @@ kernel times of the counted runs are summed per op type (``Conv``, ``Pad``, ...;
 conversions around its blocked-channel convs are ``ReorderInput`` / ``ReorderOutput``), as ms per frame and
 shares of the kernel time, and the ``--top`` costliest nodes are listed with their output shapes (ONNX
 Runtime's fused nodes carry no module names, but the shape says which level of the net a node is at).
-The first model is the peer: each model's heading gives its kernel time and the peer's divided by it.
+The first graph (the first model's FP32) is the peer: each graph's heading gives its kernel time and the
+peer's divided by it.
 
 With ``--int8`` each model is profiled twice: its FP32 graph and its INT8 graph from ``export.quantize``
 (``cpu`` target, as ``training/export.py --int8`` writes it; calibrated on ``--calibration DATA``, by default
