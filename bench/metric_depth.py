@@ -66,8 +66,8 @@ VARIANTS = {
     "velocity_lr5e4": LR_5E4,
     "ms_lr5e4": [*MS, *LR_5E4],
 }
+TRAINING_DATA_SEED, HELDOUT_SEED = 1, 2  # data seeds of the training drives and of the held-out drive
 # the acceptance applies to the velocity-supervised and MS models of the recipe's number of steps
-HELDOUT_SEED = 2  # the held-out drive's data seed (training drives: 1)
 ACCEPTANCE_VARIANTS = ("velocity", "ms", "velocity_288x96", "ms_288x96", "velocity_lr5e4", "ms_lr5e4")
 log = logging.getLogger("metric_depth")
 
@@ -78,7 +78,7 @@ def prepare_data(out: Path, drives: int, frames: int) -> tuple[Path, Path, Path]
     data, heldout = out / "data", out / "heldout"
     split = data / "splits" / "all_left" / "train_files.txt"
     if not split.is_file():
-        generate_dataset(data, seed=1, drives=drives, frames=frames, bag="none", stereo=True)
+        generate_dataset(data, seed=TRAINING_DATA_SEED, drives=drives, frames=frames, bag="none", stereo=True)
         drive_dirs = sorted(p for p in data.glob("*/*_sync") if p.is_dir())
         entries = [(f"{d.parent.name}/{d.name}", i) for d in drive_dirs for i in range(1, frames - 1)]
         kl.write_split(split, entries)

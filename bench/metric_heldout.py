@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from metric_depth import read_records, render_heldout  # bench/ is the script's folder
+from metric_depth import TRAINING_DATA_SEED, read_records, render_heldout  # bench/ is the script's folder
 
 from ssim_depth_core.apps.evaluate import evaluate_model
 
@@ -90,8 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.report:
-        if 1 in args.drive_seeds:
-            parser.error("data seed 1 renders bench/metric_depth.py's training drives: not a held-out drive")
+        if TRAINING_DATA_SEED in args.drive_seeds:
+            parser.error(f"data seed {TRAINING_DATA_SEED} renders bench/metric_depth.py's training drives")
         args.results.parent.mkdir(parents=True, exist_ok=True)
         for run in args.runs:
             checkpoint = run / "checkpoints" / "best.pt"
