@@ -88,7 +88,7 @@ def test_build_encoder_names_the_light_encoders_for_a_wrong_name():
         LightEncoder("resnet18")
 
 
-def test_the_light_recipe_is_the_r18_recipe_with_light_nets_more_steps_a_10m_start_and_a_higher_rate():
+def test_the_light_recipe_differs_from_the_r18_recipe_in_nets_steps_start_rate_and_padding():
     r18 = to_dict(load_config(CONFIGS / "synthetic_cpu.yaml"))
     light = to_dict(load_config(CONFIGS / "synthetic_cpu_light.yaml"))
     changed = {
@@ -103,12 +103,14 @@ def test_the_light_recipe_is_the_r18_recipe_with_light_nets_more_steps_a_10m_sta
         ("model", "pose_encoder"),
         ("model", "decoder"),
         ("model", "initial_depth"),
+        ("model", "padding_mode"),
         ("optim", "epochs"),
         ("optim", "lr_step_epochs"),
         ("optim", "learning_rate"),
     }
     assert light["model"]["encoder"] in LIGHT and light["model"]["decoder"] == "light"
     assert light["model"]["initial_depth"] == 10.0
+    assert (r18["model"]["padding_mode"], light["model"]["padding_mode"]) == ("reflection", "zeros")
     assert light["optim"]["learning_rate"] == pytest.approx(2.5 * r18["optim"]["learning_rate"])
     assert light["optim"]["epochs"] > r18["optim"]["epochs"]
     # the learning-rate drop at the same fraction of the schedule (R18: after 9 of 10 epochs)
