@@ -130,6 +130,11 @@ def camera_height_errors(checkpoint: Path, heldout: Path) -> dict[str, float]:
     return summary
 
 
+def provenance() -> dict[str, str]:
+    """When and where a record was measured."""
+    return {"date": date.today().isoformat(), "machine": f"{platform.machine()} {platform.node()}"}
+
+
 def read_records(results: Path) -> list[dict]:
     if not results.is_file():
         return []
@@ -210,8 +215,7 @@ def main() -> None:
                 "variant": variant,
                 "seed": seed,
                 "train_minutes": round(minutes, 2),
-                "date": date.today().isoformat(),
-                "machine": f"{platform.machine()} {platform.node()}",
+                **provenance(),
                 **evaluate_model(checkpoint, heldout, "test", backend="torch", progress=False),
                 **camera_height_errors(checkpoint, heldout),
             }

@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
-from datetime import date
 from pathlib import Path
 
 import numpy as np
-from metric_depth import TRAINING_DATA_SEED, read_records, render_heldout  # bench/ is the script's folder
+from metric_depth import (
+    TRAINING_DATA_SEED,
+    provenance,
+    read_records,
+    render_heldout,
+)  # bench/ is the script's folder
 
 from ssim_depth_core.apps.evaluate import evaluate_model
 
@@ -93,23 +96,24 @@ def main() -> None:
         if TRAINING_DATA_SEED in args.drive_seeds:
             parser.error(f"data seed {TRAINING_DATA_SEED} renders bench/metric_depth.py's training drives")
         args.results.parent.mkdir(parents=True, exist_ok=True)
+        done = {(r["run"], r["drive_seed"]) for r in read_records(args.results)}
         for run in args.runs:
             checkpoint = run / "checkpoints" / "best.pt"
             if not checkpoint.is_file():
                 parser.error(f"{run}: no checkpoints/best.pt (a finished bench/metric_depth.py run?)")
             for seed in args.drive_seeds:
-                if any((r["run"], r["drive_seed"]) == (run.name, seed) for r in read_records(args.results)):
+                if (run.name, seed) in done:
                     continue
                 drive = render_heldout(args.out / f"seed{seed}", seed)
                 record = {
                     "run": run.name,
                     "drive_seed": seed,
-                    "date": date.today().isoformat(),
-                    "machine": f"{platform.machine()} {platform.node()}",
+                    **provenance(),
                     **evaluate_model(checkpoint, drive, "test", backend="torch", progress=False),
                 }
                 with args.results.open("a") as stream:
                     stream.write(json.dumps(record) + "\n")
+                done.add((run.name, seed))
                 log.info("%s on drive seed %d: scale std %.4f", run.name, seed, record["scale_std"])
     print(report(read_records(args.results)))
 
