@@ -5,8 +5,9 @@ frames). This script evaluates the same trained runs on one 60-frame drive per d
 (default 2-7, none of them a training seed; seed 2 is that drive, so its rows reproduce the bench's records),
 rendered once into ``--out``, through the same evaluation (``apps.evaluate.evaluate_model``, no median
 scaling for a metric model), and prints per run each drive's per-frame scale ratio median(gt)/median(pred)
-(mean, std) and AbsRel, and the scale ratio over all frames pooled. One JSON record per (run, drive) is
-appended to ``--results`` as soon as it is measured; a rerun skips the records already there.
+(mean, std), the pixelwise one median(gt/pred), AbsRel and the camera-height scale's error against each
+(``metric_depth.camera_height_errors``), and both ratios over all frames pooled. One JSON record per (run,
+drive) is appended to ``--results`` as soon as it is measured; a rerun skips the records already there.
 
     python bench/metric_depth.py --out runs/metric --seeds 0 --variants ms_lr5e4 velocity_lr5e4
     python bench/metric_heldout.py --runs runs/metric/ms_lr5e4_s0 runs/metric/velocity_lr5e4_s0
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from metric_depth import (
     TRAINING_DATA_SEED,
+    camera_height_errors,
     provenance,
     read_records,
     render_heldout,
@@ -34,23 +36,33 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("metric_heldout")
 
 
-def pooled_scale(records: list[dict]) -> tuple[float, float]:
-    """Mean and (population) standard deviation of the per-frame scale ratios of all ``records`` together,
-    exactly, from each record's frame count, mean and population std."""
+# the two per-frame scale ratios of evaluate_model's records: their key prefix and their formula
+RATIOS = {"scale": "median(gt)/median(pred)", "pixel_scale": "median(gt/pred)"}
+
+
+def pooled_scale(records: list[dict], ratio: str = "scale") -> tuple[float, float]:
+    """Mean and (population) standard deviation of the per-frame scale ratios (``ratio``: a key of
+    :data:`RATIOS`) of all ``records`` together, exactly, from each record's frame count, mean and population
+    std."""
     counts = np.array([r["images"] for r in records], dtype=float)
-    means = np.array([r["scale_mean"] for r in records])
-    stds = np.array([r["scale_std"] for r in records])
+    means = np.array([r[f"{ratio}_mean"] for r in records])
+    stds = np.array([r[f"{ratio}_std"] for r in records])
     mean = float(counts @ means / counts.sum())
     second_moment = counts @ (stds**2 + means**2) / counts.sum()
     return mean, float(np.sqrt(max(second_moment - mean**2, 0.0)))
 
 
+def _optional(record: dict, key: str) -> str:
+    return f"{record[key]:.4f}" if key in record else "-"
+
+
 def report(records: list[dict]) -> str:
-    """Markdown: one row per (run, drive), then one per run over its drives."""
+    """Markdown: one row per (run, drive), then per scale ratio one row per run over its drives."""
     lines = [
-        "| run | drive seed | frames | scale ratio mean | scale ratio std | AbsRel in metres "
-        "| AbsRel median-scaled |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | drive seed | frames | scale ratio mean | scale ratio std | pixelwise ratio mean "
+        "| pixelwise ratio std | AbsRel in metres | AbsRel median-scaled | camera-height error median "
+        "(vs ratio / vs pixelwise) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     runs = list(dict.fromkeys(r["run"] for r in records))
     for run in runs:
@@ -58,24 +70,29 @@ def report(records: list[dict]) -> str:
             metric = f"{r['metric']['abs_rel']:.4f}" if "metric" in r else "-"
             lines.append(
                 f"| {run} | {r['drive_seed']} | {r['images']} | {r['scale_mean']:.4f} | {r['scale_std']:.4f} "
-                f"| {metric} | {r['median']['abs_rel']:.4f} |"
+                f"| {_optional(r, 'pixel_scale_mean')} | {_optional(r, 'pixel_scale_std')} "
+                f"| {metric} | {r['median']['abs_rel']:.4f} "
+                f"| {_optional(r, 'ground_error_median')} / {_optional(r, 'ground_error_pixelwise_median')} |"
             )
-    lines += [
-        "",
-        "| run | drives | per-drive std: mean (range) | drives with std <= 0.05 | per-drive mean: range | "
-        "pooled mean | pooled std |",
-        "|---|---:|---|---:|---|---:|---:|",
-    ]
-    for run in runs:
-        own = [r for r in records if r["run"] == run]
-        stds = [r["scale_std"] for r in own]
-        means = [r["scale_mean"] for r in own]
-        mean, std = pooled_scale(own)
-        lines.append(
-            f"| {run} | {len(own)} | {np.mean(stds):.4f} ({min(stds):.4f}-{max(stds):.4f}) "
-            f"| {sum(s <= 0.05 for s in stds)} of {len(own)} | {min(means):.3f}-{max(means):.3f} "
-            f"| {mean:.4f} | {std:.4f} |"
-        )
+    for ratio, formula in RATIOS.items():
+        lines += [
+            "",
+            f"| run, per-frame {formula} | drives | per-drive std: mean (range) | drives with std <= 0.05 "
+            "| per-drive mean: range | pooled mean | pooled std |",
+            "|---|---:|---|---:|---|---:|---:|",
+        ]
+        for run in runs:
+            own = [r for r in records if r["run"] == run and f"{ratio}_std" in r]
+            if not own:
+                continue
+            stds = [r[f"{ratio}_std"] for r in own]
+            means = [r[f"{ratio}_mean"] for r in own]
+            mean, std = pooled_scale(own, ratio)
+            lines.append(
+                f"| {run} | {len(own)} | {np.mean(stds):.4f} ({min(stds):.4f}-{max(stds):.4f}) "
+                f"| {sum(s <= 0.05 for s in stds)} of {len(own)} | {min(means):.3f}-{max(means):.3f} "
+                f"| {mean:.4f} | {std:.4f} |"
+            )
     return "\n".join(lines)
 
 
@@ -110,11 +127,18 @@ def main() -> None:
                     "drive_seed": seed,
                     **provenance(),
                     **evaluate_model(checkpoint, drive, "test", backend="torch", progress=False),
+                    **camera_height_errors(checkpoint, drive),
                 }
                 with args.results.open("a") as stream:
                     stream.write(json.dumps(record) + "\n")
                 done.add((run.name, seed))
-                log.info("%s on drive seed %d: scale std %.4f", run.name, seed, record["scale_std"])
+                log.info(
+                    "%s on drive seed %d: scale std %.4f, pixelwise %.4f",
+                    run.name,
+                    seed,
+                    record["scale_std"],
+                    record["pixel_scale_std"],
+                )
     print(report(read_records(args.results)))
 
 

@@ -5,7 +5,10 @@ images (:class:`MetricsAccumulator`). A scale-less monocular model's depth is on
 its prediction is multiplied by the per-image scale ratio median(gt) / median(pred) over the valid pixels
 before comparison (median scaling); a metric model is compared as it is. The ratio is measured either way:
 its mean and spread over images say how far off and how consistent a model's scale is (1 and 0 for a perfect
-metric model).
+metric model). Beside it the pixelwise ratio median(gt / pred): the ratio of medians also moves when the
+prediction is noisy pixel by pixel and the image's depths are not spread evenly around their median (the
+noise then shifts the prediction's median, not the depths' typical scale), which the median of the ratios
+does not; docs/training.md measures how far apart the two are on trained models.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class DepthScores(NamedTuple):
         dict[str, float] | None
     )  # unscaled, as evaluate_depth(..., median_scaling=False)[0]; None: not asked
     ratio: float  # median(gt) / median(pred) over the valid pixels
+    pixel_ratio: float  # median(gt / pred) over the valid pixels
 
 
 def evaluate_depth_scalings(
@@ -118,7 +122,11 @@ def evaluate_depth_scalings(
     gt, pred, ratio = _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)
     median = _clamped_metrics(gt, pred * ratio, min_depth, max_depth)
     metric = _clamped_metrics(gt, pred, min_depth, max_depth) if unscaled else None
-    return DepthScores(median, metric, ratio)
+    with np.errstate(
+        divide="ignore"
+    ):  # a pixel predicted at 0 depth: an infinite ratio, outvoted by the median
+        pixel_ratio = float(np.median(gt / pred))
+    return DepthScores(median, metric, ratio, pixel_ratio)
 
 
 def _clamped_metrics(
@@ -171,18 +179,27 @@ class MetricsAccumulator:
     def __init__(self) -> None:
         self._metrics: list[dict[str, float]] = []
         self._ratios: list[float] = []
+        self._pixel_ratios: list[float] = []
 
     def __len__(self) -> int:
         return len(self._metrics)
 
-    def add(self, metrics: dict[str, float], scale_ratio: float | None = None) -> None:
-        """Record one image's metrics (as returned by :func:`evaluate_depth`) and its scale ratio."""
+    def add(
+        self,
+        metrics: dict[str, float],
+        scale_ratio: float | None = None,
+        pixel_scale_ratio: float | None = None,
+    ) -> None:
+        """Record one image's metrics (as returned by :func:`evaluate_depth`) and its scale ratios
+        (:class:`DepthScores`' ``ratio`` and ``pixel_ratio``)."""
         missing = [name for name in METRIC_NAMES if name not in metrics]
         if missing:
             raise ValueError(f"metrics dict is missing {missing}, expected keys {list(METRIC_NAMES)}")
         self._metrics.append({name: float(metrics[name]) for name in METRIC_NAMES})
         if scale_ratio is not None:
             self._ratios.append(float(scale_ratio))
+        if pixel_scale_ratio is not None:
+            self._pixel_ratios.append(float(pixel_scale_ratio))
 
     def mean(self) -> dict[str, float]:
         """Mean of each metric over the images added so far."""
@@ -190,9 +207,12 @@ class MetricsAccumulator:
             raise ValueError("no images were added to the accumulator")
         return {name: float(np.mean([m[name] for m in self._metrics])) for name in METRIC_NAMES}
 
-    def scale_stats(self) -> dict[str, float]:
-        """Mean, standard deviation and median of the per-image scale ratios median(gt) / median(pred)."""
-        if not self._ratios:
-            raise ValueError("no scale ratios were added to the accumulator")
-        ratios = np.asarray(self._ratios)
+    def scale_stats(self, pixelwise: bool = False) -> dict[str, float]:
+        """Mean, standard deviation and median of the per-image scale ratios median(gt) / median(pred), or
+        with ``pixelwise`` of median(gt / pred)."""
+        ratios = np.asarray(self._pixel_ratios if pixelwise else self._ratios)
+        if not ratios.size:
+            raise ValueError(
+                f"no {'pixelwise ' if pixelwise else ''}scale ratios were added to the accumulator"
+            )
         return {"mean": float(ratios.mean()), "std": float(ratios.std()), "median": float(np.median(ratios))}

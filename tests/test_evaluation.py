@@ -145,6 +145,10 @@ def test_accumulator_averages_per_image():
     assert acc.mean()["abs_rel"] == pytest.approx(0.25)
     assert acc.mean()["a1"] == pytest.approx(0.5)
     assert acc.scale_stats() == pytest.approx({"mean": 3.0, "std": 1.0, "median": 3.0})
+    with pytest.raises(ValueError, match="no pixelwise scale ratios"):
+        acc.scale_stats(pixelwise=True)
+    acc.add(m_b, scale_ratio=6.0, pixel_scale_ratio=0.5)
+    assert acc.scale_stats(pixelwise=True) == pytest.approx({"mean": 0.5, "std": 0.0, "median": 0.5})
 
 
 def test_accumulator_empty_raises():
@@ -173,29 +177,33 @@ def _reference(model, data):
     unscaled and median-scaled abs_rel over gt in (1e-3, 80) m inside the Garg crop, pred clipped to it."""
     sequences = open_sequences(data, DataConfig())
     estimator = DepthEstimator(model, backend="torch", device="cpu")
-    ratios, metric, median = [], [], []
+    ratios, pixel_ratios, metric, median = [], [], [], []
     for sequence_index, frame in build_samples(sequences, [0], resolve_split(data, "test")):
         sequence = sequences[sequence_index]
         gt, pred = sequence.depth(frame), estimator(sequence.image(frame)).astype(np.float64)
         valid = (gt > 1e-3) & (gt < 80) & garg_crop_mask(*gt.shape)
         gt, pred = gt[valid], pred[valid]
         ratios.append(np.median(gt) / np.median(pred))
+        pixel_ratios.append(np.median(gt / pred))
         metric.append(np.mean(np.abs(gt - np.clip(pred, 1e-3, 80)) / gt))
         median.append(np.mean(np.abs(gt - np.clip(pred * ratios[-1], 1e-3, 80)) / gt))
-    return np.array(ratios), np.mean(metric), np.mean(median)
+    return np.array(ratios), np.array(pixel_ratios), np.mean(metric), np.mean(median)
 
 
 def test_evaluate_model_reports_metric_and_median_scaled_tables(
     random_checkpoint, velocity_checkpoint, tiny_drive
 ):
     metric_model = evaluate_model(velocity_checkpoint, tiny_drive, backend="torch", progress=False)
-    assert set(metric_model) == {"metric_source", "images", "scale_mean", "scale_std", "median", "metric"}
+    scale_keys = {"scale_mean", "scale_std", "pixel_scale_mean", "pixel_scale_std"}
+    assert set(metric_model) == {"metric_source", "images", "median", "metric", *scale_keys}
     assert (metric_model["metric_source"], metric_model["images"]) == ("velocity", 2)
     assert set(metric_model["median"]) == set(metric_model["metric"]) == set(METRIC_NAMES)
 
-    ratios, metric_abs_rel, median_abs_rel = _reference(velocity_checkpoint, tiny_drive)
+    ratios, pixel_ratios, metric_abs_rel, median_abs_rel = _reference(velocity_checkpoint, tiny_drive)
     assert metric_model["scale_mean"] == pytest.approx(ratios.mean(), rel=1e-5)
     assert metric_model["scale_std"] == pytest.approx(ratios.std(), rel=1e-4)
+    assert metric_model["pixel_scale_mean"] == pytest.approx(pixel_ratios.mean(), rel=1e-5)
+    assert metric_model["pixel_scale_std"] == pytest.approx(pixel_ratios.std(), rel=1e-4)
     assert metric_model["metric"]["abs_rel"] == pytest.approx(metric_abs_rel, rel=1e-5)
     assert metric_model["median"]["abs_rel"] == pytest.approx(median_abs_rel, rel=1e-5)
     assert metric_model["scale_mean"] > 1.5  # an untrained net: far from metres, so the tables differ
@@ -262,10 +270,11 @@ def test_both_scalings_in_one_call_equal_the_two_separate_calls():
     unscaled, unscaled_ratio = evaluate_depth(gt, pred, crop=None, median_scaling=False)
     scores = evaluate_depth_scalings(gt, pred, crop=None)
     assert scores.median == scaled and scores.metric == unscaled and scores.ratio == ratio == unscaled_ratio
+    assert scores.pixel_ratio == 2.0  # gt / pred = [2, 2, 2, 0.833]
     assert ratio == 2.0 and scaled["abs_rel"] == pytest.approx(30 / 50 / 4)  # only the clamped pixel is off
     assert unscaled["abs_rel"] == pytest.approx((0.5 * 3 + 10 / 50) / 4)
     median_only = evaluate_depth_scalings(gt, pred, crop=None, unscaled=False)
-    assert median_only == (scaled, None, ratio)
+    assert median_only == (scaled, None, ratio, 2.0)
     # The Garg crop and the errors are evaluate_depth's.
     kitti = np.full((375, 1242), 10.0)
     guess = np.full_like(kitti, 4.0)
@@ -275,6 +284,19 @@ def test_both_scalings_in_one_call_equal_the_two_separate_calls():
         evaluate_depth(kitti, guess)[0],
         evaluate_depth(kitti, guess, median_scaling=False)[0],
         2.5,
+        2.5,
     )
     with pytest.raises(ValueError, match="no valid ground-truth pixels"):
         evaluate_depth_scalings(np.zeros((4, 5)), np.ones((4, 5)), crop=None)
+
+
+def test_pixelwise_scale_ratio_ignores_pixel_noise_that_moves_the_ratio_of_medians():
+    # gt 10 m for 3 pixels, 50 m for 2: its median 10 sits at the edge of a gap. The prediction is right in
+    # scale, its noise symmetric (x0.5 and x2 on two of the 10 m pixels), yet its median is the 20 m pixel.
+    gt = np.array([[10.0, 10.0, 10.0, 50.0, 50.0]])
+    pred = np.array([[5.0, 10.0, 20.0, 50.0, 50.0]])
+    scores = evaluate_depth_scalings(gt, pred, crop=None)
+    assert scores.ratio == 0.5  # median(gt) / median(pred) = 10 / 20
+    assert scores.pixel_ratio == 1.0  # median of [2, 1, 0.5, 1, 1]
+    zero = evaluate_depth_scalings(np.full((1, 3), 4.0), np.array([[0.0, 2.0, 2.0]]), crop=None)
+    assert zero.pixel_ratio == 2.0  # the pixel predicted at 0 m (an infinite ratio) is outvoted

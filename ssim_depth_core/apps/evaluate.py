@@ -33,7 +33,8 @@ def format_report(result: dict) -> str:
     """The result of :func:`evaluate_model` as text: its scale statistics, then each table under a label."""
     lines = [
         f"{result['images']} images, metric source: {result['metric_source']}; per-image scale ratio "
-        f"median(gt)/median(pred): mean {result['scale_mean']:.3f}, std {result['scale_std']:.3f}"
+        f"median(gt)/median(pred): mean {result['scale_mean']:.3f}, std {result['scale_std']:.3f}; "
+        f"median(gt/pred): mean {result['pixel_scale_mean']:.3f}, std {result['pixel_scale_std']:.3f}"
     ]
     if "metric" in result:
         lines += ["metric (no scaling):", format_table(result["metric"])]
@@ -56,10 +57,11 @@ def evaluate_model(
 
     Returns:
         ``{"metric_source": the model's (see artifact.METRIC_SOURCES), "images": N, "scale_mean": ...,
-        "scale_std": ..., "median": {abs_rel: ..., ..., a3: ...}, "metric": {...}}``: the per-image means of
-        the metrics with median scaling (``median``) and without (``metric``, present for a metric model
-        under "auto", for any under "metric"), and the mean and standard deviation of the per-image scale
-        ratio median(gt) / median(pred) (1 and 0 for a model whose depth is in metres).
+        "scale_std": ..., "pixel_scale_mean": ..., "pixel_scale_std": ..., "median": {abs_rel: ..., ...,
+        a3: ...}, "metric": {...}}``: the per-image means of the metrics with median scaling (``median``) and
+        without (``metric``, present for a metric model under "auto", for any under "metric"), and the mean
+        and standard deviation of the per-image scale ratio median(gt) / median(pred) (1 and 0 for a model
+        whose depth is in metres) and of the pixelwise one, median(gt / pred).
     """
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -82,17 +84,19 @@ def evaluate_model(
             raise ValueError(f"{sequence.name} frame {frame}: no ground-truth depth to evaluate against")
         pred = estimator(sequence.image(frame))
         scores = evaluate_depth_scalings(gt, pred, unscaled=unscaled)
-        median.add(scores.median, scores.ratio)
+        median.add(scores.median, scores.ratio, scores.pixel_ratio)
         if scores.metric is not None:
             metric.add(scores.metric)
     if not len(median):
         raise ValueError(f"split '{split}' selected no frames of {data_path}")
-    stats = median.scale_stats()
+    stats, pixelwise = median.scale_stats(), median.scale_stats(pixelwise=True)
     result = {
         "metric_source": source,
         "images": len(median),
         "scale_mean": stats["mean"],
         "scale_std": stats["std"],
+        "pixel_scale_mean": pixelwise["mean"],
+        "pixel_scale_std": pixelwise["std"],
         "median": median.mean(),
     }
     if unscaled:
