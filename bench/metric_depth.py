@@ -19,9 +19,9 @@ runs the camera-height ground-plane scale over the held-out frames. Variants:
 - ``velocity_lr5e4``, ``ms_lr5e4``: ``velocity`` and ``ms`` at 2.5x the learning rate (5e-4), the same steps:
   the light network gained 0.02 AbsRel from it (bench/studies/light_cpu.yaml); does the better shape narrow
   the per-frame scale's spread?
-- ``none_init10``: ``none`` from a 10 m start: a scale-less model whose depths stay near metres instead of
-  settling about 40x too near (where ``none``'s depths span 0.16-1.1 for 4-80 m): the peer for the
-  camera-height scale that the demo's start gives.
+- ``none_init10``: ``none`` from a 10 m start: would a scale-less model whose depths start near metres,
+  instead of settling about 40x too near as ``none``'s do, give the camera-height fit a better shape? No:
+  photometric training from 10 m collapses to the minimum depth (every pixel 0.1 m) on seeds 0 and 1.
 
 One JSON record per (variant, seed) is appended to ``--results`` as soon as it is measured; a rerun skips the
 records already there and resumes an interrupted training run from its last checkpoint.
@@ -157,6 +157,7 @@ def read_records(results: Path) -> list[dict]:
 
 
 def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if not np.isnan(v)]  # nan: nothing measured (no ground plane was fitted)
     if len(values) < 2:
         return f"{values[0]:.3f}" if values else "-"
     return f"{np.mean(values):.3f} +- {np.std(values):.3f}"
