@@ -122,9 +122,8 @@ def evaluate_depth_scalings(
     gt, pred, ratio = _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)
     median = _clamped_metrics(gt, pred * ratio, min_depth, max_depth)
     metric = _clamped_metrics(gt, pred, min_depth, max_depth) if unscaled else None
-    with np.errstate(
-        divide="ignore"
-    ):  # a pixel predicted at 0 depth: an infinite ratio, outvoted by the median
+    # a pixel predicted at 0 depth gives an infinite ratio, which the median outvotes
+    with np.errstate(divide="ignore"):
         pixel_ratio = float(np.median(gt / pred))
     return DepthScores(median, metric, ratio, pixel_ratio)
 
