@@ -6,8 +6,9 @@ frames). This script evaluates the same trained runs on one 60-frame drive per d
 rendered once into ``--out``, through the same evaluation (``apps.evaluate.evaluate_model``, no median
 scaling for a metric model), and prints per run each drive's per-frame scale ratio median(gt)/median(pred)
 (mean, std), the pixelwise one median(gt/pred), AbsRel and the camera-height scale's error against each
-(``metric_depth.camera_height_errors``), and both ratios over all frames pooled. One JSON record per (run,
-drive) is appended to ``--results`` as soon as it is measured; a rerun skips the records already there.
+(``metric_depth.camera_height_errors``: the ground's normal fitted, and fixed to the mounting's up), and
+both ratios over all frames pooled. One JSON record per (run, drive) is appended to ``--results`` as soon as
+it is measured; a rerun skips the records already there.
 
     python bench/metric_depth.py --out runs/metric --seeds 0 --variants ms_lr5e4 velocity_lr5e4
     python bench/metric_heldout.py --runs runs/metric/ms_lr5e4_s0 runs/metric/velocity_lr5e4_s0
@@ -61,8 +62,8 @@ def report(records: list[dict]) -> str:
     lines = [
         "| run | drive seed | frames | scale ratio mean | scale ratio std | pixelwise ratio mean "
         "| pixelwise ratio std | AbsRel in metres | AbsRel median-scaled | camera-height error median "
-        "(vs ratio / vs pixelwise) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "(vs ratio / vs pixelwise) | the same, mounting normal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     runs = list(dict.fromkeys(r["run"] for r in records))
     for run in runs:
@@ -72,7 +73,9 @@ def report(records: list[dict]) -> str:
                 f"| {run} | {r['drive_seed']} | {r['images']} | {r['scale_mean']:.4f} | {r['scale_std']:.4f} "
                 f"| {_optional(r, 'pixel_scale_mean')} | {_optional(r, 'pixel_scale_std')} "
                 f"| {metric} | {r['median']['abs_rel']:.4f} "
-                f"| {_optional(r, 'ground_error_median')} / {_optional(r, 'ground_error_pixelwise_median')} |"
+                f"| {_optional(r, 'ground_error_median')} / {_optional(r, 'ground_error_pixelwise_median')} "
+                f"| {_optional(r, 'ground_mounting_error_median')} "
+                f"/ {_optional(r, 'ground_mounting_error_pixelwise_median')} |"
             )
     for ratio, formula in RATIOS.items():
         lines += [

@@ -81,8 +81,10 @@ def camera_height_settings(model, height: float, **ground) -> ModelSettings:
     return ModelSettings(model, "onnxruntime", scale=scale)
 
 
-def test_camera_height_makes_a_rendered_street_metric(oracle, street):
-    with FramePipeline(camera_height_settings(oracle, street.camera_height)) as pipeline:
+@pytest.mark.parametrize("ground_normal", ["fitted", "mounting"])
+def test_camera_height_makes_a_rendered_street_metric(oracle, street, ground_normal):
+    settings = camera_height_settings(oracle, street.camera_height, ground_normal=ground_normal)
+    with FramePipeline(settings) as pipeline:
         assert pipeline.estimator.backend.metric == "none"
         frame = pipeline(street.rgb, street.intrinsics, FrameOptions(points=True, preview=True))
     assert frame.scale_source == "camera_height" and frame.ground.reason is None
@@ -132,8 +134,8 @@ def test_scale_settings_reject_bad_values(make, message):
 
 
 def test_scale_settings_from_the_camera_mounting():
-    mounted = ScaleSettings.from_mounting("camera_height", 1.0, 1.65, 0.05, -0.02, max_hold=3)
-    ground = GroundPlaneSettings(1.65, 0.05, -0.02, max_hold=3)
+    mounted = ScaleSettings.from_mounting("camera_height", 1.0, 1.65, 0.05, -0.02, "mounting", max_hold=3)
+    ground = GroundPlaneSettings(1.65, 0.05, -0.02, ground_normal="mounting", max_hold=3)
     assert mounted == ScaleSettings("camera_height", ground=ground)
     # no height: no ground plane, whatever the source; the mounting's other angles are then unused
     assert ScaleSettings.from_mounting("fixed", 2.0, None, 0.3) == ScaleSettings("fixed", 2.0)
@@ -142,6 +144,8 @@ def test_scale_settings_from_the_camera_mounting():
         ScaleSettings.from_mounting("camera_height")
     with pytest.raises(ValueError, match="camera_height must be the camera's height"):
         ScaleSettings.from_mounting("model", camera_height=0.0)  # a given height is checked, any source
+    with pytest.raises(ValueError, match="ground_normal must be one of fitted, mounting, got 'up'"):
+        ScaleSettings.from_mounting("fixed", ground_normal="up")  # checked without a height too
 
 
 def test_threads_set_the_onnxruntime_session_and_a_change_reopens_it(random_onnx):

@@ -377,6 +377,16 @@ def test_camera_height_makes_a_street_metric_and_withholds_frames_without_a_plan
     cli += ["--scale-source", "camera_height", "--camera-height", str(street.camera_height), "--no-progress"]
     assert main(cli) == 0
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["scale"] == summary["scale"]
+    # with the mounting's normal: the flat street's scale as well, and the option reaches the fit
+    mounting = ScaleSettings(
+        "camera_height", ground=GroundPlaneSettings(street.camera_height, ground_normal="mounting")
+    )
+    expected = run_inference(model, folder, tmp_path / "mounting", scale=mounting, **arguments)["scale"]
+    assert expected["median"] == pytest.approx(3.0, rel=0.05)
+    cli[cli.index(str(tmp_path / "cli"))] = str(tmp_path / "cli_mounting")
+    assert main([*cli, "--ground-normal", "mounting"]) == 0
+    assert json.loads((tmp_path / "cli_mounting" / "summary.json").read_text())["scale"] == expected
+    assert main([*cli, "--ground-normal", "up"]) == 2
 
     # configured as looking 20 degrees up: no ground below its horizon, no scale, nothing written
     looking_up = ScaleSettings("camera_height", ground=GroundPlaneSettings(street.camera_height, -0.35))

@@ -87,11 +87,14 @@ def test_up_direction_in_the_optical_frame():
     np.testing.assert_allclose(ground_up(0.25, -0.1), [-up_body[1], -up_body[2], up_body[0]], atol=1e-15)
 
 
+@pytest.mark.parametrize("ground_normal", ["fitted", "mounting"])
 @pytest.mark.parametrize(("pitch", "roll"), [(-0.05, 0.0), (0.0, 0.0), (0.1, 0.05), (0.3, -0.08)])
-def test_plane_height_of_a_noisy_scene_with_outliers_within_2_percent(pitch, roll):
+def test_plane_height_of_a_noisy_scene_with_outliers_within_2_percent(pitch, roll, ground_normal):
     factor = 3.7  # the unknown scale of a scale-less network
     depth = corrupt(render_depth(pitch, roll)) / factor
-    settings = GroundPlaneSettings(MOUNT_HEIGHT, camera_pitch=pitch, camera_roll=roll)
+    settings = GroundPlaneSettings(
+        MOUNT_HEIGHT, camera_pitch=pitch, camera_roll=roll, ground_normal=ground_normal
+    )
     stride = sampling_stride(HEIGHT, WIDTH, settings.sample_pixels)
     points = ground_candidates(depth, CAMERA, settings.up, settings.horizon_margin, stride)
     fit = fit_ground_plane(points, settings.up, settings, np.random.default_rng(0))
@@ -104,6 +107,28 @@ def test_plane_height_of_a_noisy_scene_with_outliers_within_2_percent(pitch, rol
     assert state.reason is None and state.lost_frames == 0
     assert state.frame_scale == pytest.approx(factor, rel=0.02)
     assert state.scale == pytest.approx(state.frame_scale, rel=1e-12)  # one frame: the median is itself
+
+
+def test_a_tilted_ground_fitted_is_the_plane_and_mounting_the_mean_height_along_up():
+    """Ground points on y = h0 + a z in the optical frame of a level camera (up = -y): a prediction whose
+    ground tilts by atan(a), or a camera pitched by -atan(a) and configured level. The fitted plane's
+    distance to the camera is h0 / sqrt(1 + a^2); the mounting normal reads each point's height along up,
+    y, whose mean over the points is h0 + a mean(z)."""
+    h0, a = 1.65, 0.004
+    x, z = np.meshgrid(np.linspace(-4.0, 4.0, 9), np.linspace(5.0, 25.0, 21))
+    points = np.stack([x.ravel(), h0 + a * z.ravel(), z.ravel()], -1)
+    up = ground_up()
+    fits = {
+        normal: fit_ground_plane(
+            points, up, GroundPlaneSettings(MOUNT_HEIGHT, ground_normal=normal), np.random.default_rng(0)
+        )
+        for normal in ("fitted", "mounting")
+    }
+    assert fits["fitted"].height == pytest.approx(h0 / math.sqrt(1 + a * a), rel=1e-9)
+    np.testing.assert_allclose(fits["fitted"].normal, np.array([0.0, -1.0, a]) / math.sqrt(1 + a * a))
+    assert fits["mounting"].height == pytest.approx(h0 + a * 15.0, rel=1e-9)  # mean z = 15 m
+    np.testing.assert_array_equal(fits["mounting"].normal, up)
+    assert fits["fitted"].inliers == fits["mounting"].inliers == len(points)
 
 
 @pytest.mark.parametrize(("pitch", "roll"), [(0.0, 0.0), (0.1, 0.2)])
@@ -203,6 +228,7 @@ def test_sampling_stride_bounds_the_work():
         ({"camera_height": math.nan}, "camera_height must be"),
         ({"camera_height": 1.0, "camera_pitch": 2.0}, "camera_pitch must be an angle in radians"),
         ({"camera_height": 1.0, "camera_roll": math.inf}, "camera_roll must be"),
+        ({"camera_height": 1.0, "ground_normal": "up"}, "ground_normal must be one of fitted, mounting"),
         ({"camera_height": 1.0, "max_tilt": 0.0}, "max_tilt must be within"),
         ({"camera_height": 1.0, "inlier_tolerance": 0.0}, "inlier_tolerance must be within"),
         ({"camera_height": 1.0, "window": 0}, "window must be an integer >= 1"),

@@ -140,7 +140,12 @@ def _infer(args: argparse.Namespace) -> None:
     from ssim_depth_core.runtime.frames import ScaleSettings
 
     scale = ScaleSettings.from_mounting(
-        args.scale_source, args.depth_scale, args.camera_height, args.camera_pitch, args.camera_roll
+        args.scale_source,
+        args.depth_scale,
+        args.camera_height,
+        args.camera_pitch,
+        args.camera_roll,
+        args.ground_normal,
     )
     summary = run_inference(
         args.model,
@@ -348,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--camera-pitch", type=float, default=0.0, help="optical axis below horizontal (rad)")
     infer.add_argument("--camera-roll", type=float, default=0.0, help="roll about the optical axis (rad)")
+    infer.add_argument(
+        "--ground-normal",
+        default="fitted",
+        help="the ground plane's normal: fitted (follows pitching, slopes) | mounting (its up; rigid, flat)",
+    )
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(run=_infer)
 

@@ -38,7 +38,13 @@ from ssim_depth_core.imaging import colorize_depth, resize_image
 from ssim_depth_core.runtime.backends import BACKENDS, Backend, create_backend
 from ssim_depth_core.runtime.estimator import DepthEstimator
 from ssim_depth_core.runtime.pointcloud import PointCloudData, depth_to_pointcloud
-from ssim_depth_core.runtime.scale import GroundPlaneScale, GroundPlaneSettings, ScaleState
+from ssim_depth_core.runtime.scale import (
+    GroundNormal,
+    GroundPlaneScale,
+    GroundPlaneSettings,
+    ScaleState,
+    check_ground_normal,
+)
 
 OutputResolution = Literal["input", "network"]
 ScaleSource = Literal["model", "camera_height", "fixed"]
@@ -79,17 +85,20 @@ class ScaleSettings:
         camera_height: float | None = None,
         camera_pitch: float = 0.0,
         camera_roll: float = 0.0,
+        ground_normal: GroundNormal = "fitted",
         **ground: object,
     ) -> ScaleSettings:
         """The settings of scale ``source`` from the camera's mounting, as the CLI and the ROS node give it.
 
         ``camera_height`` None = unset (no ground plane; "camera_height" then refuses); otherwise the ground
-        plane is :class:`GroundPlaneSettings` of (``camera_height``, ``camera_pitch``, ``camera_roll``) and
-        any further fit options in ``ground``, checked whatever the source. Raises ValueError.
+        plane is :class:`GroundPlaneSettings` of (``camera_height``, ``camera_pitch``, ``camera_roll``,
+        ``ground_normal``) and any further fit options in ``ground``, checked whatever the source
+        (``ground_normal`` even without a height). Raises ValueError.
         """
+        check_ground_normal(ground_normal)
         plane = None
         if camera_height is not None:
-            plane = GroundPlaneSettings(camera_height, camera_pitch, camera_roll, **ground)
+            plane = GroundPlaneSettings(camera_height, camera_pitch, camera_roll, ground_normal, **ground)
         return cls(source, depth_scale, plane)
 
 

@@ -19,6 +19,12 @@ The fit (:func:`fit_ground_plane`), on points back-projected by the serving poin
   (scale-free, and the right unit for relative depth noise: a depth error of e % moves a ground point's
   height by e % of the camera height whatever its distance);
 - a least-squares (total) refit on the inliers, repeated with the refit's inliers;
+- with ``ground_normal="mounting"`` the normal is not fitted but taken as "up" itself, and only the height is
+  (RANSAC over the candidates' heights along "up", refits as the mean height of the inliers). A fitted normal
+  follows a pitching robot or a sloping road; on a rigid mounting over flat ground the known normal keeps a
+  prediction whose ground is slightly tilted from extrapolating that tilt back to the camera: a ground tilted
+  by t radians, seen around a distance z, moves the fitted plane's height by about t z (docs/training.md
+  measures both on trained models);
 - the plane is lost (no scale) with a reason when there are too few candidates or inliers, when no plane
   lies within the normal prior, or when the result is not finite.
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -41,6 +48,14 @@ from ssim_depth_core.geometry import euler_zyx_to_matrix
 from ssim_depth_core.runtime.pointcloud import depth_to_pointcloud
 
 REFITS = 2  # least-squares refits on the inliers after RANSAC
+GroundNormal = Literal["fitted", "mounting"]  # the plane's normal: fitted near "up", or "up" itself
+GROUND_NORMALS: tuple[str, ...] = get_args(GroundNormal)
+
+
+def check_ground_normal(ground_normal: str) -> None:
+    """Raise ValueError naming the choices unless ``ground_normal`` is one of :data:`GROUND_NORMALS`."""
+    if ground_normal not in GROUND_NORMALS:
+        raise ValueError(f"ground_normal must be one of {', '.join(GROUND_NORMALS)}, got {ground_normal!r}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,8 @@ class GroundPlaneSettings:
     Attributes:
         camera_height: height of the optical centre above the ground in metres.
         camera_pitch, camera_roll: the camera's orientation to the ground in radians (module docstring).
+        ground_normal: ``fitted`` (the plane's normal is fitted within ``max_tilt`` of the expected up
+            direction) or ``mounting`` (the normal is that direction; only the height is fitted).
         max_tilt: the ground's normal must lie within this angle (radians) of the expected up direction.
         horizon_margin: candidates are seen at least this angle (radians) below the horizon.
         inlier_tolerance: inlier distance to the plane as a fraction of the plane's height.
@@ -66,6 +83,7 @@ class GroundPlaneSettings:
     camera_height: float
     camera_pitch: float = 0.0
     camera_roll: float = 0.0
+    ground_normal: GroundNormal = "fitted"
     max_tilt: float = 0.2
     horizon_margin: float = 0.1
     inlier_tolerance: float = 0.05
@@ -88,6 +106,7 @@ class GroundPlaneSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and abs(value) < math.pi / 2):
                 raise ValueError(f"{name} must be an angle in radians within (-pi/2, pi/2), got {value!r}")
+        check_ground_normal(self.ground_normal)
         if not 0 < self.max_tilt < math.pi / 2:
             raise ValueError(f"max_tilt must be within (0, pi/2) radians, got {self.max_tilt!r}")
         if not 0 <= self.horizon_margin < math.pi / 2:
@@ -195,13 +214,18 @@ def fit_ground_plane(
         )
         return PlaneFit(None, None, 0, count, problem)
     sample = points if count <= settings.max_points else points[rng.choice(count, settings.max_points, False)]
-    triples = sample[rng.integers(0, len(sample), (settings.iterations, 3))]
-    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):  # repeated or collinear samples: no plane
-        normals /= lengths
-    normals *= np.where(normals @ up < 0, -1.0, 1.0)[:, None]
-    heights = -np.einsum("ij,ij->i", normals, triples[:, 0])
+    mounting = settings.ground_normal == "mounting"
+    if mounting:  # one point per hypothesis: the normal is known
+        normals = np.tile(up, (settings.iterations, 1))
+        heights = -(sample[rng.integers(0, len(sample), settings.iterations)] @ up)
+    else:
+        triples = sample[rng.integers(0, len(sample), (settings.iterations, 3))]
+        normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
+        lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):  # repeated or collinear samples: no plane
+            normals /= lengths
+        normals *= np.where(normals @ up < 0, -1.0, 1.0)[:, None]
+        heights = -np.einsum("ij,ij->i", normals, triples[:, 0])
     plausible = (normals @ up >= math.cos(settings.max_tilt)) & (heights > 0)  # NaN fails both
     if not plausible.any():
         problem = (
@@ -216,7 +240,10 @@ def fit_ground_plane(
         inliers = np.abs(points @ normal + height) < settings.inlier_tolerance * height
         if inliers.sum() < 3:
             break
-        normal, height = _least_squares_plane(points[inliers], up)
+        if mounting:  # least squares with the normal fixed: the mean height
+            height = float(-np.mean(points[inliers] @ up))
+        else:
+            normal, height = _least_squares_plane(points[inliers], up)
     inliers = int((np.abs(points @ normal + height) < settings.inlier_tolerance * height).sum())
     tilt = math.degrees(math.acos(min(1.0, float(normal @ up))))
     problem = None

@@ -11,9 +11,9 @@ never blocked by inference, and the node never builds a backlog: it always works
 Metres: parameter ``scale_source`` (:class:`~ssim_depth_core.runtime.frames.ScaleSettings`): ``model`` (the
 default; the model must be metric, velocity- or stereo-supervised, or the node refuses to start), ``fixed``
 (``depth_scale``) or ``camera_height`` (the ground plane fitted per frame with ``camera_height``,
-``camera_pitch``, ``camera_roll``). With ``camera_height`` nothing metric is guessed: until the first plane
-fit, and once the plane has been lost for more than a few frames, depth, depth/camera_info and points are
-withheld (a throttled warning says why; the preview, normalised per frame, is still published).
+``camera_pitch``, ``camera_roll``, ``ground_normal``). With ``camera_height`` nothing metric is guessed: until
+the first plane fit, and once the plane has been lost for more than a few frames, depth, depth/camera_info and
+points are withheld (a throttled warning says why; the preview, normalised per frame, is still published).
 
 Topics (all relative, remappable; outputs carry the input header):
     image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage, parameter ``compressed``),
@@ -93,6 +93,7 @@ class DepthParams:
     camera_height: float = 0.0
     camera_pitch: float = 0.0
     camera_roll: float = 0.0
+    ground_normal: str = "fitted"
     range_min: float = 0.0
     range_max: float = 0.0
     output_resolution: str = "input"
@@ -117,6 +118,7 @@ class DepthParams:
             self.camera_height if self.camera_height > 0 else None,
             self.camera_pitch,
             self.camera_roll,
+            self.ground_normal,
         )
         return ModelSettings(
             self.model_path,
@@ -181,6 +183,12 @@ _DESCRIPTORS = {
         "scale_source camera_height: roll about the optical axis in radians (REP 103: > 0 lowers the "
         "image's right side)",
         _float_range(-1.5, 1.5),
+    ),
+    "ground_normal": (
+        "scale_source camera_height: fitted (the ground plane's normal is fitted near the mounting's up; "
+        "follows pitching and slopes) | mounting (the normal is the mounting's up, only the height is "
+        "fitted; for a rigid mount over flat ground)",
+        {},
     ),
     "range_min": ("published depths <= range_min become NaN (0 = no limit)", _float_range(0, 1e5)),
     "range_max": ("published depths >= range_max become NaN (0 = no limit)", _float_range(0, 1e5)),

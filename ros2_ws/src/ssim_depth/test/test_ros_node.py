@@ -524,6 +524,7 @@ def test_parameter_validation(graph, model, ros, tmp_path):
         "min_depth": (200.0, "min_depth 200.0 must be < max_depth"),
         "scale_source": ("lidar", "scale_source 'lidar' is not one of model, camera_height, fixed"),
         "camera_pitch": (2.0, "out of range"),
+        "ground_normal": ("up", "ground_normal must be one of fitted, mounting, got 'up'"),
     }
     g.node.set_parameters([Parameter("max_depth", value=100.0)])
     for name, (value, reason) in cases.items():
@@ -700,13 +701,16 @@ def test_scale_source_fixed_publishes_its_factor(graph, estimator, photo):
     assert latest_scale(g, lambda s: True, "after the first frame") == 2.5
 
 
-def test_scale_source_camera_height_makes_the_street_metric(graph, oracles, street, capfd):
+@pytest.mark.parametrize("ground_normal", ["fitted", "mounting"])
+def test_scale_source_camera_height_makes_the_street_metric(graph, oracles, street, capfd, ground_normal):
     g = graph(
         model_path=str(oracles["none"]),
         scale_source="camera_height",
         camera_height=street.camera_height,
+        ground_normal=ground_normal,
         stats_period=0.2,
     )
+    assert g.node._pipeline.settings.scale.ground.ground_normal == ground_normal
     out = street_request(g, street, outputs=("depth", "depth/camera_info", "points"))
     depth = image_msg_to_depth(out["depth"])
     valid = street.depth > 0

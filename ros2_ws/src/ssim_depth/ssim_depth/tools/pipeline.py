@@ -17,7 +17,7 @@ Output folder: the recorder's files plus ``node.log`` (the node's output) and ``
 
     ros2 run ssim_depth pipeline --model depth.onnx --bag BAG --out OUT [--rate R] [--backend B]
         [--scale-source model|camera_height|fixed] [--depth-scale S] [--camera-height M]
-        [--camera-pitch RAD] [--camera-roll RAD] [--param name:=value ...]
+        [--camera-pitch RAD] [--camera-roll RAD] [--ground-normal fitted|mounting] [--param name:=value ...]
 
 The scale options set the node's parameters of the same names (unset: the node's defaults, scale source
 ``model``, which refuses a scale-less model).
@@ -58,6 +58,7 @@ from ssim_depth_core.data.rosbag import (
     select_image_topic,
 )
 from ssim_depth_core.runtime.frames import SCALE_SOURCES
+from ssim_depth_core.runtime.scale import GROUND_NORMALS
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera-pitch", type=float, help="optical axis below the horizontal (rad)")
     parser.add_argument("--camera-roll", type=float, help="roll about the optical axis (rad)")
     parser.add_argument(
+        "--ground-normal", choices=GROUND_NORMALS, help="the ground plane's normal: fitted | mounting's up"
+    )
+    parser.add_argument(
         "--param", action="append", default=[], metavar="NAME:=VALUE", help="a further node parameter"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the last frame")
@@ -321,7 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         "--startup-timeout", type=float, default=300.0, help="seconds for the node to load the model"
     )
     args = parser.parse_args(argv)
-    scale_options = ("scale_source", "depth_scale", "camera_height", "camera_pitch", "camera_roll")
+    scale_options = (
+        "scale_source",
+        "depth_scale",
+        "camera_height",
+        "camera_pitch",
+        "camera_roll",
+        "ground_normal",
+    )
     params = {name: getattr(args, name) for name in scale_options if getattr(args, name) is not None}
     for item in args.param:
         name, separator, value = item.partition(":=")
