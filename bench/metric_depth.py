@@ -27,12 +27,12 @@ runs the camera-height ground-plane scale over the held-out frames. Variants:
   everything within about 4 m of the camera, the nearest ground included, sits at its 0.1 m bound: does
   the camera-height fit miss because of that? No (docs/training.md).
 - ``ms_lr5e4_zeros``, ``ms_lr5e4_smooth1e4``: ``ms_lr5e4`` with zero padding, and with a tenth of the
-  smoothness weight (1e-4). Its obstacles within 5 m, all right of the image's centre on the held-out drive,
-  read too far (median gt/pred 0.79-0.81, AbsRel 0.35-0.40 there, against 0.05-0.08 at 5-20 m), worst at the
-  image's right border (0.67, seed 0), while the ground truth passed through the network's resolution reads them
-  right (1.000, AbsRel 0.011): is it the border's padding, or the smoothness term's pull towards the
-  background? Rule fixed before the runs: a variant removes the bias if its 0-5 m ratio is >= 0.9 on seeds
-  0 and 1 with metric AbsRel at most 0.005 above ``ms_lr5e4``'s mean (0.104).
+  smoothness weight (1e-4). Its obstacles within 5 m, all right of the image's centre on the held-out
+  drive, read too far (median gt/pred 0.79-0.81, AbsRel 0.35-0.40 there, against 0.05-0.08 at 5-20 m),
+  worst at the image's right border (0.67, seed 0), while the ground truth passed through the network's
+  resolution reads them right (1.000, AbsRel 0.011): is it the border's padding, or the smoothness term's
+  pull towards the background? Rule fixed before the runs: a variant removes the bias if its 0-5 m ratio
+  is >= 0.9 on seeds 0 and 1 with metric AbsRel at most 0.005 above ``ms_lr5e4``'s mean (0.104).
 
 The camera-height scale runs twice over the held-out frames: with the ground plane's normal fitted (the
 node's default) and with it fixed to the mounting's up (``ground_normal: mounting``).
