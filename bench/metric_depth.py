@@ -166,6 +166,26 @@ def camera_height_errors(checkpoint: Path, heldout: Path) -> dict[str, float]:
     return summary
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, results: str) -> None:
+    """``--runs`` (finished training runs), ``--results`` (default docs/studies/``results``) and
+    ``--report``, as the scripts that measure this bench's trained runs take them."""
+    parser.add_argument(
+        "--runs", nargs="+", type=Path, default=[], help="training run folders (checkpoints/)"
+    )
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "studies" / results)
+    parser.add_argument(
+        "--report", action="store_true", help="print the tables of --results; measure nothing"
+    )
+
+
+def best_checkpoint(parser: argparse.ArgumentParser, run: Path) -> Path:
+    """``run``'s checkpoints/best.pt; a usage error when the run has none."""
+    checkpoint = run / "checkpoints" / "best.pt"
+    if not checkpoint.is_file():
+        parser.error(f"{run}: no checkpoints/best.pt (a finished bench/metric_depth.py run?)")
+    return checkpoint
+
+
 def provenance() -> dict[str, str]:
     """When and where a record was measured."""
     return {"date": date.today().isoformat(), "machine": f"{platform.machine()} {platform.node()}"}

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from metric_depth import (
     TRAINING_DATA_SEED,
+    add_run_arguments,
+    best_checkpoint,
     camera_height_errors,
     provenance,
     read_records,
@@ -33,7 +35,6 @@ from metric_depth import (
 
 from ssim_depth_core.apps.evaluate import evaluate_model
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("metric_heldout")
 
 
@@ -101,15 +102,9 @@ def report(records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--runs", nargs="+", type=Path, default=[], help="training run folders (checkpoints/)"
-    )
+    add_run_arguments(parser, "metric_heldout.jsonl")
     parser.add_argument("--drive-seeds", nargs="+", type=int, default=[2, 3, 4, 5, 6, 7])
     parser.add_argument("--out", type=Path, default=Path("runs/metric_heldout"), help="rendered drives")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "studies" / "metric_heldout.jsonl")
-    parser.add_argument(
-        "--report", action="store_true", help="print the table of --results; evaluate nothing"
-    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.report:
@@ -118,9 +113,7 @@ def main() -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         done = {(r["run"], r["drive_seed"]) for r in read_records(args.results)}
         for run in args.runs:
-            checkpoint = run / "checkpoints" / "best.pt"
-            if not checkpoint.is_file():
-                parser.error(f"{run}: no checkpoints/best.pt (a finished bench/metric_depth.py run?)")
+            checkpoint = best_checkpoint(parser, run)
             for seed in args.drive_seeds:
                 if (run.name, seed) in done:
                     continue

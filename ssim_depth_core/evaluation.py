@@ -9,15 +9,22 @@ metric model). Beside it the pixelwise ratio median(gt / pred): the ratio of med
 prediction is noisy pixel by pixel and the image's depths are not spread evenly around their median (the
 noise then shifts the prediction's median, not the depths' typical scale), which the median of the ratios
 does not; docs/training.md measures how far apart the two are on trained models.
+
+By range (:class:`RangeAccumulator`): the same comparison split by ground-truth depth, for a robot the
+question of how near obstacles read: per range bin the share of the pixels, AbsRel over them and the
+typical per-image median(gt / pred) there (above 1: read too near; below 1: too far).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+
+RANGE_EDGES = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)  # metres: the bins of RangeAccumulator's default
 
 # Garg et al. (2016) crop of the KITTI Eigen split, as fractions of (height, height, width, width).
 _GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
@@ -215,3 +222,60 @@ class MetricsAccumulator:
                 f"no {'pixelwise ' if pixelwise else ''}scale ratios were added to the accumulator"
             )
         return {"mean": float(ratios.mean()), "std": float(ratios.std()), "median": float(np.median(ratios))}
+
+
+class RangeAccumulator:
+    """Errors by ground-truth range over images: per bin [lo, hi) of ``edges`` (metres) the share of all valid
+    pixels, AbsRel pooled over the bin's pixels, and the median over images of each image's median(gt / pred)
+    in the bin (an image counts there with at least ``min_pixels`` pixels in it)."""
+
+    def __init__(self, edges: Sequence[float] = RANGE_EDGES, min_pixels: int = 20) -> None:
+        bounds = np.asarray(edges, dtype=np.float64)
+        if bounds.ndim != 1 or bounds.size < 2 or not (bounds[0] >= 0 and np.all(np.diff(bounds) > 0)):
+            raise ValueError(f"range edges must be >= 0 and increasing, at least two, got {list(edges)}")
+        if min_pixels < 1:
+            raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
+        self.edges, self.min_pixels = bounds, min_pixels
+        self._pixels = np.zeros(bounds.size - 1, dtype=np.int64)
+        self._abs_rel_sums = np.zeros(bounds.size - 1)
+        self._ratios: list[list[float]] = [[] for _ in range(bounds.size - 1)]
+
+    def add(
+        self,
+        gt_depth: np.ndarray,
+        pred_depth: np.ndarray,
+        median_scaling: bool,
+        min_depth: float = 1e-3,
+        max_depth: float = 80.0,
+        crop: str | None = "garg",
+    ) -> None:
+        """Add one image, compared as :func:`evaluate_depth` compares it with the same arguments."""
+        gt, pred, ratio = _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)
+        pred = np.clip(pred * ratio if median_scaling else pred, min_depth, max_depth)
+        bins = np.digitize(gt, self.edges) - 1  # -1 and len(edges) - 1: outside every bin
+        for index in range(self._pixels.size):
+            inside = bins == index
+            count = int(np.count_nonzero(inside))
+            if not count:
+                continue
+            self._pixels[index] += count
+            self._abs_rel_sums[index] += float(np.sum(np.abs(gt[inside] - pred[inside]) / gt[inside]))
+            if count >= self.min_pixels:
+                self._ratios[index].append(float(np.median(gt[inside] / pred[inside])))
+
+    def summary(self) -> list[dict]:
+        """Per bin: ``range_m`` [lo, hi], ``pixels`` and their ``pixel_share``, ``abs_rel`` and ``ratio``
+        (None where the bin got no pixels, or no image with ``min_pixels``), and ``images``, how many images
+        the ratio is over. Shares are 0 while no pixel fell in any bin."""
+        total = int(self._pixels.sum())
+        return [
+            {
+                "range_m": [float(self.edges[i]), float(self.edges[i + 1])],
+                "pixels": int(count),
+                "pixel_share": int(count) / total if total else 0.0,
+                "abs_rel": float(self._abs_rel_sums[i] / count) if count else None,
+                "ratio": float(np.median(ratios)) if ratios else None,
+                "images": len(ratios),
+            }
+            for i, (count, ratios) in enumerate(zip(self._pixels, self._ratios, strict=True))
+        ]

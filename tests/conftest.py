@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,23 @@ def _small_config(**fields) -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(min_depth=0.5, max_depth=80.0), data=DataConfig(height=64, width=96), **fields
     )
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``name -> module``: load ``bench/<name>.py``, with bench/ importable while it loads and after (the
+    scripts import their shared helpers from ``metric_depth`` by name)."""
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(bench) / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    sys.path.remove(bench)
 
 
 @pytest.fixture(scope="session")

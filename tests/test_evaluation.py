@@ -14,6 +14,7 @@ from ssim_depth_core.data.triplets import build_samples
 from ssim_depth_core.evaluation import (
     METRIC_NAMES,
     MetricsAccumulator,
+    RangeAccumulator,
     compute_depth_metrics,
     evaluate_depth,
     evaluate_depth_scalings,
@@ -158,6 +159,55 @@ def test_accumulator_empty_raises():
         MetricsAccumulator().add({"abs_rel": 0.1})
 
 
+def test_errors_by_range_hand_computed():
+    # gt 2, 4 | 6 | 12 | 30 m in the default bins 0-5 | 5-10 | 10-20 | 20-40 (none in 40-80); 90 m is beyond
+    # max_depth 80 and ignored
+    gt = np.array([[2.0, 4.0, 6.0, 12.0, 30.0, 90.0]])
+    pred = np.array([[4.0, 4.0, 6.0, 6.0, 30.0, 1.0]])
+    ranges = RangeAccumulator(min_pixels=1)
+    ranges.add(gt, pred, median_scaling=False, crop=None)
+    bins = ranges.summary()
+    assert [b["range_m"] for b in bins] == [[0, 5], [5, 10], [10, 20], [20, 40], [40, 80]]
+    assert [b["pixel_share"] for b in bins] == pytest.approx([0.4, 0.2, 0.2, 0.2, 0.0])
+    assert [b["abs_rel"] for b in bins[:4]] == pytest.approx([0.5, 0.0, 0.5, 0.0])  # 0-5: (1 + 0) / 2
+    assert [b["ratio"] for b in bins[:4]] == pytest.approx([0.75, 1.0, 2.0, 1.0])  # 0-5: median of 0.5, 1
+    assert [b["pixels"] for b in bins] == [2, 1, 1, 1, 0]
+    assert bins[4] == {
+        "range_m": [40, 80],
+        "pixels": 0,
+        "pixel_share": 0.0,
+        "abs_rel": None,
+        "ratio": None,
+        "images": 0,
+    }
+    # a second image with one 0-5 m pixel (gt 3, pred 1): pooled AbsRel (1 + 0 + 2/3) / 3; the ratio is the
+    # median over images of each image's median; with min_pixels 2 that image no longer counts for it
+    for min_pixels, ratio, images in ((1, (0.75 + 3.0) / 2, 2), (2, 0.75, 1)):
+        ranges = RangeAccumulator(min_pixels=min_pixels)
+        ranges.add(gt, pred, median_scaling=False, crop=None)
+        ranges.add(np.array([[3.0, 8.0]]), np.array([[1.0, 8.0]]), median_scaling=False, crop=None)
+        near = ranges.summary()[0]
+        assert near["abs_rel"] == pytest.approx(5 / 9) and near["ratio"] == pytest.approx(ratio)
+        assert near["images"] == images and near["pixel_share"] == pytest.approx(3 / 7)
+    # median scaling first multiplies by median(gt) / median(pred), here 6 / 12, as evaluate_depth does
+    scaled = RangeAccumulator(min_pixels=1)
+    scaled.add(gt[:, :5], 2 * pred[:, :5], median_scaling=True, crop=None)
+    assert [b["abs_rel"] for b in scaled.summary()[:4]] == pytest.approx([0.5, 0.0, 0.5, 0.0])
+
+
+def test_errors_by_range_reject_bad_bins_and_report_empty_ones():
+    for edges in ((5.0,), (0.0, 10.0, 10.0), (-1.0, 5.0)):
+        with pytest.raises(ValueError, match="range edges must be >= 0 and increasing"):
+            RangeAccumulator(edges)
+    with pytest.raises(ValueError, match="min_pixels must be >= 1"):
+        RangeAccumulator(min_pixels=0)
+    beyond = RangeAccumulator((0.0, 5.0))  # pixels, none of them in a bin: every bin empty
+    beyond.add(np.full((1, 3), 20.0), np.full((1, 3), 20.0), median_scaling=False, crop=None)
+    assert beyond.summary() == [
+        {"range_m": [0, 5], "pixels": 0, "pixel_share": 0.0, "abs_rel": None, "ratio": None, "images": 0}
+    ]
+
+
 def test_format_table():
     metrics = dict(zip(METRIC_NAMES, [0.1156, 0.9, 4.87, 0.1934, 0.871, 0.959, 0.98149], strict=True))
     header, values = format_table(metrics).splitlines()
@@ -177,7 +227,7 @@ def _reference(model, data):
     unscaled and median-scaled abs_rel over gt in (1e-3, 80) m inside the Garg crop, pred clipped to it."""
     sequences = open_sequences(data, DataConfig())
     estimator = DepthEstimator(model, backend="torch", device="cpu")
-    ratios, pixel_ratios, metric, median = [], [], [], []
+    ratios, pixel_ratios, metric, median, pooled = [], [], [], [], []
     for sequence_index, frame in build_samples(sequences, [0], resolve_split(data, "test")):
         sequence = sequences[sequence_index]
         gt, pred = sequence.depth(frame), estimator(sequence.image(frame)).astype(np.float64)
@@ -187,7 +237,9 @@ def _reference(model, data):
         pixel_ratios.append(np.median(gt / pred))
         metric.append(np.mean(np.abs(gt - np.clip(pred, 1e-3, 80)) / gt))
         median.append(np.mean(np.abs(gt - np.clip(pred * ratios[-1], 1e-3, 80)) / gt))
-    return np.array(ratios), np.array(pixel_ratios), np.mean(metric), np.mean(median)
+        pooled.append(np.abs(gt - np.clip(pred, 1e-3, 80)) / gt)
+    pooled_abs_rel = np.mean(np.concatenate(pooled))  # over all pixels of all frames, not per frame
+    return np.array(ratios), np.array(pixel_ratios), np.mean(metric), np.mean(median), pooled_abs_rel
 
 
 def test_evaluate_model_reports_metric_and_median_scaled_tables(
@@ -195,11 +247,11 @@ def test_evaluate_model_reports_metric_and_median_scaled_tables(
 ):
     metric_model = evaluate_model(velocity_checkpoint, tiny_drive, backend="torch", progress=False)
     scale_keys = {"scale_mean", "scale_std", "pixel_scale_mean", "pixel_scale_std"}
-    assert set(metric_model) == {"metric_source", "images", "median", "metric", *scale_keys}
+    assert set(metric_model) == {"metric_source", "images", "median", "metric", "by_range", *scale_keys}
     assert (metric_model["metric_source"], metric_model["images"]) == ("velocity", 2)
     assert set(metric_model["median"]) == set(metric_model["metric"]) == set(METRIC_NAMES)
 
-    ratios, pixel_ratios, metric_abs_rel, median_abs_rel = _reference(velocity_checkpoint, tiny_drive)
+    ratios, pixel_ratios, metric_abs_rel, median_abs_rel, pooled = _reference(velocity_checkpoint, tiny_drive)
     assert metric_model["scale_mean"] == pytest.approx(ratios.mean(), rel=1e-5)
     assert metric_model["scale_std"] == pytest.approx(ratios.std(), rel=1e-4)
     assert metric_model["pixel_scale_mean"] == pytest.approx(pixel_ratios.mean(), rel=1e-5)
@@ -208,10 +260,19 @@ def test_evaluate_model_reports_metric_and_median_scaled_tables(
     assert metric_model["median"]["abs_rel"] == pytest.approx(median_abs_rel, rel=1e-5)
     assert metric_model["scale_mean"] > 1.5  # an untrained net: far from metres, so the tables differ
     assert metric_model["metric"]["abs_rel"] > metric_model["median"]["abs_rel"]
+    # by range, of the metric table: the bins cover every valid pixel, so their pixel-weighted AbsRel is the
+    # pooled AbsRel of all pixels
+    by_range = metric_model["by_range"]
+    assert by_range["scaling"] == "metric"
+    shares = [b["pixel_share"] for b in by_range["bins"]]
+    assert sum(shares) == pytest.approx(1.0)
+    weighted = sum(b["pixel_share"] * b["abs_rel"] for b in by_range["bins"] if b["abs_rel"] is not None)
+    assert weighted == pytest.approx(pooled, rel=1e-5)
 
     # the same weights, scale-less: median-scaled only unless the metric table is asked for
     scale_less = evaluate_model(random_checkpoint, tiny_drive, backend="torch", progress=False)
     assert scale_less["metric_source"] == "none" and "metric" not in scale_less
+    assert scale_less["by_range"]["scaling"] == "median"
     assert scale_less["median"] == metric_model["median"]
     assert scale_less["scale_mean"] == metric_model["scale_mean"]
     asked = evaluate_model(random_checkpoint, tiny_drive, scaling="metric", backend="torch", progress=False)
@@ -253,6 +314,8 @@ def test_evaluate_cli_prints_labelled_tables(velocity_checkpoint, random_checkpo
     assert lines[1] == "metric (no scaling):" and lines[4] == "median-scaled:"
     assert [name.strip() for name in lines[2].split("|")] == list(METRIC_NAMES)
     assert [name.strip() for name in lines[5].split("|")] == list(METRIC_NAMES)
+    assert lines[7].startswith("by ground-truth range (metric; ratio = median over images of median(gt/pred)")
+    assert [line.split("|")[0].strip() for line in lines[9:14]] == ["0-5", "5-10", "10-20", "20-40", "40-80"]
 
     argv = ["evaluate", "--checkpoint", str(random_checkpoint), "--data", str(tiny_drive)]
     assert main([*argv, "--scaling", "median"]) == 0

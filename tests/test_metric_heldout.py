@@ -3,26 +3,13 @@ report's per-run summary."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def metric_heldout():
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports metric_depth by its name
-    try:
-        spec = importlib.util.spec_from_file_location("metric_heldout", ROOT / "bench" / "metric_heldout.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+def metric_heldout(bench_script):
+    return bench_script("metric_heldout")
 
 
 def _record(run: str, drive_seed: int, ratios: np.ndarray, pixel_ratios: np.ndarray | None = None) -> dict:

@@ -8,7 +8,12 @@ from pathlib import Path
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.triplets import build_samples
-from ssim_depth_core.evaluation import METRIC_NAMES, MetricsAccumulator, evaluate_depth_scalings
+from ssim_depth_core.evaluation import (
+    METRIC_NAMES,
+    MetricsAccumulator,
+    RangeAccumulator,
+    evaluate_depth_scalings,
+)
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
@@ -39,6 +44,17 @@ def format_report(result: dict) -> str:
     if "metric" in result:
         lines += ["metric (no scaling):", format_table(result["metric"])]
     lines += ["median-scaled:", format_table(result["median"])]
+    by_range = result["by_range"]
+    lines += [
+        f"by ground-truth range ({by_range['scaling']}; ratio = median over images of median(gt/pred), "
+        "< 1: read too far):",
+        f"{'range m':>9} | {'pixels':>6} | {'abs_rel':>7} | {'ratio':>6} | images",
+    ]
+    for row in by_range["bins"]:
+        low, high = row["range_m"]
+        abs_rel, ratio = (f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("abs_rel", "ratio"))
+        bounds = f"{low:g}-{high:g}"
+        lines.append(f"{bounds:>9} | {row['pixel_share']:6.1%} | {abs_rel:>7} | {ratio:>6} | {row['images']}")
     return "\n".join(lines)
 
 
@@ -61,7 +77,9 @@ def evaluate_model(
         a3: ...}, "metric": {...}}``: the per-image means of the metrics with median scaling (``median``) and
         without (``metric``, present for a metric model under "auto", for any under "metric"), and the mean
         and standard deviation of the per-image scale ratio median(gt) / median(pred) (1 and 0 for a model
-        whose depth is in metres) and of the pixelwise one, median(gt / pred).
+        whose depth is in metres) and of the pixelwise one, median(gt / pred); ``by_range``: ``{"scaling":
+        "metric" or "median", "bins": RangeAccumulator.summary()}``, the errors by ground-truth range of the
+        first table reported (metric when there is one).
     """
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -76,7 +94,7 @@ def evaluate_model(
         source,
         " and metric ones (no scaling)" if unscaled else "",
     )
-    median, metric = MetricsAccumulator(), MetricsAccumulator()
+    median, metric, by_range = MetricsAccumulator(), MetricsAccumulator(), RangeAccumulator()
     for sequence_index, frame in progress_bar(samples, desc="evaluate", disable=not progress):
         sequence = sequences[sequence_index]
         gt = sequence.depth(frame)
@@ -87,6 +105,7 @@ def evaluate_model(
         median.add(scores.median, scores.ratio, scores.pixel_ratio)
         if scores.metric is not None:
             metric.add(scores.metric)
+        by_range.add(gt, pred, median_scaling=not unscaled)
     if not len(median):
         raise ValueError(f"split '{split}' selected no frames of {data_path}")
     stats, pixelwise = median.scale_stats(), median.scale_stats(pixelwise=True)
@@ -98,6 +117,7 @@ def evaluate_model(
         "pixel_scale_mean": pixelwise["mean"],
         "pixel_scale_std": pixelwise["std"],
         "median": median.mean(),
+        "by_range": {"scaling": "metric" if unscaled else "median", "bins": by_range.summary()},
     }
     if unscaled:
         result["metric"] = metric.mean()
