@@ -95,7 +95,17 @@ VARIANTS = {
 }
 TRAINING_DATA_SEED, HELDOUT_SEED = 1, 2  # data seeds of the training drives and of the held-out drive
 # the issue's acceptance applies to the velocity-supervised and MS models of the recipe's number of steps
-ACCEPTANCE_VARIANTS = ("velocity", "ms", "velocity_288x96", "ms_288x96", "velocity_lr5e4", "ms_lr5e4")
+ACCEPTANCE_VARIANTS = (
+    "velocity",
+    "ms",
+    "velocity_288x96",
+    "ms_288x96",
+    "velocity_lr5e4",
+    "ms_lr5e4",
+    "ms_lr5e4_zeros",
+    "ms_lr5e4_smooth1e4",
+    "ms_lr5e4_zeros_smooth1e4",
+)
 # ... and its camera-height check to the scale-less ones
 SCALE_LESS_VARIANTS = ("none", "none_init10", "none_near")
 # camera_height_errors' key prefix per ground_normal of the camera-height scale
