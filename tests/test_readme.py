@@ -74,9 +74,13 @@ def _check_outputs(argv: list[str], stdout: str, cwd: Path) -> None:
     elif verb == "train":
         assert (cwd / _option(argv, "--out") / "checkpoints" / "best.pt").is_file()
     elif verb == "evaluate":
-        header, values = stdout.splitlines()[-2:]  # format_table's two lines end the output
-        assert [name.strip() for name in header.split("|")] == list(METRIC_NAMES)
-        assert all(0 <= float(value) < 100 for value in values.split("|"))
+        lines = stdout.splitlines()
+        headers = [
+            i for i, line in enumerate(lines) if [n.strip() for n in line.split("|")] == list(METRIC_NAMES)
+        ]
+        assert headers, f"no metrics table in:\n{stdout}"  # format_table's header, its values below it
+        assert all(0 <= float(value) < 100 for i in headers for value in lines[i + 1].split("|"))
+        assert lines[-7].startswith("by ground-truth range")  # the last table: a header and 5 range bins
     elif verb == "export":
         assert (cwd / _option(argv, "--onnx")).stat().st_size > 0
     elif verb == "infer":
