@@ -37,6 +37,16 @@ runs the camera-height ground-plane scale over the held-out frames. Variants:
   from 0.35-0.40 to 0.22-0.25 and neither costs accuracy elsewhere.
 - ``ms_lr5e4_zeros_smooth1e4``: both changes together, under the same rule.
 
+Is the per-frame ratio of medians' spread the scale's or the depth map's shape? ``evaluate_model`` also
+reports ``scale_shape_std``: the std of median(gt)/median(pred) once each frame is scaled by its own pixelwise
+ratio median(gt/pred), the spread a model whose scale were exactly the same on every frame would still show;
+``camera_height_errors`` reports ``ratio_gap_*``: |median(gt/pred) / (median(gt)/median(pred)) - 1| per frame,
+the camera-height check's error for a scale exactly at each frame's pixelwise ratio. Rule fixed before
+these were measured (velocity s0 and ms_lr5e4 s0 retrained, 2026-12-07): the std check's miss is the shape's,
+not the scale's, if ``scale_shape_std`` > 0.05 on every measured velocity/MS model; the camera-height
+check's miss is the reference's if on each scale-less model ``ratio_gap_median`` is at least the
+camera-height error against the pixelwise ratio.
+
 The camera-height scale runs twice over the held-out frames: with the ground plane's normal fitted (the
 node's default) and with it fixed to the mounting's up (``ground_normal: mounting``).
 
