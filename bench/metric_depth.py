@@ -161,7 +161,9 @@ def camera_height_errors(checkpoint: Path, heldout: Path) -> dict[str, float]:
     smoothed scale the node applies (``ground_error_*``) and each frame's own fit (``ground_frame_error_*``);
     the same against the pixelwise ratio median(gt / pred) (``*_pixelwise_*``); all of it again with the
     plane's normal fixed to the mounting's up (``ground_mounting_*``). ``ground_fitted`` and
-    ``ground_mounting_fitted`` count the frames with a plane."""
+    ``ground_mounting_fitted`` count the frames with a plane. ``ratio_gap_*``: |median(gt / pred) /
+    (median(gt) / median(pred)) - 1| per frame, the error a scale exactly at each frame's pixelwise ratio
+    would show against the ratio of medians."""
     (sequence,) = open_sequences(heldout, DataConfig())
     estimator = DepthEstimator(checkpoint, backend="torch")
     scales = {
@@ -173,6 +175,7 @@ def camera_height_errors(checkpoint: Path, heldout: Path) -> dict[str, float]:
         depth = estimator(sequence.image(index))
         scores = evaluate_depth_scalings(sequence.depth(index), depth, crop=None, unscaled=False)
         references = {"": scores.ratio, "_pixelwise": scores.pixel_ratio}
+        errors["ratio_gap"].append(abs(scores.pixel_ratio / scores.ratio - 1))
         for prefix, ground in scales.items():
             state = ground.update(depth, sequence.intrinsics)
             for suffix, reference in references.items():
@@ -180,7 +183,11 @@ def camera_height_errors(checkpoint: Path, heldout: Path) -> dict[str, float]:
                     errors[f"{prefix}_error{suffix}"].append(abs(state.scale / reference - 1))
                 if state.frame_scale is not None:
                     errors[f"{prefix}_frame_error{suffix}"].append(abs(state.frame_scale / reference - 1))
-    summary = {"ground_frames": len(sequence)}
+    summary = {
+        "ground_frames": len(sequence),
+        "ratio_gap_median": float(np.median(errors["ratio_gap"])),
+        "ratio_gap_p90": float(np.percentile(errors["ratio_gap"], 90)),
+    }
     for prefix in scales:
         summary[f"{prefix}_fitted"] = len(errors[f"{prefix}_frame_error"])
         for name in ("error", "frame_error", "error_pixelwise", "frame_error_pixelwise"):
@@ -266,6 +273,9 @@ def report(records: list[dict]) -> str:
                 ratio = r["metric"]["abs_rel"] / r["median"]["abs_rel"]
                 checks.append(f"{name}: metric/median AbsRel {ratio:.3f} (<= 1.1: {ratio <= 1.1})")
                 checks.append(f"{name}: scale std {r['scale_std']:.3f} (<= 0.05: {r['scale_std'] <= 0.05})")
+                if "scale_shape_std" in r:
+                    shape = r["scale_shape_std"]
+                    checks.append(f"{name}: its shape's part {shape:.3f} (> 0.05: {shape > 0.05})")
                 ok = 0.95 <= r["scale_mean"] <= 1.05
                 checks.append(f"{name}: scale mean {r['scale_mean']:.3f} (0.95-1.05: {ok})")
             if variant in SCALE_LESS_VARIANTS:
@@ -274,6 +284,12 @@ def report(records: list[dict]) -> str:
                 ):
                     if key in r:
                         checks.append(f"{name}: {key} {r[key]:.3f} (<= 0.05: {r[key] <= 0.05})")
+                if "ratio_gap_median" in r:
+                    gap, pixelwise = r["ratio_gap_median"], r["ground_error_pixelwise_median"]
+                    checks.append(
+                        f"{name}: ratio gap median {gap:.3f}, camera-height error vs pixelwise "
+                        f"{pixelwise:.3f} (gap >= error: {gap >= pixelwise})"
+                    )
     return "\n".join([*lines, "", *checks])
 
 

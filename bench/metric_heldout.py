@@ -63,8 +63,9 @@ def report(records: list[dict]) -> str:
     lines = [
         "| run | drive seed | frames | scale ratio mean | scale ratio std | pixelwise ratio mean "
         "| pixelwise ratio std | AbsRel in metres | AbsRel median-scaled | camera-height error median "
-        "(vs ratio / vs pixelwise) | the same, mounting normal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "(vs ratio / vs pixelwise) | the same, mounting normal | scale ratio std at pixelwise scale "
+        "| ratio gap median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     runs = list(dict.fromkeys(r["run"] for r in records))
     for run in runs:
@@ -76,7 +77,8 @@ def report(records: list[dict]) -> str:
                 f"| {metric} | {r['median']['abs_rel']:.4f} "
                 f"| {_optional(r, 'ground_error_median')} / {_optional(r, 'ground_error_pixelwise_median')} "
                 f"| {_optional(r, 'ground_mounting_error_median')} "
-                f"/ {_optional(r, 'ground_mounting_error_pixelwise_median')} |"
+                f"/ {_optional(r, 'ground_mounting_error_pixelwise_median')} "
+                f"| {_optional(r, 'scale_shape_std')} | {_optional(r, 'ratio_gap_median')} |"
             )
     for ratio, formula in RATIOS.items():
         lines += [

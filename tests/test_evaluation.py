@@ -152,6 +152,25 @@ def test_accumulator_averages_per_image():
     assert acc.scale_stats(pixelwise=True) == pytest.approx({"mean": 0.5, "std": 0.0, "median": 0.5})
 
 
+def test_shape_scale_std_is_the_ratio_of_medians_at_each_images_own_pixelwise_scale():
+    # image A: pred exact up to 2x (both ratios 2: its shape is perfect); image B: two of five pixels read
+    # 1.5x too far, so median(gt/pred) = 1 (three pixels exact) while median(gt)/median(pred) = 3 / 4
+    gt_a, pred_a = np.array([[1.0, 2.0, 3.0]]), np.array([[0.5, 1.0, 1.5]])
+    gt_b, pred_b = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]]), np.array([[1.0, 2.0, 4.5, 4.0, 7.5]])
+    acc = MetricsAccumulator()
+    shaped = []
+    for gt, pred in ((gt_a, pred_a), (gt_b, pred_b)):
+        scores = evaluate_depth_scalings(gt, pred, crop=None, unscaled=False)
+        acc.add(scores.median, scores.ratio, scores.pixel_ratio)
+        # the definition: scale the image by its own pixelwise ratio, then take the ratio of medians
+        shaped.append(np.median(gt) / np.median(pred * scores.pixel_ratio))
+    assert shaped == pytest.approx([1.0, 0.75])
+    assert acc.shape_scale_std() == pytest.approx(0.125)  # population std of (1, 0.75)
+    acc.add(scores.median, scale_ratio=1.0)  # a third image without its pixelwise ratio
+    with pytest.raises(ValueError, match="both scale ratios"):
+        acc.shape_scale_std()
+
+
 def test_accumulator_empty_raises():
     with pytest.raises(ValueError, match="no images"):
         MetricsAccumulator().mean()
@@ -246,7 +265,7 @@ def test_evaluate_model_reports_metric_and_median_scaled_tables(
     random_checkpoint, velocity_checkpoint, tiny_drive
 ):
     metric_model = evaluate_model(velocity_checkpoint, tiny_drive, backend="torch", progress=False)
-    scale_keys = {"scale_mean", "scale_std", "pixel_scale_mean", "pixel_scale_std"}
+    scale_keys = {"scale_mean", "scale_std", "pixel_scale_mean", "pixel_scale_std", "scale_shape_std"}
     assert set(metric_model) == {"metric_source", "images", "median", "metric", "by_range", *scale_keys}
     assert (metric_model["metric_source"], metric_model["images"]) == ("velocity", 2)
     assert set(metric_model["median"]) == set(metric_model["metric"]) == set(METRIC_NAMES)
@@ -256,6 +275,7 @@ def test_evaluate_model_reports_metric_and_median_scaled_tables(
     assert metric_model["scale_std"] == pytest.approx(ratios.std(), rel=1e-4)
     assert metric_model["pixel_scale_mean"] == pytest.approx(pixel_ratios.mean(), rel=1e-5)
     assert metric_model["pixel_scale_std"] == pytest.approx(pixel_ratios.std(), rel=1e-4)
+    assert metric_model["scale_shape_std"] == pytest.approx((ratios / pixel_ratios).std(), rel=1e-4)
     assert metric_model["metric"]["abs_rel"] == pytest.approx(metric_abs_rel, rel=1e-5)
     assert metric_model["median"]["abs_rel"] == pytest.approx(median_abs_rel, rel=1e-5)
     assert metric_model["scale_mean"] > 1.5  # an untrained net: far from metres, so the tables differ

@@ -55,3 +55,8 @@ def test_report_summarises_each_run_over_its_drives(metric_heldout):
     pixelwise_rows = pixelwise_summary.splitlines()[2:]
     assert len(pixelwise_rows) == 1 and "| 2 of 2 | 1.000-1.000 | 1.0000 |" in pixelwise_rows[0]
     assert "| velocity | 2 | 2 | 1.0000 | 0.0000 | - | - |" in table
+    records[0].update(scale_shape_std=0.071, ratio_gap_median=0.04)
+    (row,) = (
+        line for line in metric_heldout.report(records).splitlines() if line.startswith("| ms | 2 | 3 |")
+    )
+    assert row.endswith("| 0.0710 | 0.0400 |")

@@ -39,7 +39,9 @@ def format_report(result: dict) -> str:
     lines = [
         f"{result['images']} images, metric source: {result['metric_source']}; per-image scale ratio "
         f"median(gt)/median(pred): mean {result['scale_mean']:.3f}, std {result['scale_std']:.3f}; "
-        f"median(gt/pred): mean {result['pixel_scale_mean']:.3f}, std {result['pixel_scale_std']:.3f}"
+        f"median(gt/pred): mean {result['pixel_scale_mean']:.3f}, std {result['pixel_scale_std']:.3f}; "
+        f"median(gt)/median(pred) at each image's own median(gt/pred) scale (the depth's shape alone): "
+        f"std {result['scale_shape_std']:.3f}"
     ]
     if "metric" in result:
         lines += ["metric (no scaling):", format_table(result["metric"])]
@@ -77,7 +79,9 @@ def evaluate_model(
         a3: ...}, "metric": {...}}``: the per-image means of the metrics with median scaling (``median``) and
         without (``metric``, present for a metric model under "auto", for any under "metric"), and the mean
         and standard deviation of the per-image scale ratio median(gt) / median(pred) (1 and 0 for a model
-        whose depth is in metres) and of the pixelwise one, median(gt / pred); ``by_range``: ``{"scaling":
+        whose depth is in metres) and of the pixelwise one, median(gt / pred); ``scale_shape_std``, the std
+        of the first once each image is scaled by the second (``MetricsAccumulator.shape_scale_std``: what a
+        scale exactly the same on every image would still show); ``by_range``: ``{"scaling":
         "metric" or "median", "bins": RangeAccumulator.summary()}``, the errors by ground-truth range of the
         first table reported (metric when there is one).
     """
@@ -116,6 +120,7 @@ def evaluate_model(
         "scale_std": stats["std"],
         "pixel_scale_mean": pixelwise["mean"],
         "pixel_scale_std": pixelwise["std"],
+        "scale_shape_std": median.shape_scale_std(),
         "median": median.mean(),
         "by_range": {"scaling": "metric" if unscaled else "median", "bins": by_range.summary()},
     }
