@@ -223,13 +223,13 @@ class MetricsAccumulator:
             )
         return {"mean": float(ratios.mean()), "std": float(ratios.std()), "median": float(np.median(ratios))}
 
-    def shape_scale_std(self) -> float:
+    def scale_shape_std(self) -> float:
         """Standard deviation over images of median(gt) / median(pred) with each image first scaled by its own
         median(gt / pred): the spread of the ratio of medians that a scale exactly the same on every image
         would still show, the depth map's shape alone."""
         if not self._ratios or len(self._ratios) != len(self._pixel_ratios):
             raise ValueError(
-                "shape_scale_std needs both scale ratios (scale_ratio, pixel_scale_ratio) of every image"
+                "scale_shape_std needs both scale ratios (scale_ratio, pixel_scale_ratio) of every image"
             )
         return float(np.std(np.divide(self._ratios, self._pixel_ratios)))
 

@@ -152,7 +152,7 @@ def test_accumulator_averages_per_image():
     assert acc.scale_stats(pixelwise=True) == pytest.approx({"mean": 0.5, "std": 0.0, "median": 0.5})
 
 
-def test_shape_scale_std_is_the_ratio_of_medians_at_each_images_own_pixelwise_scale():
+def test_scale_shape_std_is_the_ratio_of_medians_at_each_images_own_pixelwise_scale():
     # image A: pred exact up to 2x (both ratios 2: its shape is perfect); image B: two of five pixels read
     # 1.5x too far, so median(gt/pred) = 1 (three pixels exact) while median(gt)/median(pred) = 3 / 4
     gt_a, pred_a = np.array([[1.0, 2.0, 3.0]]), np.array([[0.5, 1.0, 1.5]])
@@ -165,10 +165,10 @@ def test_shape_scale_std_is_the_ratio_of_medians_at_each_images_own_pixelwise_sc
         # the definition: scale the image by its own pixelwise ratio, then take the ratio of medians
         shaped.append(np.median(gt) / np.median(pred * scores.pixel_ratio))
     assert shaped == pytest.approx([1.0, 0.75])
-    assert acc.shape_scale_std() == pytest.approx(0.125)  # population std of (1, 0.75)
+    assert acc.scale_shape_std() == pytest.approx(0.125)  # population std of (1, 0.75)
     acc.add(scores.median, scale_ratio=1.0)  # a third image without its pixelwise ratio
     with pytest.raises(ValueError, match="both scale ratios"):
-        acc.shape_scale_std()
+        acc.scale_shape_std()
 
 
 def test_accumulator_empty_raises():

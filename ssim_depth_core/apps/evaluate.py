@@ -80,7 +80,7 @@ def evaluate_model(
         without (``metric``, present for a metric model under "auto", for any under "metric"), and the mean
         and standard deviation of the per-image scale ratio median(gt) / median(pred) (1 and 0 for a model
         whose depth is in metres) and of the pixelwise one, median(gt / pred); ``scale_shape_std``, the std
-        of the first once each image is scaled by the second (``MetricsAccumulator.shape_scale_std``: what a
+        of the first once each image is scaled by the second (``MetricsAccumulator.scale_shape_std``: what a
         scale exactly the same on every image would still show); ``by_range``: ``{"scaling":
         "metric" or "median", "bins": RangeAccumulator.summary()}``, the errors by ground-truth range of the
         first table reported (metric when there is one).
@@ -120,7 +120,7 @@ def evaluate_model(
         "scale_std": stats["std"],
         "pixel_scale_mean": pixelwise["mean"],
         "pixel_scale_std": pixelwise["std"],
-        "scale_shape_std": median.shape_scale_std(),
+        "scale_shape_std": median.scale_shape_std(),
         "median": median.mean(),
         "by_range": {"scaling": "metric" if unscaled else "median", "bins": by_range.summary()},
     }
