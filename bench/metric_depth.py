@@ -48,7 +48,8 @@ check's miss is the reference's if on each scale-less model ``ratio_gap_median``
 camera-height error against the pixelwise ratio.
 Both hold: ``scale_shape_std`` 0.051, 0.054 (``ms_lr5e4``), 0.055, 0.061 (``velocity``); ``ratio_gap_median``
 3.4 % and 5.2 % against 3.4 % and 3.3 % (``none_near``), on all six drives of ``bench/metric_heldout.py`` too
-(docs/training.md).
+(docs/training.md). Next question, fixed before its runs: does the most accurate variant so far,
+``ms_lr5e4_smooth1e4`` (AbsRel in metres 0.095), bring the shape's part to 0.05 or below on both seeds?
 
 The camera-height scale runs twice over the held-out frames: with the ground plane's normal fitted (the
 node's default) and with it fixed to the mounting's up (``ground_normal: mounting``).
