@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ssim_depth_core.apps.cli import build_parser
-from ssim_depth_core.evaluation import METRIC_NAMES
+from ssim_depth_core.evaluation import METRIC_NAMES, RANGE_EDGES
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- quickstart:begin -->\s*```bash\n(.*?)```\s*<!-- quickstart:end -->", re.DOTALL)
@@ -80,7 +80,8 @@ def _check_outputs(argv: list[str], stdout: str, cwd: Path) -> None:
         ]
         assert headers, f"no metrics table in:\n{stdout}"  # format_table's header, its values below it
         assert all(0 <= float(value) < 100 for i in headers for value in lines[i + 1].split("|"))
-        assert lines[-7].startswith("by ground-truth range")  # the last table: a header and 5 range bins
+        # the last table: its title, a column header and one row per range bin
+        assert lines[-(len(RANGE_EDGES) + 1)].startswith("by ground-truth range")
     elif verb == "export":
         assert (cwd / _option(argv, "--onnx")).stat().st_size > 0
     elif verb == "infer":
