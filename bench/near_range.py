@@ -39,7 +39,7 @@ from metric_depth import (  # bench/ is the script's folder
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.triplets import build_samples
-from ssim_depth_core.evaluation import RangeAccumulator, evaluate_depth
+from ssim_depth_core.evaluation import RangeAccumulator, scale_ratio
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
@@ -69,7 +69,7 @@ def measure_run(checkpoint: Path, data: Path, split: str = "test") -> dict:
         sequence = sequences[sequence_index]
         gt = sequence.depth(frame)
         pred = estimator(sequence.image(frame))
-        pred = pred if metric else pred * evaluate_depth(gt, pred)[1]  # scale-less: the frame's median scale
+        pred = pred if metric else pred * scale_ratio(gt, pred)  # scale-less: the frame's median scale
         model.add(gt, pred, median_scaling=False)
         peer.add(gt, through_resolution(gt, estimator.input_size), median_scaling=False)
         for band, columns in zip(bands, np.array_split(np.arange(gt.shape[1]), COLUMN_BANDS), strict=True):

@@ -111,6 +111,8 @@ class DepthScores(NamedTuple):
     )  # unscaled, as evaluate_depth(..., median_scaling=False)[0]; None: not asked
     ratio: float  # median(gt) / median(pred) over the valid pixels
     pixel_ratio: float  # median(gt / pred) over the valid pixels
+    gt: np.ndarray  # (N,) float64: the valid ground-truth pixels
+    pred: np.ndarray  # (N,) float64: the prediction on them, unscaled and unclamped
 
 
 def evaluate_depth_scalings(
@@ -132,7 +134,19 @@ def evaluate_depth_scalings(
     # a pixel predicted at 0 depth gives an infinite ratio, which the median outvotes
     with np.errstate(divide="ignore"):
         pixel_ratio = float(np.median(gt / pred))
-    return DepthScores(median, metric, ratio, pixel_ratio)
+    return DepthScores(median, metric, ratio, pixel_ratio, gt, pred)
+
+
+def scale_ratio(
+    gt_depth: np.ndarray,
+    pred_depth: np.ndarray,
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    crop: str | None = "garg",
+) -> float:
+    """The scale ratio median(gt) / median(pred) over the valid pixels, the factor median scaling applies
+    (arguments and errors as :func:`evaluate_depth`, which returns it beside the metrics)."""
+    return _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)[2]
 
 
 def _clamped_metrics(
@@ -261,7 +275,18 @@ class RangeAccumulator:
     ) -> None:
         """Add one image, compared as :func:`evaluate_depth` compares it with the same arguments."""
         gt, pred, ratio = _valid_depths(gt_depth, pred_depth, min_depth, max_depth, crop)
-        pred = np.clip(pred * ratio if median_scaling else pred, min_depth, max_depth)
+        self.add_pixels(gt, pred * ratio if median_scaling else pred, min_depth, max_depth)
+
+    def add_pixels(
+        self, gt: np.ndarray, pred: np.ndarray, min_depth: float = 1e-3, max_depth: float = 80.0
+    ) -> None:
+        """Add one image from its valid pixels, already matched (e.g. a :class:`DepthScores`' ``gt`` and
+        ``pred``, the latter times its ``ratio`` for median scaling): ``gt`` (N,) inside (min_depth,
+        max_depth), ``pred`` (N,) as compared; ``pred`` is clamped to [min_depth, max_depth] here."""
+        gt = np.asarray(gt, dtype=np.float64)
+        pred = np.clip(np.asarray(pred, dtype=np.float64), min_depth, max_depth)
+        if gt.shape != pred.shape or gt.ndim != 1:
+            raise ValueError(f"gt and pred must be matched (N,) pixels, got {gt.shape} and {pred.shape}")
         bins = np.digitize(gt, self.edges) - 1  # -1 and len(edges) - 1: outside every bin
         for index in range(self._pixels.size):
             inside = bins == index

@@ -19,6 +19,7 @@ from ssim_depth_core.evaluation import (
     evaluate_depth,
     evaluate_depth_scalings,
     garg_crop_mask,
+    scale_ratio,
 )
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
@@ -212,6 +213,15 @@ def test_errors_by_range_hand_computed():
     scaled = RangeAccumulator(min_pixels=1)
     scaled.add(gt[:, :5], 2 * pred[:, :5], median_scaling=True, crop=None)
     assert [b["abs_rel"] for b in scaled.summary()[:4]] == pytest.approx([0.5, 0.0, 0.5, 0.0])
+    # the same image from its matched valid pixels; a prediction past max_depth is clamped to 80 there too
+    matched = RangeAccumulator(min_pixels=1)
+    matched.add_pixels(gt[0, :5], pred[0, :5])
+    assert matched.summary() == bins
+    clamped = RangeAccumulator(min_pixels=1)
+    clamped.add_pixels(np.array([40.0]), np.array([120.0]))
+    assert clamped.summary()[4]["abs_rel"] == pytest.approx(1.0)  # |40 - 80| / 40
+    with pytest.raises(ValueError, match=r"matched \(N,\) pixels"):
+        matched.add_pixels(gt[0, :5], pred[0, :4])
 
 
 def test_errors_by_range_reject_bad_bins_and_report_empty_ones():
@@ -357,13 +367,17 @@ def test_both_scalings_in_one_call_equal_the_two_separate_calls():
     assert ratio == 2.0 and scaled["abs_rel"] == pytest.approx(30 / 50 / 4)  # only the clamped pixel is off
     assert unscaled["abs_rel"] == pytest.approx((0.5 * 3 + 10 / 50) / 4)
     median_only = evaluate_depth_scalings(gt, pred, crop=None, unscaled=False)
-    assert median_only == (scaled, None, ratio, 2.0)
+    assert median_only[:4] == (scaled, None, ratio, 2.0)
+    # the matched pixels it kept, for RangeAccumulator.add_pixels: the four valid ones, unscaled and unclamped
+    np.testing.assert_array_equal(median_only.gt, [2.0, 4.0, 8.0, 50.0])
+    np.testing.assert_array_equal(median_only.pred, [1.0, 2.0, 4.0, 60.0])
+    assert scale_ratio(gt, pred, crop=None) == ratio
     # The Garg crop and the errors are evaluate_depth's.
     kitti = np.full((375, 1242), 10.0)
     guess = np.full_like(kitti, 4.0)
     guess[:153] = 1000.0
     cropped = evaluate_depth_scalings(kitti, guess)
-    assert cropped == (
+    assert cropped[:4] == (
         evaluate_depth(kitti, guess)[0],
         evaluate_depth(kitti, guess, median_scaling=False)[0],
         2.5,

@@ -109,7 +109,7 @@ def evaluate_model(
         median.add(scores.median, scores.ratio, scores.pixel_ratio)
         if scores.metric is not None:
             metric.add(scores.metric)
-        by_range.add(gt, pred, median_scaling=not unscaled)
+        by_range.add_pixels(scores.gt, scores.pred if unscaled else scores.pred * scores.ratio)
     if not len(median):
         raise ValueError(f"split '{split}' selected no frames of {data_path}")
     stats, pixelwise = median.scale_stats(), median.scale_stats(pixelwise=True)
