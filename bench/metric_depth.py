@@ -53,6 +53,14 @@ Both hold: ``scale_shape_std`` 0.051, 0.054 (``ms_lr5e4``), 0.055, 0.061 (``velo
 No: reruns of seeds 0 and 1 give 0.040 and 0.056 (seed 0's rerun meets the spread check, 0.043, where the
 same seed's record spreads 0.058).
 
+Is the shape's part the training budget's? ``bench/shape_by_surface.py`` puts it on the boxes (facades,
+trees, poles, cars): with their pixels exact it falls to 0.015-0.029, with the ground's exact only to
+0.032-0.050. ``ms_lr5e4_smooth1e4_steps2x`` trains that variant for twice the recipe's steps (20 epochs, the
+drop after 19: 4,900 steps), outside the issue's acceptance, which fixes the steps. Rule fixed before its
+runs: the budget limits the shape's part if at twice the steps ``scale_shape_std`` on the held-out drive is
+<= 0.05 on seeds 0 and 1 and the boxes' AbsRel is below the same seed's rerun at the recipe's steps (0.147
+and 0.173, ``docs/studies/shape_by_surface.jsonl``).
+
 The camera-height scale runs twice over the held-out frames: with the ground plane's normal fitted (the
 node's default) and with it fixed to the mounting's up (``ground_normal: mounting``).
 
@@ -74,6 +82,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -108,6 +117,13 @@ VARIANTS = {
     "ms_lr5e4_zeros": [*MS, *LR_5E4, "model.padding_mode=zeros"],
     "ms_lr5e4_smooth1e4": [*MS, *LR_5E4, "loss.weights.smoothness=1e-4"],
     "ms_lr5e4_zeros_smooth1e4": [*MS, *LR_5E4, "model.padding_mode=zeros", "loss.weights.smoothness=1e-4"],
+    "ms_lr5e4_smooth1e4_steps2x": [
+        *MS,
+        *LR_5E4,
+        "loss.weights.smoothness=1e-4",
+        "optim.epochs=20",
+        "optim.lr_step_epochs=19",
+    ],
 }
 TRAINING_DATA_SEED, HELDOUT_SEED = 1, 2  # data seeds of the training drives and of the held-out drive
 # the issue's acceptance applies to the velocity-supervised and MS models of the recipe's number of steps
@@ -221,6 +237,23 @@ def best_checkpoint(parser: argparse.ArgumentParser, run: Path) -> Path:
     if not checkpoint.is_file():
         parser.error(f"{run}: no checkpoints/best.pt (a finished bench/metric_depth.py run?)")
     return checkpoint
+
+
+def record_runs(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, key: dict, measure: Callable[[Path], dict]
+) -> None:
+    """Measure each run of ``args.runs`` (``measure(its best.pt)``) not yet in ``args.results`` with the same
+    ``key`` fields, appending ``{"run": name, **key, date, machine, **measured}`` as soon as it is done."""
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    for run in args.runs:
+        checkpoint = best_checkpoint(parser, run)
+        record = {"run": run.name, **key}
+        if any(all(r.get(k) == v for k, v in record.items()) for r in read_records(args.results)):
+            log.info("%s (%s): already in %s", run.name, key, args.results)
+            continue
+        record.update({**provenance(), **measure(checkpoint)})
+        with args.results.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
 
 
 def provenance() -> dict[str, str]:
