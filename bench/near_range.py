@@ -23,7 +23,6 @@ already there.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -31,9 +30,8 @@ import cv2
 import numpy as np
 from metric_depth import (  # bench/ is the script's folder
     add_run_arguments,
-    best_checkpoint,
-    provenance,
     read_records,
+    record_runs,
 )
 
 from ssim_depth_core.config import DataConfig
@@ -45,16 +43,21 @@ from ssim_depth_core.runtime.estimator import DepthEstimator
 
 NEAR = 5.0  # metres: the range whose pixels are located by image column
 COLUMN_BANDS = 8
-log = logging.getLogger("near_range")
 
 
 def through_resolution(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) depth (0 = none) as a perfect network of input ``size`` (h, w) would give it back: its inverse
     area-resized to ``size`` and bilinearly back (holes count as inverse depth 0, i.e. far)."""
-    inverse = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-6), 0.0).astype(np.float32)
-    small = cv2.resize(inverse, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    back = cv2.resize(small, (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_LINEAR)
+    back = cv2.resize(
+        inverse_at(depth, size), (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_LINEAR
+    )
     return 1.0 / np.maximum(back, 1e-6)
+
+
+def inverse_at(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) depth (0 = none) -> its inverse area-resized to ``size`` (h, w), float32; none counts as 0."""
+    inverse = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-6), 0.0).astype(np.float32)
+    return cv2.resize(inverse, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
 def measure_run(checkpoint: Path, data: Path, split: str = "test") -> dict:
@@ -134,16 +137,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.report:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        for run in args.runs:
-            checkpoint = best_checkpoint(parser, run)
-            if any((r["run"], r["data"]) == (run.name, args.data.name) for r in read_records(args.results)):
-                log.info("%s on %s: already in %s", run.name, args.data, args.results)
-                continue
-            record = {"run": run.name, "data": args.data.name, **provenance()}
-            record.update(measure_run(checkpoint, args.data, args.split))
-            with args.results.open("a") as stream:
-                stream.write(json.dumps(record) + "\n")
+        key = {"data": args.data.name}
+        record_runs(parser, args, key, lambda checkpoint: measure_run(checkpoint, args.data, args.split))
     print(report(read_records(args.results)))
 
 

@@ -155,6 +155,21 @@ def _clamped_metrics(
     return compute_depth_metrics(gt, np.clip(pred, min_depth, max_depth))
 
 
+def valid_mask(
+    gt_depth: np.ndarray, min_depth: float = 1e-3, max_depth: float = 80.0, crop: str | None = "garg"
+) -> np.ndarray:
+    """(H, W) bool: the pixels :func:`evaluate_depth` compares with the same arguments (ground truth inside
+    (min_depth, max_depth) and, with ``crop`` "garg", inside the Garg crop)."""
+    if not 0 <= min_depth < max_depth:
+        raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+    valid = (gt_depth > min_depth) & (gt_depth < max_depth)
+    if crop == "garg":
+        valid &= garg_crop_mask(*gt_depth.shape)
+    elif crop is not None:
+        raise ValueError(f"unknown crop {crop!r}, expected 'garg' or None")
+    return valid
+
+
 def _valid_depths(
     gt_depth: np.ndarray, pred_depth: np.ndarray, min_depth: float, max_depth: float, crop: str | None
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -169,14 +184,7 @@ def _valid_depths(
             f"pred_depth shape {pred_depth.shape} != gt_depth shape {gt_depth.shape}: "
             "resize the prediction to the ground-truth resolution first"
         )
-    if not 0 <= min_depth < max_depth:
-        raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
-
-    valid = (gt_depth > min_depth) & (gt_depth < max_depth)
-    if crop == "garg":
-        valid &= garg_crop_mask(*gt_depth.shape)
-    elif crop is not None:
-        raise ValueError(f"unknown crop {crop!r}, expected 'garg' or None")
+    valid = valid_mask(gt_depth, min_depth, max_depth, crop)
     if not valid.any():
         raise ValueError(
             f"no valid ground-truth pixels (gt in ({min_depth}, {max_depth}) m"

@@ -3,6 +3,8 @@ depths."""
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,36 @@ def test_report_puts_the_shapes_part_beside_each_check(bench_script):
         "none seed 1: ratio gap median 0.030, camera-height error vs pixelwise 0.050 (gap >= error: False)"
         in lines
     )
+
+
+def test_record_runs_measures_each_run_once_per_key_and_appends_at_once(bench_script, tmp_path):
+    metric_depth = bench_script("metric_depth")
+    parser = argparse.ArgumentParser()
+    metric_depth.add_run_arguments(parser, "unused.jsonl")
+    runs = [tmp_path / name for name in ("a_s0", "b_s0")]
+    for run in runs:
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.pt").write_bytes(b"")
+    results = tmp_path / "studies" / "records.jsonl"
+    args = parser.parse_args(["--runs", *map(str, runs), "--results", str(results)])
+    measured = []
+
+    def measure(checkpoint):
+        measured.append(checkpoint)
+        return {"abs_rel": 0.1 * len(measured)}
+
+    metric_depth.record_runs(parser, args, {"data": "heldout"}, measure)
+    metric_depth.record_runs(parser, args, {"data": "heldout"}, measure)  # both recorded: nothing measured
+    metric_depth.record_runs(parser, args, {"data": "other"}, measure)  # another key: measured again
+    assert measured == [run / "checkpoints" / "best.pt" for run in runs * 2]
+    records = metric_depth.read_records(results)
+    assert [(r["run"], r["data"]) for r in records] == [
+        ("a_s0", "heldout"),
+        ("b_s0", "heldout"),
+        ("a_s0", "other"),
+        ("b_s0", "other"),
+    ]
+    assert [r["abs_rel"] for r in records] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert {"date", "machine"} <= set(records[0])
+    with pytest.raises(SystemExit):  # a run without best.pt is a usage error
+        metric_depth.record_runs(parser, parser.parse_args(["--runs", str(tmp_path)]), {}, measure)
