@@ -157,7 +157,7 @@ class ObjectiveAtTruth:
     def add(self, index: int, gt: np.ndarray, pred: np.ndarray, ids: np.ndarray) -> None:
         """Frame ``index``'s (H, W) ground truth, prediction in metres (a scale-less one median-scaled) and
         hit ids."""
-        compared = (ids > 0) & (gt > 1e-3) & (gt < 80.0)
+        compared = valid_mask(gt, crop=None) & (ids > 0)
         whole = (
             cv2.resize(compared.astype(np.float32), self.size[::-1], interpolation=cv2.INTER_AREA) > 1 - 1e-6
         )
