@@ -137,19 +137,28 @@ class ObjectiveAtTruth:
         image = resize_image(self.drive.render(index, camera).rgb, self.size[1], self.size[0])
         return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
-    def _errors(self, index: int, depth: np.ndarray, raw: bool = False) -> np.ndarray:
-        """(h, w) minimum over the sources of the error of each source warped with ``depth`` (h, w) into
-        frame ``index`` (``raw``: of the sources as they are, the auto-mask's reference)."""
-        target, errors = self._view(index), []
-        depth_map = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
+    def _sources(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each source of frame ``index``: its image at the training resolution and the transform from
+        frame ``index``'s camera to its camera (rendered once per frame: the drive caches one frame per
+        camera)."""
+        views = []
         for source in self.sources:
             camera, frame = (STEREO_CAMERA, index) if source == STEREO else (CAMERA, index + source)
-            image = self._view(frame, camera)
-            if not raw:
-                to_source = (
-                    np.linalg.inv(self.drive.T_world_camera(camera)[frame]) @ self.drive.T_world_cam[index]
-                )
-                transform = torch.from_numpy(to_source.astype(np.float32))[None]
+            to_source = (
+                np.linalg.inv(self.drive.T_world_camera(camera)[frame]) @ self.drive.T_world_cam[index]
+            )
+            views.append((self._view(frame, camera), torch.from_numpy(to_source.astype(np.float32))[None]))
+        return views
+
+    def _errors(
+        self, target: torch.Tensor, sources: list[tuple[torch.Tensor, torch.Tensor]], depth: np.ndarray | None
+    ) -> np.ndarray:
+        """(h, w) minimum over ``sources`` (:meth:`_sources`) of the error of each one warped into
+        ``target`` with ``depth`` (h, w); with None, of the sources as they are (auto-masking's reference)."""
+        errors = []
+        for image, transform in sources:
+            if depth is not None:
+                depth_map = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
                 image = warp(image, depth_map, transform, self.K, self.inv_K)
             errors.append(reprojection_error(image, target, self.ssim, self.alpha))
         return torch.cat(errors, 1).amin(1)[0].numpy()
@@ -167,9 +176,10 @@ class ObjectiveAtTruth:
         self.off_pixels += int(np.count_nonzero(off))
         if not off.any():
             return
-        raw = self._errors(index, truth, raw=True)[off]
+        target, sources = self._view(index), self._sources(index)
+        raw = self._errors(target, sources, None)[off]
         for name, depth in (("truth", truth), ("prediction", predicted)):
-            warped = self._errors(index, depth)[off]
+            warped = self._errors(target, sources, depth)[off]
             self.sums[f"error_at_{name}"] += float(warped.sum())
             self.masked[f"automasked_at_{name}"] += int(np.count_nonzero(raw < warped))
 
