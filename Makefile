@@ -62,7 +62,7 @@ demo: $(STAMP) $(SPLITS)/train_files.txt $(HELDOUT)
 		--split test --json $(DEMO)/run/metrics.json
 	$(BIN)/python training/export.py --checkpoint $(DEMO)/run/checkpoints/best.pt --onnx $(DEMO)/run/depth.onnx
 	PYTHONPATH=ros2_ws/src/ssim_depth $(BIN)/python -m ssim_depth.tools.pipeline --model $(DEMO)/run/depth.onnx \
-		--bag $$(ls -d $(DEMO)/heldout/bags/*/ | head -n 1) --out $(DEMO)/run/serving
+		--bag $$(ls -d $(DEMO)/heldout/bags/*/ | head -n 1) --out $(DEMO)/run/serving --overwrite
 	@echo "outputs: $(DEMO)/run: config.yaml, checkpoints/, tensorboard/ ($(BIN)/tensorboard --logdir $(DEMO)/run)," \
 		"metrics.json, depth.onnx, serving/ (depth/, depth_raw/, points.ply, latency.json, node.log)"
 

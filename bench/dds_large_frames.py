@@ -4,6 +4,9 @@ Peer: the default setting (sensor-data QoS subscriber, Fast DDS' default builtin
 same run. A publisher process sends ``--frames`` rgb8 images of each ``--sizes`` at ``--rate`` Hz (reliable
 publisher QoS, keep last 10, as ``ros2 bag play`` and most drivers); a subscriber process counts what arrives.
 Each setting runs in fresh processes on a private domain (random ``ROS_DOMAIN_ID``, localhost discovery).
+The last setting's subscriber is ``depth_node`` itself, its image subscription overridden to reliable (a
+random-init ResNet-18 at 192x64, depth at the network's size, no cloud or preview): it counts the frames
+*answered* (depth published), so delivery and the node's worker both have to keep up with the camera.
 
     python bench/dds_large_frames.py --sizes 640x480 1280x720 1920x1080 --frames 30 --rate 10
 
@@ -17,9 +20,11 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-# name -> (subscription reliability, extra environment)
+# name -> (subscriber: a counting subscription of this reliability, or "node"; extra environment)
 SETTINGS = {
     "default (sensor data, best effort)": ("best_effort", {}),
     "reliable subscription": ("reliable", {}),
@@ -31,19 +36,22 @@ SETTINGS = {
         "reliable",
         {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"},
     ),
+    "depth_node, reliable image subscription: frames answered": ("node", {}),
 }
+NODE_MODEL = (64, 192)  # H x W of the node's random network
 PEER = next(iter(SETTINGS))
 
 
-def publish(width: int, height: int, frames: int, rate: float) -> None:
-    """Publish ``frames`` rgb8 images once a subscriber is matched (runs in the publisher process)."""
+def publish(width: int, height: int, frames: int, rate: float, topic: str = "image") -> None:
+    """Publish ``frames`` rgb8 images, stamped 1 s, 2 s, ..., on ``topic`` once a subscriber is matched
+    (runs in the publisher process)."""
     import numpy as np
     import rclpy
     from sensor_msgs.msg import Image
 
     rclpy.init()
     node = rclpy.create_node("bench_publisher")
-    publisher = node.create_publisher(Image, "image", 10)
+    publisher = node.create_publisher(Image, topic, 10)
     deadline = time.monotonic() + 30
     while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -80,8 +88,56 @@ def subscribe(reliability: str, seconds: float) -> None:
     rclpy.shutdown()
 
 
-def measure(size: tuple[int, int], frames: int, rate: float, reliability: str, extra: dict) -> int:
-    """Frames received by a subscriber process of one setting."""
+def answer(model: str, seconds: float) -> None:
+    """Run ``depth_node`` on ``model`` for ``seconds``; print the number of distinct frames it published depth
+    for (subscriber process)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "ssim_depth"))
+    from ssim_depth.node import DepthNode
+
+    rclpy.init()
+    params = {
+        "model_path": model,
+        "scale_source": "fixed",  # a random model is scale-less; its metres do not matter here
+        "output_resolution": "network",
+        "publish_points": False,
+        "publish_preview": False,
+        "stats_period": 0.0,
+        "qos_overrides./image.subscription.reliability": "reliable",
+    }
+    node = DepthNode("depth_node", parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    listener = rclpy.create_node("bench_listener")
+    stamps = set()
+    listener.create_subscription(Image, "depth", lambda m: stamps.add(m.header.stamp.sec), 10)
+    executor = SingleThreadedExecutor()
+    for each in (node, listener):
+        executor.add_node(each)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.1)
+    print(len(stamps), flush=True)
+    executor.shutdown()
+    rclpy.shutdown()
+
+
+def node_model(folder: Path) -> Path:
+    """The node's random-init model as ONNX (built once, before any timing)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from inference import random_checkpoint
+
+    from ssim_depth_core.export import export_onnx
+
+    return export_onnx(random_checkpoint(folder, *NODE_MODEL), folder / "model.onnx")
+
+
+def measure(
+    size: tuple[int, int], frames: int, rate: float, subscriber: str, extra: dict, model: Path | None
+) -> int:
+    """Frames received (answered, for the node) by a subscriber process of one setting."""
     env = {
         **os.environ,
         **extra,
@@ -90,7 +146,8 @@ def measure(size: tuple[int, int], frames: int, rate: float, reliability: str, e
     }
     seconds = frames / rate + 12
     me = [sys.executable, __file__]
-    sub = subprocess.Popen([*me, "--role", "sub", reliability, str(seconds)], env=env, stdout=subprocess.PIPE)
+    role = ["node", str(model)] if subscriber == "node" else ["sub", subscriber]
+    sub = subprocess.Popen([*me, "--role", *role, str(seconds)], env=env, stdout=subprocess.PIPE)
     pub = subprocess.Popen([*me, "--role", "pub", f"{size[0]}x{size[1]}", str(frames), str(rate)], env=env)
     pub.wait()
     out, _ = sub.communicate()
@@ -111,7 +168,9 @@ def main() -> None:
         role, *rest = args.role
         if role == "pub":
             width, height = map(int, rest[0].split("x"))
-            publish(width, height, int(rest[1]), float(rest[2]))
+            publish(width, height, int(rest[1]), float(rest[2]), *rest[3:])
+        elif role == "node":
+            answer(rest[0], float(rest[1]))
         else:
             subscribe(rest[0], float(rest[1]))
         return
@@ -122,16 +181,23 @@ def main() -> None:
     print("| setting | " + " | ".join(args.sizes) + " |")
     print("|---|" + "---|" * len(args.sizes))
     peer = {}
-    for name in names:
-        cells = []
-        for text in args.sizes:
-            size = tuple(map(int, text.split("x")))
-            got = measure(size, args.frames, args.rate, *SETTINGS[name])
-            if name == PEER:
-                peer[text] = got
-            ratio = f"{got / peer[text]:.1f}x" if peer[text] else ("=" if got == 0 else "inf (peer 0)")
-            cells.append(f"{got}/{args.frames} ({ratio} default)" if name != PEER else f"{got}/{args.frames}")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        model = node_model(Path(folder)) if any(SETTINGS[name][0] == "node" for name in names) else None
+        for name in names:
+            print_row(name, args, peer, model)
+
+
+def print_row(name: str, args: argparse.Namespace, peer: dict[str, int], model: Path | None) -> None:
+    """Measure setting ``name`` at every size and print its table row; the peer's counts fill ``peer``."""
+    cells = []
+    for text in args.sizes:
+        size = tuple(map(int, text.split("x")))
+        got = measure(size, args.frames, args.rate, *SETTINGS[name], model)
+        if name == PEER:
+            peer[text] = got
+        ratio = f"{got / peer[text]:.1f}x" if peer[text] else ("=" if got == 0 else "inf (peer 0)")
+        cells.append(f"{got}/{args.frames} ({ratio} default)" if name != PEER else f"{got}/{args.frames}")
+    print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -80,18 +80,20 @@ class Intrinsics:
         """Build from sensor_msgs/CameraInfo fields.
 
         For a rectified image stream the projection matrix ``p`` is authoritative; ``k`` is used when ``p``
-        is absent or all zeros (an uncalibrated driver). ValueError names the matrix used (K or P).
+        is absent or all zeros (an uncalibrated driver). A ``k`` set beside ``p`` must be a valid camera too:
+        a message with a broken K is not one to trust, nor to rescale. ValueError names the matrix (K or P).
         """
-        if p is not None and np.any(np.asarray(p, dtype=np.float64) != 0):
-            name, matrix = "P", p
-        elif np.any(np.asarray(k, dtype=np.float64) != 0):
-            name, matrix = "K", k
-        else:
+        matrices = {"P": p, "K": k}
+        named = [(name, m) for name, m in matrices.items() if m is not None and np.any(np.asarray(m) != 0)]
+        if not named:
             raise ValueError("CameraInfo has neither K nor P set (all zeros): the camera is uncalibrated")
-        try:
-            return cls.from_matrix(matrix, width, height)
-        except ValueError as error:
-            raise ValueError(f"CameraInfo {name}: {error}") from None
+        cameras = []
+        for name, matrix in named:
+            try:
+                cameras.append(cls.from_matrix(matrix, width, height))
+            except ValueError as error:
+                raise ValueError(f"CameraInfo {name}: {error}") from None
+        return cameras[0]
 
     @classmethod
     def from_kitti_calib(cls, calib_cam_to_cam: str | Path, camera: str = "02") -> Intrinsics:

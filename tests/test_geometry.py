@@ -342,6 +342,9 @@ def test_unusable_camera_info_and_calib_name_their_source(tmp_path):
     p = [500.0, 0.0, 320.0, 0.0, 0.0, float("inf"), 240.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="CameraInfo P: .*fy=inf"):
         Intrinsics.from_camera_info(k, 640, 480, p=p)
+    p_valid = [480.0, 0.0, 318.0, 0.0, 0.0, 490.0, 236.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="CameraInfo K: intrinsics must be finite"):  # P serves, K is broken
+        Intrinsics.from_camera_info(k, 640, 480, p=p_valid)
     calib = tmp_path / "calib_cam_to_cam.txt"
     calib.write_text("S_rect_02: 1242 375\nP_rect_02: nan 0 609.5 0 0 721.5 172.8 0 0 0 1 0\n")
     with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt:2: 'P_rect_02' value 1 is 'nan'"):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import open3d as o3d
 import pykitti
 import pytest
 import torch
@@ -148,6 +147,7 @@ def test_ground_truth_png_encodes_renderer_depth(dataset: Path, drive: syn.Synth
 
 def test_renderer_depth_matches_open3d_raycasting(drive: syn.SyntheticDrive) -> None:
     """Independent reference: Open3D's BVH ray caster on the same boxes (as meshes) and ground."""
+    o3d = pytest.importorskip("open3d")
     frame = 2
     boxes = drive.scene.frame_boxes(frame)
     scene = o3d.t.geometry.RaycastingScene()

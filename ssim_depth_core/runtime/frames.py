@@ -256,6 +256,18 @@ class FramePipeline:
             self.ground = _ground_scale(settings.scale)
         return True
 
+    def refusal(self, settings: ModelSettings) -> str | None:
+        """Why ``settings`` cannot be served, as far as the open backend tells (its model's metadata and depth
+        range), else None; settings for another model or backend are only known once :meth:`configure`
+        opens it."""
+        if _backend_key(settings) != _backend_key(self.settings):
+            return None
+        try:
+            _build_estimator(settings, self.estimator.backend)
+        except ValueError as error:
+            return str(error)
+        return None
+
     def __call__(
         self, rgb: np.ndarray, camera: Intrinsics | None = None, options: FrameOptions = FrameOptions()
     ) -> DepthFrame:

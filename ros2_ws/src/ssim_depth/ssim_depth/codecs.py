@@ -44,8 +44,11 @@ class ImageDecodeError(ValueError):
 
 
 # what is not the decoder's among the lines written to stderr while an image is decoded: another thread's log
-# line (rcutils format) or Python output (a traceback, a warning); libjpeg alone has ~130 message texts
-_NOT_DECODER_LINE = re.compile(r"^(\[(DEBUG|INFO|WARN|ERROR|FATAL)\] \[|Traceback |\s|\S+\.py:\d+: )")
+# line (rcutils format, coloured or not: RCUTILS_COLORIZED_OUTPUT, which ros2 launch turns on in a terminal)
+# or Python output (a traceback, a warning); libjpeg alone has ~130 message texts
+_NOT_DECODER_LINE = re.compile(
+    r"^(?:\x1b\[[0-9;]*m)*(\[(DEBUG|INFO|WARN|ERROR|FATAL)\] \[|Traceback |\s|\S+\.py:\d+: )"
+)
 # a decoded image with one of these is damaged: libjpeg's warnings about the data (libjpeg-turbo jerror.h
 # JWRN_*: all but an unknown JFIF revision or Adobe transform); libpng's warnings are benign (profiles)
 _CORRUPT_LINE = re.compile(

@@ -33,6 +33,7 @@ Topics (all relative, remappable; outputs carry the input header):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import threading
@@ -46,7 +47,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSPolicyKind, QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float32, Header, String
@@ -70,7 +71,6 @@ from ssim_depth_core.runtime.frames import (
     FramePipeline,
     ModelSettings,
     ScaleSettings,
-    scale_problem,
 )
 from ssim_depth_core.runtime.latency import FrameStats
 
@@ -78,6 +78,15 @@ WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings
 OUTPUT_QOS = QoSProfile(depth=5)  # reliable: RViz and rosbag2 defaults can subscribe
 # depth/model: reliable, transient local: a subscriber that joins late still gets the latest frames' tags
 MODEL_QOS = QoSProfile(depth=5, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# the input QoS policies a params file or --ros-args may override (qos_overrides.<topic>.subscription.*)
+INPUT_QOS_OVERRIDES = QoSOverridingOptions(
+    policy_kinds=(
+        QoSPolicyKind.HISTORY,
+        QoSPolicyKind.DEPTH,
+        QoSPolicyKind.RELIABILITY,
+        QoSPolicyKind.DURABILITY,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,27 @@ class DepthParams:
             point_stride=self.point_stride,
             preview=self.publish_preview,
         )
+
+
+# the DepthParams that DepthParams.model_settings reads (the scale's go to ScaleSettings.from_mounting):
+# applied by the worker, set back if that fails
+SCALE_PARAMETERS = (
+    "scale_source",
+    "depth_scale",
+    "camera_height",
+    "camera_pitch",
+    "camera_roll",
+    "ground_normal",
+)
+MODEL_PARAMETERS = (
+    "model_path",
+    "backend",
+    "threads",
+    "min_depth",
+    "max_depth",
+    "output_resolution",
+    *SCALE_PARAMETERS,
+)
 
 
 def _float_range(low: float, high: float) -> dict:
@@ -248,6 +278,7 @@ class DepthNode(Node):
             if problem:
                 raise ValueError(f"{self.get_fully_qualified_name()}: {problem}")
             self._pipeline = FramePipeline(self.params.model_settings())
+            self._served = self.params  # the parameters the pipeline's model settings come from
         except BaseException:
             Node.destroy_node(self)  # nothing of ours to stop yet
             raise
@@ -276,15 +307,15 @@ class DepthNode(Node):
             image_type,
             image_topic,
             self._on_image,
-            qos_profile_sensor_data,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            copy.copy(qos_profile_sensor_data),  # rclpy writes the overrides into the profile it is given
+            qos_overriding_options=INPUT_QOS_OVERRIDES,
         )
         self._info_sub = self.create_subscription(
             CameraInfo,
             "camera_info",
             self._on_camera_info,
-            qos_profile_sensor_data,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            copy.copy(qos_profile_sensor_data),  # rclpy writes the overrides into the profile it is given
+            qos_overriding_options=INPUT_QOS_OVERRIDES,
         )
         self._image_topic = self._image_sub.topic_name
         self._stats_timer = None
@@ -318,13 +349,13 @@ class DepthNode(Node):
         return DepthParams(**values)
 
     def _check_new_params(self, parameters: list[Parameter]) -> SetParametersResult:
-        params = self._read_params({p.name: p.value for p in parameters})
-        problem = validate_params(params)
-        serving = self._pipeline.settings
-        if problem is None and (params.model_path, params.backend) == (serving.model_path, serving.backend):
-            # the open model decides now; a new model is checked when the worker opens it
-            metric = self._pipeline.estimator.backend.metric
-            problem = scale_problem(params.model_settings().scale, metric, params.model_path)
+        # rclpy's own parameters (use_sim_time, qos_overrides.*) are not the node's to check
+        own = {p.name: p.value for p in parameters if p.name in _DESCRIPTORS}
+        if not own:
+            return SetParametersResult(successful=True)
+        params = self._read_params(own)
+        # the open model decides now; a new model is checked when the worker opens it
+        problem = validate_params(params) or self._pipeline.refusal(params.model_settings())
         return SetParametersResult(successful=problem is None, reason=problem or "")
 
     def _apply_new_params(self, parameters: list[Parameter]) -> None:
@@ -341,10 +372,20 @@ class DepthNode(Node):
         try:
             rebuilt = self._pipeline.configure(settings)
         except (ValueError, RuntimeError, OSError) as error:
+            served = self._served
+            restored = [
+                Parameter(name, value=getattr(served, name))
+                for name in MODEL_PARAMETERS
+                if getattr(params, name) != getattr(served, name)
+            ]
             self.get_logger().error(
-                f"cannot apply the new model parameters, keeping the previous model: {error}"
+                f"cannot apply the new model parameters, keeping the previous model and setting "
+                f"{', '.join(p.name for p in restored)} back: {error}"
             )
+            # so that the parameters say what serves, and a later change does not carry the failed one
+            self.set_parameters(restored)
             return
+        self._served = params
         if rebuilt:
             backend = self._pipeline.estimator.backend
             self._model = _served_model(self._pipeline, self._model["generation"] + 1, self._model)

@@ -199,6 +199,7 @@ def test_camera_info_to_intrinsics_prefers_p_and_assumes_the_image_size_when_uns
     info.p = [90.0, 0.0, 55.0, -12.0, 0.0, 95.0, 35.0, 0.0, 0.0, 0.0, 1.0, 0.0]  # rectified: P wins
     assert intrinsics_from_camera_info(info, 999, 999) == Intrinsics(90.0, 95.0, 55.0, 35.0, 120, 80)
     info.width = info.height = 0  # a driver that leaves the size unset: the image's is assumed
+    info.k = [50.0, 0.0, 30.0, 0.0, 55.0, 20.0, 0.0, 0.0, 1.0]  # checked too: it is republished
     assert intrinsics_from_camera_info(info, 60, 40) == Intrinsics(90.0, 95.0, 55.0, 35.0, 60, 40)
     with pytest.raises(ValueError, match="uncalibrated"):
         intrinsics_from_camera_info(CameraInfo(width=120, height=80), 120, 80)
@@ -297,8 +298,12 @@ def test_other_stderr_output_during_a_decode_is_kept(capfd):
     with codecs._native_stderr(said):
         os.write(2, b"[WARN] [1.0] [other_node]: a log line of another thread\n")
         os.write(2, b"libpng error: bad adaptive filter value\n")
+        os.write(2, b"\x1b[33m[WARN] [2.0] [other_node]: a coloured one\x1b[0m\n")
     assert said == ["libpng error: bad adaptive filter value"]
-    assert capfd.readouterr().err == "[WARN] [1.0] [other_node]: a log line of another thread\n"
+    assert capfd.readouterr().err == (
+        "[WARN] [1.0] [other_node]: a log line of another thread\n"
+        "\x1b[33m[WARN] [2.0] [other_node]: a coloured one\x1b[0m\n"
+    )
 
 
 def test_valid_compressed_images_still_decode_after_corrupt_ones(rgb):

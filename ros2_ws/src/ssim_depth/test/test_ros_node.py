@@ -31,7 +31,7 @@ from rclpy.context import Context
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from skimage import data
 from ssim_depth.codecs import image_msg_to_depth
@@ -52,6 +52,7 @@ OUTPUTS = {"depth": Image, "depth/camera_info": CameraInfo, "points": PointCloud
 _stamps = itertools.count(1)
 _namespaces = itertools.count(1)
 _ORACLE = Path(__file__).resolve().parents[4] / "tests" / "depth_oracle.py"
+DDS_BENCH = Path(__file__).resolve().parents[4] / "bench" / "dds_large_frames.py"
 _spec = importlib.util.spec_from_file_location("ssim_depth_test_depth_oracle", _ORACLE)
 depth_oracle = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(depth_oracle)
@@ -323,6 +324,9 @@ def unusable_camera_infos() -> dict[str, CameraInfo]:
         info.k[index] = value
         info.p = [0.0] * 12  # K is used
         cases[name] = info
+    implausible_k = camera_info()  # P is used, but depth/camera_info republishes K too
+    implausible_k.k[0] = implausible_k.k[4] = 0.1
+    cases["implausible K beside a valid P"] = implausible_k
     cases["1x1 size"] = camera_info(width=1, height=1)
     cases["other aspect ratio"] = camera_info(width=WIDTH, height=WIDTH)
     cases["K and P zero"] = CameraInfo(width=WIDTH, height=HEIGHT)
@@ -437,36 +441,14 @@ def test_oversized_frames_are_dropped_before_decoding(graph, estimator, photo):
     assert g.node.stats.failed == compressed.node.stats.failed == 0
 
 
-LARGE_FRAME_PUBLISHER = """
-import sys, time
-import numpy as np, rclpy
-from sensor_msgs.msg import Image
-width, height, frames, topic = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-rclpy.init()
-node = rclpy.create_node("large_frame_publisher")
-publisher = node.create_publisher(Image, topic, 10)  # reliable, as ros2 bag play and most drivers
-deadline = time.monotonic() + 20
-while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-    time.sleep(0.05)
-time.sleep(1.0)
-pixels = np.random.default_rng(0).integers(0, 256, height * width * 3, dtype=np.uint8).tobytes()
-for i in range(frames):
-    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=pixels)
-    msg.header.stamp.sec = i + 1
-    publisher.publish(msg)
-    time.sleep(0.1)
-time.sleep(2.0)
-node.destroy_node()
-rclpy.shutdown()
-"""
-
-
 def test_full_hd_frames_from_another_process_arrive_with_a_reliable_subscription(graph, ros):
-    """1920x1080 rgb8 at 10 Hz from a separate process (real transport, not in-process delivery).
+    """1920x1080 rgb8 at 10 Hz from a separate process (real transport, not in-process delivery), published by
+    bench/dds_large_frames.py's publisher.
 
     The image subscription's reliability is overridden to reliable by parameter (the default best-effort
-    sensor-data QoS loses most such frames: bench/dds_large_frames.py). The criterion is issue 18's: >= 95% of
-    the frames answered (depth published), so delivery and the worker both keep up with the camera.
+    sensor-data QoS loses most such frames: the same bench). Asserted: every frame arrives, each is processed
+    or counted as dropped, none fails, and the newest is answered. How many are answered is the machine's
+    speed: the bench's node row measures it.
     """
     import subprocess
     import sys
@@ -481,15 +463,40 @@ def test_full_hd_frames_from_another_process_arrive_with_a_reliable_subscription
     topic = g.node._image_sub.topic_name
     assert g.node._image_sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
     publisher = subprocess.run(
-        [sys.executable, "-c", LARGE_FRAME_PUBLISHER, "1920", "1080", str(frames), topic],
+        [sys.executable, str(DDS_BENCH), "--role", "pub", "1920x1080", str(frames), "10", topic],
         timeout=TIMEOUT + frames,
         capture_output=True,
         text=True,
     )
     assert publisher.returncode == 0, publisher.stderr
-    wait_until(lambda: g.node.stats.processed >= 0.95 * frames, f"{frames} frames from {topic} answered")
-    assert g.node.stats.received <= frames and g.node.stats.failed == 0
-    print(f"received {g.node.stats.received}/{frames}, answered {g.node.stats.processed}")
+    stats = g.node.stats
+    wait_until(
+        lambda: (
+            stats.received == frames
+            and stats.received == stats.processed + stats.dropped + stats.rejected + stats.failed
+        ),
+        f"all {frames} frames from {topic} received and processed or counted as dropped",
+    )
+    assert stats.failed == 0 and stats.rejected == 0
+    wait_until(lambda: (frames, 0) in g.received["depth"], "the newest frame answered")
+    print(f"received {stats.received}/{frames}, answered {stats.processed}")
+
+
+def test_input_qos_overrides_include_durability(graph):
+    """docs/ros.md's four overridable policies, e.g. a transient-local camera_info for a latched publisher."""
+    g = graph(
+        **{
+            "qos_overrides.{namespace}/camera_info.subscription.durability": "transient_local",
+            "qos_overrides.{namespace}/image.subscription.history": "keep_last",
+            "qos_overrides.{namespace}/image.subscription.depth": 2,
+        }
+    )
+    assert g.node._info_sub.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert g.node._image_sub.qos_profile.depth == 2
+    # one node's overrides are its own: rclpy writes them into the profile object it is given
+    other = graph()
+    assert other.node._info_sub.qos_profile.durability == DurabilityPolicy.VOLATILE
+    assert other.node._image_sub.qos_profile.depth == 5
 
 
 def test_burst_is_served_newest_first_without_backlog(graph, photo):
@@ -561,11 +568,75 @@ def test_model_parameter_changes_apply_on_the_open_backend(graph, estimator, pho
     assert g.node._pipeline.estimator.backend is backend  # only a new model file or backend reopens it
 
 
+def test_model_parameters_are_exactly_those_the_model_settings_read():
+    """The set-back after a failed switch covers every parameter the worker applies, and no other."""
+    from dataclasses import fields, replace
+
+    from ssim_depth.node import MODEL_PARAMETERS, DepthParams
+
+    other = {"model_path": "b.onnx", "backend": "torch", "output_resolution": "network"}
+    other |= {"scale_source": "fixed", "ground_normal": "mounting"}
+    base = DepthParams(model_path="a.onnx", scale_source="camera_height", camera_height=1.5)
+    read = set()
+    for field in fields(DepthParams):
+        value = getattr(base, field.name)
+        if isinstance(value, bool):
+            changed = not value
+        elif isinstance(value, int | float):
+            changed = value + 1 if isinstance(value, int) else value + 0.25
+        else:
+            changed = other[field.name]
+        if replace(base, **{field.name: changed}).model_settings() != base.model_settings():
+            read.add(field.name)
+    assert read == set(MODEL_PARAMETERS)
+
+
+def test_rclpy_parameters_can_be_set_at_runtime(graph, estimator, photo):
+    """use_sim_time is every node's: setting it (ros2 param set) is not the depth node's to refuse."""
+    g = graph(publish_points=False, publish_preview=False)
+    (result,) = g.node.set_parameters([Parameter("use_sim_time", value=True)])
+    assert result.successful, result.reason
+    depth = image_msg_to_depth(g.request(image_msg(photo))["depth"])
+    np.testing.assert_allclose(depth, estimator(photo), rtol=1e-5)
+
+
+def test_changes_the_open_model_cannot_serve_are_rejected(graph, oracles, street):
+    """Checked against the open model when ros2 param set runs, not only when the worker applies them."""
+    g = graph(model_path=str(oracles["none"]), depth_scale=2.0)  # fixed; the oracle's range ends at 80 m
+    (result,) = g.node.set_parameters([Parameter("min_depth", value=90.0)])  # max_depth 0: the model's
+    assert not result.successful and "need 0 < min_depth < max_depth, got 90.0 and 80.0" in result.reason
+    (result,) = g.node.set_parameters([Parameter("depth_scale", value=3.0)])
+    assert result.successful, result.reason
+    depth = image_msg_to_depth(street_request(g, street)["depth"])
+    valid = street.depth > 0
+    np.testing.assert_allclose(depth[valid], street.depth[valid], rtol=1e-4)  # 3 x depth / 3
+
+
+def test_a_model_switch_that_fails_sets_the_parameters_back(graph, oracles, street):
+    """A new model is opened by the worker; when it is refused the parameters return to the model that
+    serves, so that they say what serves and a later change is applied on top of it."""
+    g = graph(model_path=str(oracles["velocity"]), scale_source="model")
+    street_request(g, street)
+    (result,) = g.node.set_parameters([Parameter("model_path", value=str(oracles["none"]))])
+    assert result.successful  # a new file: only opening it tells that it is scale-less
+    street_request(g, street)  # the worker applies changes between frames
+    wait_until(
+        lambda: g.node.get_parameter("model_path").value == str(oracles["velocity"]),
+        "model_path set back to the served model",
+    )
+    assert g.node.params.model_path == str(oracles["velocity"])
+    (result,) = g.node.set_parameters([Parameter("max_depth", value=50.0)])
+    assert result.successful, result.reason
+    depth = image_msg_to_depth(street_request(g, street)["depth"])
+    expected = DepthEstimator(oracles["velocity"], backend="onnxruntime", max_depth=50.0)(street.rgb)
+    np.testing.assert_allclose(depth, expected, rtol=1e-5)
+
+
 def test_every_frame_is_tagged_with_the_model_and_options_that_made_it(graph, model, velocity_onnx, photo):
     """depth/model: one tag per frame, by stamp; a model switch raises the generation, options ride along."""
     import hashlib
 
-    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from rclpy.qos import QoSProfile
     from ssim_depth.codecs import parse_model_info
     from std_msgs.msg import String
 

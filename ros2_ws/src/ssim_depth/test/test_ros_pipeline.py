@@ -13,12 +13,12 @@ import json
 
 import cv2
 import numpy as np
-import open3d as o3d
 import pytest
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
 
 from ssim_depth.tools.pipeline import PipelineError, run_pipeline
+from ssim_depth.tools.record import claim_output
 
 from ssim_depth_core.data.rosbag import RosbagSequence
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -95,6 +95,7 @@ def test_depth_images_equal_the_estimator_on_the_bag_frames(served, frames, mode
 
 
 def test_point_cloud_is_the_back_projected_last_frame(served, model, bag):
+    o3d = pytest.importorskip("open3d")
     out, summary = served
     cloud = o3d.io.read_point_cloud(str(out / "points.ply"))
     points, colours = np.asarray(cloud.points), np.asarray(cloud.colors)
@@ -142,3 +143,19 @@ def test_bad_inputs_are_named(tmp_path, model, bag):
         run_pipeline(tmp_path / "missing.onnx", bag, tmp_path / "run")
     with pytest.raises(ValueError, match="not a rosbag2"):
         run_pipeline(model, tmp_path, tmp_path / "run")
+
+
+def test_an_earlier_run_is_refused_unless_overwritten(tmp_path, model, bag, served):
+    out, _ = served
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match=r"holds an earlier recording \(depth, depth_raw, points.ply"):
+        run_pipeline(model, bag, out, backend="onnxruntime")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+
+    earlier = tmp_path / "earlier"
+    (earlier / "depth").mkdir(parents=True)
+    (earlier / "depth" / "000009.png").write_bytes(b"a frame the new run would not overwrite")
+    (earlier / "frames.csv").write_text("index,stamp_ns,latency_ms\n")
+    (earlier / "notes.txt").write_text("the user's own file")
+    claim_output(earlier, overwrite=True)
+    assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]

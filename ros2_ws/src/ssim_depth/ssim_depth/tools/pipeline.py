@@ -13,11 +13,12 @@ reaches the recorder, which proves every connection on the way (and initialises 
 recorded frame's latency is not the model's lazy set-up). The recorder does not record warm-up frames.
 
 Output folder: the recorder's files plus ``node.log`` (the node's output) and ``summary.json`` (the dict
-:func:`run_pipeline` returns).
+:func:`run_pipeline` returns); a folder holding an earlier run's is refused unless ``--overwrite``.
 
     ros2 run ssim_depth pipeline --model depth.onnx --bag BAG --out OUT [--rate R] [--backend B]
         [--scale-source model|camera_height|fixed] [--depth-scale S] [--camera-height M]
         [--camera-pitch RAD] [--camera-roll RAD] [--ground-normal fitted|mounting] [--param name:=value ...]
+        [--overwrite]
 
 The scale options set the node's parameters of the same names (unset: the node's defaults, scale source
 ``model``, which refuses a scale-less model).
@@ -48,8 +49,9 @@ from rclpy.serialization import deserialize_message
 
 import ssim_depth
 import ssim_depth_core
+from ssim_depth.node import SCALE_PARAMETERS
 from ssim_depth.tools.play import MESSAGE_CLASSES, play
-from ssim_depth.tools.record import DepthRecorder
+from ssim_depth.tools.record import RECORDING, DepthRecorder, claim_output
 from ssim_depth_core.data.rosbag import (
     COMPRESSED_TYPE,
     open_reader,
@@ -142,6 +144,7 @@ def run_pipeline(
     node_params: dict[str, object] | None = None,
     startup_timeout: float = 300.0,
     timeout: float = 60.0,
+    overwrite: bool = False,
 ) -> dict:
     """Serve ``model`` on ``bag`` with the depth node and record its outputs in ``out_dir``.
 
@@ -154,13 +157,15 @@ def run_pipeline(
         startup_timeout: seconds for the node to load the model and serve the warm-up frame (a TensorRT
             engine build can take minutes).
         timeout: seconds to wait for the last frame's outputs after playback.
+        overwrite: replace an earlier run's outputs in ``out_dir`` (refused otherwise).
 
     Returns:
         The recorder's summary (:meth:`DepthRecorder.finish`: latency statistics, frame counts, output
         paths) plus ``frames_in_bag``, ``node_exit_code`` and the node log's path; also in summary.json.
 
     Raises:
-        ValueError: a missing model file or an unusable bag (names the file and what is wrong).
+        ValueError: a missing model file, an unusable bag (names the file and what is wrong), or an earlier
+            run's outputs in ``out_dir`` without ``overwrite``.
         PipelineError: the node exits early or does not come up in time (quotes its log).
     """
     model, bag, out = Path(model), Path(bag), Path(out_dir)
@@ -188,7 +193,7 @@ def run_pipeline(
         msg = deserialize_message(bytes(first[name]), MESSAGE_CLASSES[topics[name].msgtype])
         msg.header.frame_id = WARMUP_FRAME_ID
         warmup.append((name, msg))
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, overwrite, (*RECORDING, "node.log", "summary.json"))
 
     input_name = "image/compressed" if compressed else "image"
     arguments = ["-p", f"model_path:={model.resolve()}", "-p", f"backend:={backend}"]
@@ -321,19 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         "--param", action="append", default=[], metavar="NAME:=VALUE", help="a further node parameter"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the last frame")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     parser.add_argument(
         "--startup-timeout", type=float, default=300.0, help="seconds for the node to load the model"
     )
     args = parser.parse_args(argv)
-    scale_options = (
-        "scale_source",
-        "depth_scale",
-        "camera_height",
-        "camera_pitch",
-        "camera_roll",
-        "ground_normal",
-    )
-    params = {name: getattr(args, name) for name in scale_options if getattr(args, name) is not None}
+    params = {name: getattr(args, name) for name in SCALE_PARAMETERS if getattr(args, name) is not None}
     for item in args.param:
         name, separator, value = item.partition(":=")
         if not separator or not name:
@@ -352,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             node_params=params,
             startup_timeout=args.startup_timeout,
             timeout=args.timeout,
+            overwrite=args.overwrite,
         )
     except (ValueError, PipelineError) as error:
         parser.exit(1, f"pipeline: {error}\n")

@@ -25,7 +25,7 @@ Frames published = camera images heard on the input topic; dropped = published -
 Topics (relative, remappable): image (or image/compressed with ``--compressed``) in, to time the inputs;
 depth (32FC1) and points (PointCloud2) from the node.
 
-    ros2 run ssim_depth record OUT_DIR [--compressed] --ros-args -r image:=/camera/image_raw
+    ros2 run ssim_depth record OUT_DIR [--compressed] [--overwrite] --ros-args -r image:=/camera/image_raw
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import argparse
 import csv
 import json
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -58,6 +59,23 @@ LATENCY_METHOD = (
     "header stamp at the recorder (DDS reception timestamp); one host clock"
 )
 _STOP = object()
+RECORDING = ("depth", "depth_raw", "points.ply", "frames.csv", "latency.json")  # what a recording writes
+
+
+def claim_output(out_dir: Path, overwrite: bool, names: tuple[str, ...] = RECORDING) -> None:
+    """Make ``out_dir`` ready for a new recording: created if missing; if it holds any of ``names`` (an
+    earlier recording), those are removed with ``overwrite``, else ValueError names them (a new recording
+    would mix with the old one's frames)."""
+    found = [name for name in names if (out_dir / name).exists()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{out_dir} holds an earlier recording ({', '.join(found)}): pass --overwrite to replace it, or "
+            "choose another folder"
+        )
+    for name in found:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 class DepthRecorder(Node):
@@ -68,7 +86,9 @@ class DepthRecorder(Node):
     statistics.
 
     Args:
-        out_dir: output folder (created; files of an earlier recording are overwritten).
+        out_dir: output folder (created); one holding an earlier recording is refused (ValueError) unless
+            ``overwrite``, which removes that recording's files first (:func:`claim_output`).
+        overwrite: replace an earlier recording in ``out_dir``.
         compressed: time the inputs on ``image/compressed`` (CompressedImage) instead of ``image``.
         warmup_frame_id: header frame_id of warm-up frames, which are counted but not recorded.
         node_name, **kwargs: passed to :class:`rclpy.node.Node` (context, namespace, cli_args, ...).
@@ -79,14 +99,16 @@ class DepthRecorder(Node):
         out_dir: str | Path,
         *,
         compressed: bool = False,
+        overwrite: bool = False,
         warmup_frame_id: str | None = None,
         node_name: str = "depth_recorder",
         **kwargs,
     ) -> None:
-        super().__init__(node_name, **kwargs)
         self.out_dir = Path(out_dir)
+        claim_output(self.out_dir, overwrite)
+        super().__init__(node_name, **kwargs)
         for folder in ("depth", "depth_raw"):
-            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+            (self.out_dir / folder).mkdir()
         self._queue: queue.Queue = queue.Queue()
         self._cond = threading.Condition()
         # written by the writer thread only, read under _cond
@@ -238,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="record", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="output folder")
     parser.add_argument("--compressed", action="store_true", help="inputs on image/compressed")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier recording in OUT_DIR")
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:] if argv is None else argv)
+    try:
+        claim_output(args.out_dir, args.overwrite)
+    except ValueError as error:
+        parser.exit(1, f"record: {error}\n")
     rclpy.init()
     recorder = DepthRecorder(args.out_dir, compressed=args.compressed)
     try:
