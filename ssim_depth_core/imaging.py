@@ -98,10 +98,22 @@ def decode_image(data: bytes | np.ndarray, source: str, max_pixels: int | None =
     # without its end-of-image marker (0xFFD9, which never occurs inside entropy-coded data) is truncated.
     if buffer[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buffer[-32:].tobytes():
         raise FrameError(f"{source}: truncated JPEG ({buffer.size} bytes, no end-of-image marker)")
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    image = _imdecode(buffer, cv2.IMREAD_COLOR, source)
     if image is None:
         raise FrameError(f"{source}: cannot decode image ({buffer.size} bytes; truncated or not PNG/JPEG)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _imdecode(buffer: np.ndarray, flags: int, source: str) -> np.ndarray | None:
+    """``cv2.imdecode``, with OpenCV's refusals (a header declaring more than its limit of 2^30 pixels) raised
+    as :class:`FrameError` naming ``source``; None where OpenCV returns None (truncated, not an image)."""
+    try:
+        return cv2.imdecode(buffer, flags)
+    except cv2.error as err:
+        size = encoded_image_size(buffer)
+        declared = f", header declares {size[0]}x{size[1]} pixels" if size else ""
+        message = f"cannot decode image ({buffer.size} bytes{declared}): {err.err}"
+        raise FrameError(f"{source}: {message}") from None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -128,7 +140,7 @@ def encode_depth_png(depth: np.ndarray) -> np.ndarray:
 
 def read_depth_png(path: Path) -> np.ndarray:
     """A KITTI depth-benchmark PNG as H x W float32 metres (0 = invalid); FrameError naming the file."""
-    depth = cv2.imdecode(np.frombuffer(read_file_bytes(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    depth = _imdecode(np.frombuffer(read_file_bytes(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED, str(path))
     if depth is None:
         raise FrameError(f"{path}: cannot decode depth PNG (truncated or not a PNG)")
     if depth.dtype != np.uint16 or depth.ndim != 2:

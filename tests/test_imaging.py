@@ -9,7 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from ssim_depth_core.imaging import FrameError, check_pixel_count, decode_image, encoded_image_size
+from ssim_depth_core.imaging import (
+    FrameError,
+    check_pixel_count,
+    decode_image,
+    encoded_image_size,
+    read_depth_png,
+    read_image,
+)
 
 LIMIT = 16_000_000
 
@@ -86,3 +93,38 @@ def test_images_within_the_limit_decode_and_other_formats_are_refused(image):
     check_pixel_count(4000, 4000, LIMIT, "raw")
     with pytest.raises(FrameError, match=r"raw: 4001x4000 = 16004000 pixels"):
         check_pixel_count(4001, 4000, LIMIT, "raw")
+
+
+def test_a_header_over_opencvs_own_pixel_limit_is_a_frame_error_naming_the_source(tmp_path, image):
+    """OpenCV refuses a header declaring more than 2^30 pixels (CV_IO_MAX_IMAGE_PIXELS) with cv2.error, which
+    used to end a training run; it is a FrameError naming the frame, so the sample is skipped and counted."""
+
+    def header_png(bit_depth: int, colour_type: int) -> bytes:  # 40000 x 30000 declared, a few bytes of data
+        ihdr = struct.pack(">IIBBBBB", 40000, 30000, bit_depth, colour_type, 0, 0, 0)
+        idat = zlib.compress(b"\x00" * 8)
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b"")
+        )
+
+    assert 40000 * 30000 > 2**30
+    png = header_png(8, 2)  # 8-bit RGB
+    data = bytearray(jpeg(image))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 30000, 40000)  # height, width
+    for encoded, source in ((png, "bag topic /cam message #3"), (bytes(data), "frame.jpg")):
+        with pytest.raises(
+            FrameError,
+            match=rf"^{source}: cannot decode image \({len(encoded)} bytes, header declares 40000x30000",
+        ):
+            decode_image(encoded, source)
+    frame = tmp_path / "0000000003.png"
+    frame.write_bytes(png)
+    with pytest.raises(FrameError, match=rf"^{frame}: cannot decode image"):
+        read_image(frame)
+    depth = tmp_path / "depth.png"  # the KITTI depth format: 16-bit greyscale
+    depth.write_bytes(header_png(16, 0))
+    with pytest.raises(FrameError, match=rf"^{depth}: cannot decode image"):
+        read_depth_png(depth)

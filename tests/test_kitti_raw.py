@@ -21,6 +21,7 @@ from ssim_depth_core.data.kitti_raw import (
     stereo_transform_from_calib,
 )
 from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.triplets import build_samples
 from ssim_depth_core.imaging import FrameError
 
 DATE = "2011_09_26"
@@ -298,12 +299,27 @@ def test_no_odometry_without_oxts_or_timestamps(tmp_path, caplog):
     assert "oxts/timestamps.txt" in caplog.text
 
 
+def test_missing_files_and_mistimed_stamps_keep_their_slots_in_the_samples(tmp_path):
+    """Frame i of a KITTI drive is file i whatever the stamps say: a missing file keeps its slot (its samples
+    are skipped when read, and counted) and a repeated stamp moves no frame, so, unlike a bag's triplets
+    across a gap in the stamps, every target with both neighbours stays a sample."""
+    stamps = [f"2011-09-26 13:02:25.{i}00000000" for i in range(6)]
+    stamps[3] = stamps[2]
+    image_dir = write_drive(tmp_path, random_images(6), stamps=stamps)
+    (image_dir / "0000000004.png").unlink()
+    sequence = KittiRawSequence(tmp_path, DATE, DRIVE)
+    assert len(sequence) == 6
+    assert build_samples([sequence], [0, -1, 1]) == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    with pytest.raises(FrameError, match=r"0000000004\.png"):
+        sequence.image(4)
+
+
 def test_stereo_pair_reads_the_partner_frame_with_the_calibrated_baseline(tmp_path):
     left_images, right_images = random_images(3, seed=1), random_images(3, seed=2)
     write_drive(tmp_path, left_images, camera="02")
     write_drive(tmp_path, right_images, camera="03")
-    left = KittiRawSequence(tmp_path, DATE, DRIVE, "02")
-    right = KittiRawSequence(tmp_path, DATE, DRIVE, "03")
+    left = KittiRawSequence(tmp_path, DATE, DRIVE, "02", stereo=True)
+    right = KittiRawSequence(tmp_path, DATE, DRIVE, "03", stereo=True)
     # P_rect_02[0, 3] / fx = 2.4 / 40 = +0.06 m, P_rect_03: -0.48 m -> x_03 = x_02 - 0.54 m
     expected = np.eye(4)
     expected[0, 3] = -0.54
@@ -338,7 +354,29 @@ def test_stereo_pair_with_different_intrinsics_is_an_error_naming_the_calibratio
     write_drive(tmp_path, random_images(2), camera="03")
     write_calib(tmp_path / DATE, 48, 24, right_k=(40.0, 30.0, 23.6, 11.5))  # cx 0.1 px off
     with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: P_rect_02.*P_rect_03.*not one rectified"):
-        KittiRawSequence(tmp_path, DATE, DRIVE, "02")
+        KittiRawSequence(tmp_path, DATE, DRIVE, "02", stereo=True)
+    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: P_rect_02.*P_rect_03.*not one rectified"):
+        open_sequences(tmp_path, DataConfig(stereo=True))
+
+
+def test_monocular_training_neither_reads_nor_checks_the_partner_camera(tmp_path):
+    """With data.stereo false, a partner calibration that is no rectified pair (cx 0.5 px off) or missing
+    does not stop monocular training: the partner is not used."""
+    write_drive(tmp_path, random_images(2), camera="02")
+    write_drive(tmp_path, random_images(2), camera="03")
+    write_calib(tmp_path / DATE, 48, 24, right_k=(40.0, 30.0, 24.0, 11.5))
+    sequences = open_sequences(tmp_path, DataConfig(stereo=False))
+    assert [s.name for s in sequences] == [f"{DATE}/{DRIVE}/image_02", f"{DATE}/{DRIVE}/image_03"]
+    assert sequences[0].intrinsics == Intrinsics(40.0, 30.0, 23.5, 11.5, 48, 24)
+    assert sequences[1].intrinsics == Intrinsics(40.0, 30.0, 24.0, 11.5, 48, 24)
+    assert all(s.stereo_transform is None for s in sequences)
+    with pytest.raises(FrameError, match="no stereo partner camera"):
+        sequences[0].stereo_image(0)
+    calib = tmp_path / DATE / "calib_cam_to_cam.txt"
+    calib.write_text("".join(line for line in calib.read_text().splitlines(True) if "_03" not in line))
+    assert KittiRawSequence(tmp_path, DATE, DRIVE, "02").stereo_transform is None
+    with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt.*P_rect_03"):
+        KittiRawSequence(tmp_path, DATE, DRIVE, "02", stereo=True)
 
 
 def test_unreadable_or_missing_stereo_partner_frames_are_frame_errors(tmp_path):
@@ -348,7 +386,7 @@ def test_unreadable_or_missing_stereo_partner_frames_are_frame_errors(tmp_path):
     truncated = right_dir / "0000000002.png"
     truncated.write_bytes(truncated.read_bytes()[:60])
     assert cv2.imwrite(str(right_dir / "0000000003.png"), np.zeros((24, 40, 3), np.uint8))
-    sequence = KittiRawSequence(tmp_path, DATE, DRIVE, "02")
+    sequence = KittiRawSequence(tmp_path, DATE, DRIVE, "02", stereo=True)
     with pytest.raises(FrameError, match=r"image_03/data/0000000001\.png"):
         sequence.stereo_image(1)
     with pytest.raises(FrameError, match=str(truncated)):
@@ -362,7 +400,7 @@ def test_unreadable_or_missing_stereo_partner_frames_are_frame_errors(tmp_path):
 
 def test_no_partner_folder_no_stereo(tmp_path):
     write_drive(tmp_path, random_images(2), camera="02")
-    sequence = KittiRawSequence(tmp_path, DATE, DRIVE, "02")
+    sequence = KittiRawSequence(tmp_path, DATE, DRIVE, "02", stereo=True)
     assert sequence.stereo_transform is None
     with pytest.raises(FrameError, match="no stereo partner camera"):
         sequence.stereo_image(0)
@@ -376,7 +414,7 @@ def test_partner_frames_may_be_jpeg(tmp_path):
     for png in right_dir.glob("*.png"):
         cv2.imwrite(str(png.with_suffix(".jpg")), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 100])
         png.unlink()
-    out = KittiRawSequence(tmp_path, DATE, DRIVE, "02").stereo_image(1)
+    out = KittiRawSequence(tmp_path, DATE, DRIVE, "02", stereo=True).stereo_image(1)
     assert np.abs(out[:, 32:].astype(int) - (20, 200, 60)).max() <= 8 and out[:, :16].max() <= 8
 
 

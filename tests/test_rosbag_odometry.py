@@ -356,6 +356,27 @@ def test_tf_that_never_moves_gives_no_odometry(tmp_path, caplog):
     assert np.isnan(sequence.odometer).all() and math.isnan(sequence.travel(0, 1))
 
 
+def test_non_finite_tf_samples_are_dropped_before_telling_moving_from_static_links(tmp_path, caplog):
+    """One NaN among a moving link's samples made its range NaN, so the link passed for static and the bag
+    lost all its odometry ("no transform changes"). Non-finite rows are dropped and counted first: the moving
+    link still moves 1 m a frame (frame 3, between the samples of frames 2 and 4, interpolates to 3 m), and a
+    static link with an inf in one sample stays static."""
+
+    def sample(stamp: int, x: float, velo_z: float = 1.7):
+        moving = transform(stamp, "odom", "base_link", (x, 0.0, 0.0))
+        return stamp, tf_msg(moving, transform(stamp, "base_link", "velo_link", (0.8, 0.0, velo_z)))
+
+    tf = [sample(s, float(k)) for k, s in enumerate(IMAGE_STAMPS)]
+    tf[3] = sample(IMAGE_STAMPS[3], math.nan)
+    tf[5] = sample(IMAGE_STAMPS[5], 5.0, velo_z=math.inf)
+    with caplog.at_level(logging.WARNING):
+        sequence = RosbagSequence(write_bag(tmp_path / "bag", {"/tf": tf}))
+    assert "topic /tf odom -> base_link: dropped 1 samples with non-finite values" in caplog.text
+    assert "topic /tf base_link -> velo_link: dropped 1 samples with non-finite values" in caplog.text
+    assert "no transform changes" not in caplog.text
+    np.testing.assert_allclose(relative(sequence.odometer, 0), np.arange(FRAMES, dtype=float), atol=1e-9)
+
+
 def test_odometry_topic_selection(random_checkpoint, tmp_path):
     odometry = [(s, odometry_msg(s, x=0.5 * k)) for k, s in enumerate(IMAGE_STAMPS)]
     twists = [(s, twist_msg(s, (3.0, 4.0, 0.0))) for s in IMAGE_STAMPS]

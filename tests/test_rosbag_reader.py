@@ -97,8 +97,14 @@ def frames(count: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(count)]
 
 
-# Header stamps deliberately out of receive order: the reader must order by header stamp.
-STAMPS_NS = [1_700_000_000_300_000_000, 1_700_000_000_100_000_000, 1_700_000_000_200_000_123, 1_700_000_000_0]
+# Header stamps deliberately out of receive order: the reader must order by header stamp. 10 Hz (one stamp
+# 123 ns late), so the frames make triplets (a gap in the stamps would drop those across it).
+STAMPS_NS = [
+    1_700_000_000_300_000_000,
+    1_700_000_000_100_000_000,
+    1_700_000_000_200_000_123,
+    1_700_000_000_000_000_000,
+]
 ORDER = np.argsort(STAMPS_NS)
 
 
@@ -284,6 +290,37 @@ def test_undeserializable_message_is_skipped_when_indexing(tmp_path, caplog):
     assert "topic /cam/image message #1" in caplog.text
     assert len(sequence) == 2
     assert np.array_equal(sequence.image(1), images[2])
+
+
+def test_triplets_across_lost_frames_or_a_pause_are_dropped_and_counted(tmp_path, caplog):
+    """A frame lost while indexing leaves no index, so its neighbours become adjacent: a target used to be
+    paired, silently, with a source two periods away. Header stamps (ms): 0, 100, [200 undecodable], 300,
+    400, 500, [a 400 ms pause], 900, 1000, 1100 -> indices 0..7, median period 100 ms. By hand, each source
+    must lie within 50 ms of target -/+ 100 ms: targets 3 (400: 300, 500) and 6 (1000: 900, 1100) do;
+    1 (100: 0, 300), 2 (300: 100, 400), 4 (500: 400, 900) and 5 (900: 500, 1000) span a gap."""
+    start_ns = 1_700_000_000 * 10**9
+    stamps_ms = [0, 100, 200, 300, 400, 500, 900, 1000, 1100]
+    images = frames(len(stamps_ms))
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam/image", IMAGE, typestore=TYPESTORE)
+        for ms, image in zip(stamps_ms, images, strict=True):
+            stamp = start_ns + ms * 10**6
+            message = TYPESTORE.serialize_cdr(image_msg(image, "rgb8", stamp), IMAGE)
+            writer.write(connection, stamp, b"\x00\x01\x00\x00garbage" if ms == 200 else message)
+    sequence = RosbagSequence(tmp_path / "bag", intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+    assert len(sequence) == 8
+    with caplog.at_level(logging.WARNING):
+        samples = build_samples([sequence], [0, -1, 1])
+    assert samples == [(0, 3), (0, 6)]
+    assert f"{sequence.name}: dropped 4 of 6 samples spanning a gap in the stamps" in caplog.text
+    assert "median frame period of 100.0 ms" in caplog.text
+    assert "first: target frame 1 at 1700000000.100000 s" in caplog.text
+    assert build_samples([sequence], [0]) == [(0, index) for index in range(8)]  # no sources: no gaps
+    config = DataConfig(height=HEIGHT, width=WIDTH)
+    sample = TripletDataset([sequence], samples, config, train=False)[1]  # index 6: recorded frame 7
+    for slot, recorded in enumerate([7, 6, 8]):  # frame_ids [0, -1, 1]
+        pixels = sample["images"][slot].permute(1, 2, 0).mul(255).round().byte().numpy()
+        assert np.array_equal(pixels, images[recorded])
 
 
 def test_corrupt_compressed_frame_names_bag_topic_and_index(tmp_path):

@@ -218,7 +218,7 @@ def test_stereo_calibration_has_the_kitti_baseline(
     expected[0, 3] = -0.54  # camera 03 is 0.54 m right of camera 02: x_03 = x_02 - 0.54
     np.testing.assert_allclose(drive.stereo_transform, expected, rtol=0, atol=1e-12)
     for camera, sign in (("02", 1.0), ("03", -1.0)):
-        sequence = KittiRawSequence(dataset, drive.date, drive.drive_folder, camera)
+        sequence = KittiRawSequence(dataset, drive.date, drive.drive_folder, camera, stereo=True)
         np.testing.assert_allclose(sequence.stereo_transform[0, 3], sign * -0.54, rtol=0, atol=1e-6)
     # the rendered partner camera is where the transform says: T_world_03 = T_world_02 @ inv(T_03<-02)
     np.testing.assert_allclose(
@@ -230,8 +230,8 @@ def test_stereo_calibration_has_the_kitti_baseline(
 
 
 def test_stereo_partner_files_are_the_rendered_camera_03(dataset: Path, drive: syn.SyntheticDrive) -> None:
-    left = KittiRawSequence(dataset, drive.date, drive.drive_folder, "02")
-    right = KittiRawSequence(dataset, drive.date, drive.drive_folder, "03")
+    left = KittiRawSequence(dataset, drive.date, drive.drive_folder, "02", stereo=True)
+    right = KittiRawSequence(dataset, drive.date, drive.drive_folder, "03", stereo=True)
     np.testing.assert_array_equal(right.timestamps, left.timestamps)
     for index in (0, FRAMES - 1):
         rendered = drive.render(index, syn.STEREO_CAMERA)
@@ -316,6 +316,25 @@ def test_same_seed_same_bytes_other_seed_differs(
     other = syn.SyntheticDrive(syn.DriveSpec.for_dataset(SEED + 1, 0, 1, FRAMES), WIDTH, HEIGHT)
     assert other.date != drive.date
     assert np.abs(other.image(5).astype(int) - drive.image(5).astype(int)).mean() > 10
+
+
+def test_each_seed_has_its_own_date_and_other_seeds_are_refused(tmp_path: Path) -> None:
+    """Seeds 0 and 3650 used to share 2001-01-01 (seed % 3650): the same drive folders, one dataset replacing
+    the other's in a shared root. Dates by hand: 2001-01-01 + seed days (2004 and 2008 are leap years, so
+    2011-01-01 is day 3652); seeds 0..3649 keep the dates they always had."""
+
+    def date(seed: int) -> str:
+        return syn.SyntheticDrive(syn.DriveSpec.for_dataset(seed, 0, 1, 3), 32, 16).date
+
+    expected = {0: "2001_01_01", 1: "2001_01_02", 365: "2002_01_01", 3649: "2010_12_29", 3650: "2010_12_30"}
+    assert {seed: date(seed) for seed in expected} == expected
+    assert date(3651) == "2010_12_31"  # the last day before the real KITTI release's year
+    for seed in (-1, 3652, 7300):
+        with pytest.raises(ValueError, match=rf"synthetic data seed must be in \[0, 3652\).*, got {seed}$"):
+            date(seed)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 3652\)"):
+        syn.generate_dataset(tmp_path, 3652, drives=1, frames=3, width=32, height=16, progress=False)
+    assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_bag_holds_the_images_and_camera_info(dataset: Path, drive: syn.SyntheticDrive) -> None:

@@ -133,10 +133,21 @@ def kitti_sequence_name(date_drive: str, camera: str) -> str:
 
 class KittiRawSequence(FrameSequence):
     """One camera of one KITTI raw drive; frame ``i`` is the file numbered ``i``; ground-truth depth from
-    ``depth_source`` (one of :data:`DEPTH_SOURCES`)."""
+    ``depth_source`` (one of :data:`DEPTH_SOURCES`). With ``stereo``, the partner camera's folder (when there
+    is one) is the stereo partner and the calibration must make the two one rectified pair; without, the
+    partner is neither read nor checked."""
+
+    frames_by_stamp = False  # a missing file keeps its slot: neighbouring numbers are neighbouring frames
 
     def __init__(
-        self, root: str | Path, date: str, drive: str, camera: str = "02", depth_source: str = "auto"
+        self,
+        root: str | Path,
+        date: str,
+        drive: str,
+        camera: str = "02",
+        depth_source: str = "auto",
+        *,
+        stereo: bool = False,
     ) -> None:
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f"depth_source must be one of {DEPTH_SOURCES}, got {depth_source!r}")
@@ -206,7 +217,7 @@ class KittiRawSequence(FrameSequence):
         self.odometer = self._read_odometer(has_stamps)
         self.partner_dir: Path | None = None
         partner = STEREO_PARTNER.get(camera)
-        if partner is not None and (self.drive_dir / f"image_{partner}" / "data").is_dir():
+        if stereo and partner is not None and (self.drive_dir / f"image_{partner}" / "data").is_dir():
             self.partner_dir = self.drive_dir / f"image_{partner}" / "data"
             self.stereo_transform = stereo_transform_from_calib(calib, camera, partner)
 
@@ -329,10 +340,14 @@ def is_kitti_root(path: str | Path) -> bool:
 
 
 def discover_kitti(
-    root: str | Path, cameras: tuple[str, ...] = ("02", "03"), depth_source: str = "auto"
+    root: str | Path,
+    cameras: tuple[str, ...] = ("02", "03"),
+    depth_source: str = "auto",
+    *,
+    stereo: bool = False,
 ) -> list[KittiRawSequence]:
     """Every drive x camera under ``root`` that has ``image_<cam>/data``, sorted by date, drive, camera;
-    ground truth from ``depth_source`` (:data:`DEPTH_SOURCES`)."""
+    ground truth from ``depth_source`` (:data:`DEPTH_SOURCES`), stereo partners with ``stereo``."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory (expected a KITTI raw root of <date>/<drive> folders)")
@@ -342,6 +357,8 @@ def discover_kitti(
             for camera in cameras:
                 if (drive_dir / f"image_{camera}" / "data").is_dir():
                     sequences.append(
-                        KittiRawSequence(root, date_dir.name, drive_dir.name, camera, depth_source)
+                        KittiRawSequence(
+                            root, date_dir.name, drive_dir.name, camera, depth_source, stereo=stereo
+                        )
                     )
     return sequences

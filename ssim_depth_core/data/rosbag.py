@@ -473,8 +473,10 @@ def _tf_positions(rows: list[tuple], where: str) -> tuple[np.ndarray, np.ndarray
     for pair, samples in by_pair.items():
         stamps = np.array([s for s, _ in samples], dtype=np.int64)
         values = np.array([v for _, v in samples], dtype=np.float64)
-        if np.ptp(values, axis=0).max() > 1e-9:  # the transform changes: dynamic
-            links[pair] = _clean_samples(stamps, values, f"{where} {pair[0]} -> {pair[1]}")
+        # cleaned first: one non-finite sample would make the range NaN and a moving link look static
+        stamps, values = _clean_samples(stamps, values, f"{where} {pair[0]} -> {pair[1]}")
+        if len(values) and np.ptp(values, axis=0).max() > 1e-9:  # the transform changes: dynamic
+            links[pair] = stamps, values
     if not links:
         logger.warning("%s: no transform changes over the recording; no odometry", where)
         return None

@@ -22,6 +22,10 @@ class FrameSequence(ABC):
             the source has no odometry for that frame), or None when the source has no odometry at all.
         stereo_transform: 4x4 rigid transform from this camera's frame to its rectified stereo partner's
             (KITTI image_02 -> image_03: translation x = -0.54 m), or None when the source has no partner.
+        frames_by_stamp: True when the frames are the recorded ones in stamp order, so frames lost or never
+            recorded leave no index and neighbouring indices may lie further apart in time than one frame
+            period (a bag); False when frame ``i`` is slot ``i`` of the recording whatever its stamp says
+            (KITTI raw: a missing file keeps its slot and is an unreadable frame).
     """
 
     name: str
@@ -29,6 +33,7 @@ class FrameSequence(ABC):
     timestamps: np.ndarray
     odometer: np.ndarray | None = None
     stereo_transform: np.ndarray | None = None
+    frames_by_stamp: bool = True
 
     def __len__(self) -> int:
         return len(self.timestamps)

@@ -37,7 +37,8 @@ def bag_paths(path: Path) -> list[Path]:
 
 def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSequence]:
     """Frame sequences of a KITTI raw root (every drive and colour camera, ground truth from
-    ``data_config.depth_source``) or of one or more rosbag2 bags.
+    ``data_config.depth_source``, with ``data_config.stereo`` the partner camera) or of one or more rosbag2
+    bags.
 
     Bags use ``data_config.image_topic`` / ``camera_info_topic`` (empty = auto-detect),
     ``data_config.intrinsics`` (overrides CameraInfo when set), ``odometry_topic`` (empty = auto-detect,
@@ -48,7 +49,7 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
     if not path.exists():
         raise ValueError(f"{path}: no such file or directory")
     if is_kitti_root(path):
-        return discover_kitti(path, depth_source=data_config.depth_source)
+        return discover_kitti(path, depth_source=data_config.depth_source, stereo=data_config.stereo)
     bags = bag_paths(path)
     if not bags:
         raise ValueError(

@@ -20,12 +20,21 @@ from ssim_depth_core.geometry import euler_zyx_to_matrix
 
 FRAME_RATE = 10.0
 STEREO_CAMERA = "03"  # camera 02's rectified stereo partner on the KITTI rig, 0.54 m to its right
+FIRST_DATE = datetime(2001, 1, 1)  # the date of seed 0
+# Seeds in [0, SEED_LIMIT): one date each, 2001-01-01 to 2010-12-31, before the real KITTI release (2011).
+SEED_LIMIT = (datetime(2011, 1, 1) - FIRST_DATE).days
 
 
 def _date(seed: int) -> datetime:
-    """Recording date of a dataset: one per seed (2001-01-01 + seed days), so datasets of different seeds can
-    share a root; never a date of the real KITTI release (2011), so synthetic drives never collide with it."""
-    return datetime(2001, 1, 1) + timedelta(days=seed % 3650)
+    """Recording date of a dataset: 2001-01-01 + seed days, one per seed, so datasets of different seeds can
+    share a root; never a date of the real KITTI release (2011), so synthetic drives never collide with it.
+    ValueError for a seed outside [0, SEED_LIMIT)."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(
+            f"synthetic data seed must be in [0, {SEED_LIMIT}) (one recording date per seed, 2001-01-01 to "
+            f"2010-12-31), got {seed}"
+        )
+    return FIRST_DATE + timedelta(days=seed)
 
 
 @dataclass
