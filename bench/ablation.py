@@ -45,7 +45,7 @@ import torch
 import yaml
 
 from ssim_depth_core.apps.evaluate import evaluate_model
-from ssim_depth_core.config import OptimConfig, TrainConfig, load_config, to_dict, upgrade_stored_config
+from ssim_depth_core.config import OptimConfig, TrainConfig, config_differences, load_config, to_dict
 from ssim_depth_core.data import kitti_layout as kl
 from ssim_depth_core.data.sources import open_sequences
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -315,32 +315,6 @@ def append_record(results: Path, record: dict) -> None:
         os.fsync(stream.fileno())
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def config_differences(old: dict, new: dict, ignore: frozenset[str] = LOGISTICS_KEYS) -> list[str]:
-    """``key: old -> new`` for each resolved-config value that differs, outside ``ignore``. A key missing
-    from a record older than it stands for its default (a new config key defaults to the old behaviour); a
-    renamed key is compared under its new name (``model.num_layers: 18`` is ``model.encoder: resnet18``).
-    The SQL head's settings (``model.sql.*``) count only where one of the two uses that decoder: their
-    defaults change without changing any other network."""
-    defaults = _flatten(to_dict(TrainConfig()))
-    old = {**defaults, **_flatten(upgrade_stored_config(old))}
-    new = {**defaults, **_flatten(upgrade_stored_config(new))}
-    keys = set(old) | set(new)
-    if "sql" not in (old["model.decoder"], new["model.decoder"]):
-        keys = {key for key in keys if not key.startswith("model.sql.")}
-    keys = sorted(keys - ignore)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def _identity(record: dict) -> dict[str, Any]:
     """What must match for two records of one variant to belong to one study."""
     identity = {key: record.get(key) for key in ("overrides", "common_overrides", "steps", "config", "data")}
@@ -355,7 +329,7 @@ def check_same_setup(records: list[dict], variant: str, reference: dict, results
             continue
         old, new = _identity(record), _identity(reference)
         differences = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k]]
-        differences += config_differences(record["train_config"], reference["train_config"])
+        differences += config_differences(record["train_config"], reference["train_config"], LOGISTICS_KEYS)
         if differences:
             raise ValueError(
                 f"{results}: variant '{variant}' (seed {record['seed']}) was measured with another setup: "

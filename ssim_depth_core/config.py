@@ -1,8 +1,10 @@
 """Typed training configuration: nested dataclasses loaded from YAML, overridable with ``key=value``.
 
-Every knob has a default and a type here; YAML files and ``--set`` overrides only change values. Unknown
-keys, values of the wrong type and string choices outside their ``Literal`` are rejected at load time with
-the offending key (and the allowed values) named.
+Every knob has a default and a type here; YAML files and ``--set`` overrides only change values: a YAML file
+merges into the defaults mapping by mapping (a ``loss.weights`` naming one term keeps the default others),
+and ``--set key.sub=value`` replaces the value at its dotted key (a mapping value replaces the whole
+mapping). Unknown keys, values of the wrong type or out of range, and string choices outside their
+``Literal`` are rejected at load time with the offending key and value (and what is allowed) named.
 """
 
 from __future__ import annotations
@@ -39,6 +41,25 @@ EncoderName = Literal[
 # replacement.
 RENAMED_MODEL_KEYS = {"num_layers": "encoder", "pose_num_layers": "pose_encoder"}
 _LEGACY_RESNET_DEPTHS = (18, 34, 50)
+
+
+def _check_range(
+    config: Any,
+    prefix: str,
+    at_least_one: Sequence[str] = (),
+    positive: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+) -> None:
+    """Raise ValueError naming the key and value of the first field of ``config`` out of its range."""
+    for names, expected, ok in (
+        (at_least_one, ">= 1", lambda v: v >= 1),
+        (positive, "> 0", lambda v: v > 0),
+        (non_negative, ">= 0", lambda v: v >= 0),
+    ):
+        for name in names:
+            value = getattr(config, name)
+            if not ok(value):  # NaN fails every check
+                raise ValueError(f"config '{prefix}{name}' must be {expected}, got {value!r}")
 
 
 @dataclass
@@ -89,6 +110,13 @@ class ModelConfig:
     # unfold + GEMM (models/conv_grad.py), faster than oneDNN's there (bench/conv_grad.py); same gradients.
     small_map_weight_grad: bool = True
 
+    def __post_init__(self) -> None:
+        _check_range(self, "model.", positive=("min_depth",))
+        if not self.max_depth > self.min_depth:
+            raise ValueError(
+                f"config 'model.max_depth' must be > model.min_depth {self.min_depth}, got {self.max_depth!r}"
+            )
+
 
 @dataclass
 class LossConfig:
@@ -111,9 +139,11 @@ class LossConfig:
     # ssim_window (docs/training.md, "Supervised depth (seed 001)").
     supervised_space: Literal["depth", "inverse_depth"] = "depth"
     supervised_l1_weight: float = 0.1
-    # Named loss terms and their weights; a term absent here (or with weight 0) is not computed. Registered:
-    # photometric, smoothness, velocity (| ||t_pred|| - metres travelled |: needs odometry; metric depth),
-    # supervised (against ground-truth depth: proj_depth maps or projected LiDAR; metric depth).
+    # Named loss terms and their weights; a term with weight 0 (or absent) is not computed. A YAML file or a
+    # dotted --set (loss.weights.velocity=0.05) adds to these defaults; --set loss.weights={...} replaces
+    # them.
+    # Registered: photometric, smoothness, velocity (| ||t_pred|| - metres travelled |: needs odometry; metric
+    # depth), supervised (against ground-truth depth: proj_depth maps or projected LiDAR; metric depth).
     weights: dict[str, float] = field(default_factory=lambda: {"photometric": 1.0, "smoothness": 1e-3})
     # Seed 002 (losses/bidirectional.py, docs/training.md "Seed 002 terms"): the terms photometric_bi
     # (L_p^biw, both warp directions), dsc_bi (depth-structure consistency) and feat_bi (encoder-feature warp,
@@ -220,6 +250,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs)
 
+    def __post_init__(self) -> None:
+        _check_range(
+            self,
+            "optim.",
+            at_least_one=("batch_size", "epochs", "lr_step_epochs"),
+            positive=("learning_rate", "lr_gamma"),
+            non_negative=("weight_decay", "max_steps"),
+        )
+
 
 @dataclass
 class TrainConfig:
@@ -236,15 +275,20 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def __post_init__(self) -> None:
+        _check_range(self, "", at_least_one=("log_every", "preview_every", "checkpoint_every"))
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
-    values: dict[str, Any] = {}
+    """Defaults, then the YAML file at ``path`` merged into them (mapping by mapping), then ``key.sub=value``
+    overrides (values parsed as YAML), each replacing the value at its dotted key."""
+    values = to_dict(TrainConfig())
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        values = loaded
+        _refuse_renamed_keys(loaded, path)
+        _merge(values, loaded)
     for override in overrides or []:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -253,9 +297,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override '{override}': '{part}' is not a mapping (got {node!r})")
         node[leaf] = yaml.safe_load(raw)
-    _refuse_renamed_keys(values, path)
+    _refuse_renamed_keys(values, None)
     return from_dict(TrainConfig, values)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Merge ``update`` into ``base`` in place: mappings key by key, any other value replacing."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _refuse_renamed_keys(values: dict[str, Any], path: str | Path | None) -> None:
@@ -299,6 +354,33 @@ def upgrade_stored_config(values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"stored config has both model.{old}: {depth} and model.{new}: {model[new]!r}")
         model[new] = name
     return {**values, "model": model}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_differences(old: dict, new: dict, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """``key: old -> new`` for each value of two resolved configs (dicts, as stored) that differs, outside
+    the dotted keys ``ignore``. A key missing from a config older than it stands for its default (a new
+    config key defaults to the old behaviour); a renamed key is compared under its new name
+    (``model.num_layers: 18`` is ``model.encoder: resnet18``). The SQL head's settings (``model.sql.*``)
+    count only where one of the two uses that decoder: their defaults change without changing any other
+    network."""
+    defaults = _flatten(to_dict(TrainConfig()))
+    old = {**defaults, **_flatten(upgrade_stored_config(old))}
+    new = {**defaults, **_flatten(upgrade_stored_config(new))}
+    keys = set(old) | set(new)
+    if "sql" not in (old["model.decoder"], new["model.decoder"]):
+        keys = {key for key in keys if not key.startswith("model.sql.")}
+    keys = sorted(keys - ignore)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def stored_config(values: dict[str, Any]) -> TrainConfig:

@@ -25,24 +25,49 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ssim_depth_core.artifact import metric_source
 from ssim_depth_core.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
-from ssim_depth_core.config import OptimConfig, TrainConfig, to_dict
+from ssim_depth_core.config import OptimConfig, TrainConfig, config_differences, to_dict
 from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import SkipTally, TripletDataset, build_samples, collate_skipping
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth_scalings
-from ssim_depth_core.losses.objective import Objective, required_inputs, required_outputs
+from ssim_depth_core.losses.objective import (
+    Objective,
+    check_training_data,
+    required_inputs,
+    required_outputs,
+)
 from ssim_depth_core.models.monodepth import MonodepthModel
 from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
+# what a resumed run may set differently from the run it continues: how long it trains, where and how it
+# computes, how often it logs; anything else would make the continuation another run
+RESUMABLE_CHANGES = frozenset(
+    {
+        "optim.epochs",
+        "optim.max_steps",
+        "device",
+        "amp",
+        "channels_last",
+        "data.num_workers",
+        "data.cache_frames",
+        "log_every",
+        "preview_every",
+        "checkpoint_every",
+    }
+)
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler (seeded, per-epoch shuffle, rank-sharded) that can skip the samples already seen."""
+    """DistributedSampler (seeded, per-epoch shuffle, rank-sharded) that can skip the samples already seen.
+
+    Yields ``(epoch, index)`` keys (:meth:`TripletDataset.__getitem__`): DataLoader workers hold their own
+    copy of the dataset, so the epoch that selects the augmentation travels with each index.
+    """
 
     skip = 0
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
+        return ((self.epoch, index) for index in itertools.islice(super().__iter__(), self.skip, None))
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
@@ -89,24 +114,29 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Refuse a non-empty run folder unless ``resume`` (continue that run) or ``overwrite``, for which rank 0
-    removes the old checkpoints and TensorBoard events so that two runs never mix."""
+def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse a non-empty run folder unless ``resume`` (continue that run) or ``overwrite``; True when an
+    earlier run is there to be replaced, which :func:`clear_run_dir` does once the new run has loaded (data,
+    model, ``--init-from`` weights), so that a run which cannot start loses nothing."""
     if resume and overwrite:
         raise ValueError(
             "--resume continues the run in the output folder and --overwrite replaces it: pass one"
         )
     if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
+        return False
     if not overwrite:
         raise ValueError(
             f"{out_dir} is not empty (an earlier run?): pass --resume to continue that run, or --overwrite "
             "to start a new one there (its checkpoints and TensorBoard events are removed)"
         )
-    if is_main:
-        for name in ("checkpoints", "tensorboard"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-        log.warning("--overwrite: removed the earlier checkpoints and TensorBoard events of %s", out_dir)
+    return True
+
+
+def clear_run_dir(out_dir: Path) -> None:
+    """Remove an earlier run's checkpoints and TensorBoard events, so that two runs never mix."""
+    for name in ("checkpoints", "tensorboard"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    log.warning("--overwrite: removed the earlier checkpoints and TensorBoard events of %s", out_dir)
 
 
 def learning_rate(optim: OptimConfig, progress: float) -> float:
@@ -154,7 +184,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.context = DistributedContext.from_env()
         # before the process group forms: no rank has written into out_dir yet
-        prepare_run_dir(self.out_dir, resume, overwrite, self.context.is_main)
+        replace_earlier_run = check_run_dir(self.out_dir, resume, overwrite)
         if self.context.is_main:
             # A run killed inside a checkpoint write leaves that write's temporary (as large as a checkpoint):
             # remove those no live writer holds (checkpoint.remove_stale_temporaries).
@@ -199,8 +229,7 @@ class Trainer:
                 len(sequences),
                 len(self.train_set),
             )
-        if config.loss.weights.get("velocity", 0) > 0:
-            _check_odometry(self.train_set, data_path)
+        check_training_data(config.loss, self.train_set, str(data_path))
         if stereo and config.model.initial_depth == 0 and not resume:
             log.warning(
                 "stereo training from the default initial depth (about %.2g m): the stereo warp's "
@@ -276,6 +305,8 @@ class Trainer:
         if self.context.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
+            if replace_earlier_run:
+                clear_run_dir(self.out_dir)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
@@ -292,6 +323,9 @@ class Trainer:
             persistent_workers=workers > 0,
             collate_fn=collate_skipping,
             drop_last=sampler is not None,
+            # its own generator for the workers' base seed: each iterator would draw it from torch's global
+            # one, which the model's randomness uses, and a resumed run creates one iterator more
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
 
     @property
@@ -310,6 +344,9 @@ class Trainer:
             "epoch_batches": self.epoch_batches,
             "best_metric": self.best_metric,
             "skipped_samples": self.skipped_samples,
+            # torch's global generators drive in-model randomness (ConvNeXt's stochastic depth, dropout)
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
     def save_checkpoint(self, name: str) -> Path:
@@ -337,6 +374,13 @@ class Trainer:
             log.warning("--resume: no checkpoint at %s, starting from scratch", path)
             return False
         state = load_checkpoint(path, map_location=self.device)
+        changed = config_differences(state["config"], to_dict(self.config), RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(
+                f"--resume {path}: the run was started with another config ({'; '.join(changed)}); a resumed "
+                f"run may change only {', '.join(sorted(RESUMABLE_CHANGES))}. Resume with the run's own "
+                f"config ({self.out_dir / 'config.yaml'}) or start a new run (--overwrite, or another --out)"
+            )
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -344,6 +388,10 @@ class Trainer:
         self.step, self.epoch, self.epoch_batches = state["step"], state["epoch"], state["epoch_batches"]
         self.best_metric = state["best_metric"]
         self.skipped_samples = state["skipped_samples"]
+        if "rng" in state:  # checkpoints from before 2026-12-07 have none
+            torch.set_rng_state(state["rng"])
+            if self.device.type == "cuda" and len(state["cuda_rng"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return True
 
@@ -382,7 +430,6 @@ class Trainer:
         """Train on the rest of the current epoch; True when it ran to its end (not cut by max_steps). The
         samples skipped as unreadable are logged at the end, one line counting them by source and reason."""
         self.sampler.set_epoch(self.epoch)
-        self.train_set.set_epoch(self.epoch)
         self.sampler.skip = self.epoch_batches * self.config.optim.batch_size
         self.network.train()
         description = f"epoch {self.epoch + 1}/{self.config.optim.epochs}"
@@ -498,23 +545,6 @@ class Trainer:
                 "validation at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items())
             )
         return result
-
-
-def _check_odometry(train_set: TripletDataset, data_path: str | Path) -> None:
-    """Log how many training samples velocity supervision reaches; none at all is an error."""
-    known = sum(bool(np.isfinite(train_set.travel(i)).any()) for i in range(len(train_set)))
-    if known == 0:
-        raise ValueError(
-            f"{data_path}: loss.weights.velocity > 0 but none of the {len(train_set)} training samples has "
-            "odometry (distance travelled between frames): velocity supervision without odometry cannot make "
-            "depth metric. Train on data with odometry (KITTI oxts, a bag's odometry topic: "
-            "data.odometry_topic) or set loss.weights.velocity=0"
-        )
-    log.info(
-        "velocity supervision: %d of %d samples have odometry; the rest get no velocity term",
-        known,
-        len(train_set),
-    )
 
 
 def _no_split_reason(split: str, data_path: str | Path, name: str) -> str:

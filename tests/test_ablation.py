@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ssim_depth_core.config import TrainConfig, load_config, stored_config, to_dict
+from ssim_depth_core.config import TrainConfig, config_differences, load_config, stored_config, to_dict
 from ssim_depth_core.trainer import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -457,22 +457,22 @@ def test_a_config_key_newer_than_a_record_stands_for_its_default():
     new = to_dict(TrainConfig())
     old = copy.deepcopy(new)
     del old["loss"]["ssim_window"]  # a record written before the key existed
-    assert ablation.config_differences(old, new) == []
+    assert config_differences(old, new) == []
     new["loss"]["ssim_window"] = 5
-    assert ablation.config_differences(old, new) == ["loss.ssim_window: 3 -> 5"]
+    assert config_differences(old, new) == ["loss.ssim_window: 3 -> 5"]
 
 
 def test_the_sql_heads_settings_count_only_for_the_sql_decoder():
     old = to_dict(TrainConfig())
     new = copy.deepcopy(old)
     new["model"]["sql"]["bins"] = "depth" if old["model"]["sql"]["bins"] == "disparity" else "disparity"
-    assert old["model"]["decoder"] == "unet" and ablation.config_differences(old, new) == []
+    assert old["model"]["decoder"] == "unet" and config_differences(old, new) == []
     old["model"]["decoder"] = new["model"]["decoder"] = "sql"
-    assert ablation.config_differences(old, new) == [
+    assert config_differences(old, new) == [
         f"model.sql.bins: {old['model']['sql']['bins']!r} -> {new['model']['sql']['bins']!r}"
     ]
     new["model"]["decoder"] = "light"  # one of the two uses the head: its settings count
-    assert len(ablation.config_differences(old, new)) == 2
+    assert len(config_differences(old, new)) == 2
 
 
 def _pre_issue_19(train_config: dict, depth: int = 18) -> dict:
@@ -513,9 +513,9 @@ def test_the_ssim_study_records_read_as_resnet18_configs():
     assert record["train_config"]["model"]["num_layers"] == 18
     today = to_dict(stored_config(record["train_config"]))
     assert today["model"]["encoder"] == today["model"]["pose_encoder"] == "resnet18"
-    assert ablation.config_differences(record["train_config"], today) == []
+    assert config_differences(record["train_config"], today) == []
     today["model"]["encoder"] = "convnext_tiny"
-    assert ablation.config_differences(record["train_config"], today) == [
+    assert config_differences(record["train_config"], today) == [
         "model.encoder: 'resnet18' -> 'convnext_tiny'"
     ]
 

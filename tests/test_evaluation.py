@@ -1,12 +1,13 @@
 import json
 import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
 
 from ssim_depth_core.apps.cli import main
-from ssim_depth_core.apps.evaluate import evaluate_model, format_table
+from ssim_depth_core.apps.evaluate import evaluate_model, format_report, format_table
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -21,6 +22,7 @@ from ssim_depth_core.evaluation import (
     garg_crop_mask,
     scale_ratio,
 )
+from ssim_depth_core.imaging import read_depth_png, write_png
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
 
@@ -276,7 +278,16 @@ def test_evaluate_model_reports_metric_and_median_scaled_tables(
 ):
     metric_model = evaluate_model(velocity_checkpoint, tiny_drive, backend="torch", progress=False)
     scale_keys = {"scale_mean", "scale_std", "pixel_scale_mean", "pixel_scale_std", "scale_shape_std"}
-    assert set(metric_model) == {"metric_source", "images", "median", "metric", "by_range", *scale_keys}
+    assert set(metric_model) == {
+        "metric_source",
+        "images",
+        "skipped_frames",
+        "median",
+        "metric",
+        "by_range",
+        *scale_keys,
+    }
+    assert metric_model["skipped_frames"] == 0
     assert (metric_model["metric_source"], metric_model["images"]) == ("velocity", 2)
     assert set(metric_model["median"]) == set(metric_model["metric"]) == set(METRIC_NAMES)
 
@@ -397,3 +408,46 @@ def test_pixelwise_scale_ratio_ignores_pixel_noise_that_moves_the_ratio_of_media
     assert scores.pixel_ratio == 1.0  # median of [2, 1, 0.5, 1, 1]
     zero = evaluate_depth_scalings(np.full((1, 3), 4.0), np.array([[0.0, 2.0, 2.0]]), crop=None)
     assert zero.pixel_ratio == 2.0  # the pixel predicted at 0 m (an infinite ratio) is outvoted
+
+
+def _without_ground_truth(data, tmp_path, frames):
+    """A copy of ``data`` whose ground-truth maps of ``frames`` hold no valid pixel (all 0)."""
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    for frame in frames:
+        for path in copy.glob(f"*/*/proj_depth/groundtruth/image_02/{frame:010d}.png"):
+            write_png(path, np.zeros_like(read_depth_png(path), dtype=np.uint16))
+    return copy
+
+
+def test_evaluate_skips_a_frame_without_valid_ground_truth_and_counts_it(
+    velocity_checkpoint, tiny_drive, tmp_path, caplog
+):
+    data = _without_ground_truth(tiny_drive, tmp_path, frames=[2])
+    with caplog.at_level(logging.WARNING, logger="ssim_depth_core.apps.evaluate"):
+        result = evaluate_model(velocity_checkpoint, data, backend="torch", progress=False)
+    (sequence,) = open_sequences(data, DataConfig())
+    assert f"{sequence.name} frame 2: no valid ground-truth pixels" in caplog.text
+    assert (result["images"], result["skipped_frames"]) == (1, 1)
+    # the same as a split of the one frame left
+    split = tmp_path / "frame1_files.txt"
+    split.write_text(resolve_split(tiny_drive, "test").read_text().splitlines()[0] + "\n")
+    alone = evaluate_model(velocity_checkpoint, tiny_drive, split, backend="torch", progress=False)
+    assert alone["skipped_frames"] == 0
+    assert {k: v for k, v in result.items() if k != "skipped_frames"} == {
+        k: v for k, v in alone.items() if k != "skipped_frames"
+    }
+    assert format_report(result).startswith("1 images (1 skipped: no valid ground truth), metric source")
+
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--checkpoint", str(velocity_checkpoint), "--data", str(data), "--json", str(out)]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["skipped_frames"] == 1
+
+
+def test_evaluate_fails_naming_the_split_when_no_frame_has_valid_ground_truth(
+    velocity_checkpoint, tiny_drive, tmp_path
+):
+    data = _without_ground_truth(tiny_drive, tmp_path, frames=[1, 2])
+    with pytest.raises(ValueError, match=r"split 'test' of .*data: none of its 2 frames has valid ground"):
+        evaluate_model(velocity_checkpoint, data, backend="torch", progress=False)

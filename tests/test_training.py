@@ -355,6 +355,59 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(tiny_drive, tmp_p
     assert _logged_steps(run) == list(range(1, 9))
 
 
+def test_overwrite_removes_the_earlier_run_only_once_the_new_one_has_loaded(tiny_drive, tmp_path):
+    run = tmp_path / "run"
+    settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
+    Trainer(load_config(CONFIG, settings), tiny_drive, run).fit()
+    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    before = last.read_bytes()
+    with pytest.raises((ValueError, OSError), match="missing"):  # a run that cannot start loses nothing
+        Trainer(load_config(CONFIG, settings), tmp_path / "missing", run, overwrite=True)
+    assert last.read_bytes() == before and best.is_file()
+
+    # a fine-tune in place starts from the weights it replaces
+    weights = load_checkpoint(best)["model"]
+    tuned = Trainer(load_config(CONFIG, settings), tiny_drive, run, overwrite=True, init_from=best)
+    assert tuned.step == 0 and not last.exists()
+    for name, value in tuned.model.state_dict().items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0)
+
+
+def test_resume_refuses_a_changed_config_naming_what_changed(tiny_drive, tmp_path):
+    settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
+    Trainer(load_config(CONFIG, settings), tiny_drive, tmp_path).fit()
+    changed = load_config(CONFIG, [*settings, "optim.batch_size=4", "seed=5"])
+    with pytest.raises(
+        ValueError, match=r"optim.batch_size: 2 -> 4; seed: 0 -> 5.*may change only .*max_steps"
+    ):
+        Trainer(changed, tiny_drive, tmp_path, resume=True)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["optim"]["batch_size"] == 2
+    longer = Trainer(
+        load_config(CONFIG, [*TINY, "optim.max_steps=2", "data.val_split=none"]),
+        tiny_drive,
+        tmp_path,
+        resume=True,
+    )
+    assert longer.step == 1
+
+
+def test_resume_restores_the_random_state_that_stochastic_depth_draws_from(tiny_drive, tmp_path):
+    """ConvNeXt keeps torchvision's stochastic depth, which draws from torch's global generator: a resumed
+    run matches an uninterrupted one only if the checkpoint carries that generator's state."""
+    convnext = [*TINY, "model.encoder=convnext_tiny", "data.val_split=none"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    Trainer(load_config(CONFIG, [*convnext, "optim.max_steps=3"]), tiny_drive, straight).fit()
+    Trainer(load_config(CONFIG, [*convnext, "optim.max_steps=1"]), tiny_drive, interrupted).fit()
+    resumed = Trainer(
+        load_config(CONFIG, [*convnext, "optim.max_steps=3"]), tiny_drive, interrupted, resume=True
+    )
+    assert resumed.step == 1
+    resumed.fit()
+    expected = _parameters(straight / "checkpoints" / "last.pt")
+    for name, value in _parameters(interrupted / "checkpoints" / "last.pt").items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
 def test_progress_in_a_log_is_a_few_plain_lines(tmp_path):
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:  # a file, like a pipe, is not a terminal
@@ -437,7 +490,7 @@ def _scalars(run: Path) -> dict[str, list[float]]:
 
 def test_the_cpu_recipe_trains_a_metric_model_with_velocity_supervision(stereo_drive, tmp_path, caplog):
     config = load_config(CONFIG, [*TINY, "optim.max_steps=2"])  # the shipped recipe's weights
-    with caplog.at_level(logging.INFO, logger="ssim_depth_core.trainer"):
+    with caplog.at_level(logging.INFO):
         trainer = Trainer(config, stereo_drive, tmp_path)
         metrics = trainer.fit()
     # The drive's OXTS covers every frame: all 8 training samples are supervised.

@@ -180,6 +180,31 @@ def test_augmentation_reproducible_per_seed_epoch_index(tmp_path):
     assert not torch.equal(draw(0, 0), draw(1, 0))
 
 
+def test_augmentation_follows_the_epoch_in_persistent_dataloader_workers(tmp_path):
+    """A worker holds its own copy of the dataset, which set_epoch in the main process never reaches: the
+    trainer's sampler passes the epoch with each index, so epoch 1 is augmented as epoch 1, not as epoch 0."""
+    from torch.utils.data import DataLoader
+
+    from ssim_depth_core.trainer import ResumableSampler
+
+    sequence = drive(tmp_path, random_images(4))
+    config = DataConfig(**EVAL, jitter_probability=1.0)
+    dataset = TripletDataset([sequence], [(0, 1), (0, 2)], config, train=True, seed=3)
+    sampler = ResumableSampler(dataset, num_replicas=1, rank=0, shuffle=False, seed=3)
+    loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=1, persistent_workers=True)
+    drawn = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        (batch,) = list(loader)
+        drawn.append(batch["images_aug"])
+    fresh = TripletDataset([sequence], [(0, 1), (0, 2)], config, train=True, seed=3)  # the main process's
+    for epoch in (0, 1):
+        fresh.set_epoch(epoch)
+        expected = torch.stack([fresh[i]["images_aug"] for i in range(2)])
+        torch.testing.assert_close(drawn[epoch], expected, atol=0, rtol=0)
+    assert not torch.equal(drawn[0], drawn[1])
+
+
 def test_collate_skipping_drops_unreadable_samples(tmp_path, caplog):
     image_dir = write_drive(tmp_path, random_images(5))
     broken = image_dir / "0000000003.png"

@@ -13,6 +13,7 @@ from ssim_depth_core.evaluation import (
     MetricsAccumulator,
     RangeAccumulator,
     evaluate_depth_scalings,
+    valid_mask,
 )
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator
@@ -36,8 +37,12 @@ def format_table(metrics: dict[str, float]) -> str:
 
 def format_report(result: dict) -> str:
     """The result of :func:`evaluate_model` as text: its scale statistics, then each table under a label."""
+    skipped = result["skipped_frames"]
+    images = f"{result['images']} images" + (
+        f" ({skipped} skipped: no valid ground truth)" if skipped else ""
+    )
     lines = [
-        f"{result['images']} images, metric source: {result['metric_source']}; per-image scale ratio "
+        f"{images}, metric source: {result['metric_source']}; per-image scale ratio "
         f"median(gt)/median(pred): mean {result['scale_mean']:.3f}, std {result['scale_std']:.3f}; "
         f"median(gt/pred): mean {result['pixel_scale_mean']:.3f}, std {result['pixel_scale_std']:.3f}; "
         f"median(gt)/median(pred) at each image's own median(gt/pred) scale (the depth's shape alone): "
@@ -71,10 +76,13 @@ def evaluate_model(
     """Eigen-protocol metrics of a model (.pt, .onnx or .engine) over a split with ground-truth depth.
 
     Each image goes through :class:`DepthEstimator`, exactly as in serving, at the image's own resolution,
-    on ``backend`` ("auto": the one that fits the model file). ``scaling`` is one of :data:`SCALINGS`.
+    on ``backend`` ("auto": the one that fits the model file). ``scaling`` is one of :data:`SCALINGS`. A
+    frame without valid ground truth (none, or no pixel in range inside the crop) is skipped with a warning
+    naming it; ValueError naming the split when no frame is left.
 
     Returns:
-        ``{"metric_source": the model's (see artifact.METRIC_SOURCES), "images": N, "scale_mean": ...,
+        ``{"metric_source": the model's (see artifact.METRIC_SOURCES), "images": N scored,
+        "skipped_frames": M without valid ground truth, "scale_mean": ...,
         "scale_std": ..., "pixel_scale_mean": ..., "pixel_scale_std": ..., "median": {abs_rel: ..., ...,
         a3: ...}, "metric": {...}}``: the per-image means of the metrics with median scaling (``median``) and
         without (``metric``, present for a metric model under "auto", for any under "metric"), and the mean
@@ -99,23 +107,33 @@ def evaluate_model(
         " and metric ones (no scaling)" if unscaled else "",
     )
     median, metric, by_range = MetricsAccumulator(), MetricsAccumulator(), RangeAccumulator()
+    skipped = 0
     for sequence_index, frame in progress_bar(samples, desc="evaluate", disable=not progress):
         sequence = sequences[sequence_index]
         gt = sequence.depth(frame)
-        if gt is None:
-            raise ValueError(f"{sequence.name} frame {frame}: no ground-truth depth to evaluate against")
+        if gt is None or not valid_mask(gt).any():  # the pixels evaluate_depth_scalings compares
+            why = "no ground-truth depth" if gt is None else "no valid ground-truth pixels (range, crop)"
+            logger.warning("%s frame %d: %s: skipped", sequence.name, frame, why)
+            skipped += 1
+            continue
         pred = estimator(sequence.image(frame))
         scores = evaluate_depth_scalings(gt, pred, unscaled=unscaled)
         median.add(scores.median, scores.ratio, scores.pixel_ratio)
         if scores.metric is not None:
             metric.add(scores.metric)
         by_range.add_pixels(scores.gt, scores.pred if unscaled else scores.pred * scores.ratio)
-    if not len(median):
+    if not samples:
         raise ValueError(f"split '{split}' selected no frames of {data_path}")
+    if not len(median):
+        raise ValueError(
+            f"split '{split}' of {data_path}: none of its {skipped} frames has valid ground-truth depth "
+            "(see the warnings above)"
+        )
     stats, pixelwise = median.scale_stats(), median.scale_stats(pixelwise=True)
     result = {
         "metric_source": source,
         "images": len(median),
+        "skipped_frames": skipped,
         "scale_mean": stats["mean"],
         "scale_std": stats["std"],
         "pixel_scale_mean": pixelwise["mean"],

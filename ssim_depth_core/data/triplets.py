@@ -45,11 +45,13 @@ def build_samples(
 
     Without ``split`` every such frame of every sequence; with a split file (``<date>/<drive> <frame> l|r``)
     its entries, matched to KITTI sequences by drive and camera. Entries too close to a sequence end for
-    ``frame_ids`` are dropped with a warning; a drive that is not loaded is an error.
+    ``frame_ids`` are dropped with a warning; a drive that is not loaded is an error. Triplets spanning a gap
+    in a bag's stamps are dropped too (:func:`_drop_across_gaps`).
     """
     low, high = min(frame_ids), max(frame_ids)
     if split is None:
-        return [(s, f) for s, seq in enumerate(sequences) for f in range(-low, len(seq) - high)]
+        samples = [(s, f) for s, seq in enumerate(sequences) for f in range(-low, len(seq) - high)]
+        return _drop_across_gaps(sequences, samples, frame_ids)
     by_name = {seq.name: s for s, seq in enumerate(sequences)}
     samples, dropped = [], 0
     for drive, frame, side in read_split(split):
@@ -66,7 +68,48 @@ def build_samples(
         samples.append((s, frame))
     if dropped:
         logger.warning("%s: dropped %d entries without neighbours %s", split, dropped, list(frame_ids))
-    return samples
+    return _drop_across_gaps(sequences, samples, frame_ids)
+
+
+def _drop_across_gaps(
+    sequences: Sequence[FrameSequence], samples: list[tuple[int, int]], frame_ids: Sequence[int]
+) -> list[tuple[int, int]]:
+    """``samples`` without the triplets that span a gap in their sequence's stamps; one warning per sequence.
+
+    Where frames are indexed by stamp (``FrameSequence.frames_by_stamp``: a bag, whose undecodable messages,
+    damaged chunks and repeated stamps leave no index), a source ``offset`` frames from its target must be
+    stamped within half a period of ``target + offset x P``, P the sequence's median frame period; else frames
+    were lost between them or the recording paused, and the pair would be two or more periods apart.
+    """
+    offsets = np.array([offset for offset in frame_ids if offset != 0], dtype=np.int64)
+    targets: dict[int, list[int]] = {}
+    for s, frame in samples:
+        targets.setdefault(s, []).append(frame)
+    across: set[tuple[int, int]] = set()
+    for s, frames in targets.items():
+        sequence = sequences[s]
+        stamps = np.asarray(sequence.timestamps, dtype=np.float64)
+        period = float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0
+        if not (sequence.frames_by_stamp and len(offsets) and period > 0):
+            continue
+        target = np.asarray(frames, dtype=np.int64)
+        error = stamps[target[:, None] + offsets] - stamps[target][:, None] - offsets * period
+        gaps = target[np.abs(error).max(axis=1) > period / 2]
+        if len(gaps):
+            logger.warning(
+                "%s: dropped %d of %d samples spanning a gap in the stamps (a source of %s stamped more "
+                "than half the median frame period of %.1f ms off target + offset x period: frames lost or a "
+                "pause in the recording; first: target frame %d at %.6f s)",
+                sequence.name,
+                len(gaps),
+                len(target),
+                offsets.tolist(),
+                period * 1e3,
+                gaps[0],
+                stamps[gaps[0]],
+            )
+            across.update((s, int(frame)) for frame in gaps)
+    return [sample for sample in samples if sample not in across]
 
 
 def filter_static(
@@ -254,7 +297,8 @@ class TripletDataset(Dataset):
         return len(self.samples)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draw of ``epoch`` (call before each epoch, as with DistributedSampler)."""
+        """Select the augmentation draw of ``epoch`` for integer keys (in this process only: through a
+        DataLoader with workers, pass ``(epoch, index)`` keys instead)."""
         self.epoch = epoch
 
     def travel(self, index: int) -> np.ndarray:
@@ -264,8 +308,8 @@ class TripletDataset(Dataset):
         travel = [self.sequences[s].travel(frame, frame + offset) for offset in self.frame_ids[1:]]
         return np.asarray(travel, dtype=np.float32)
 
-    def _generator(self, index: int) -> torch.Generator:
-        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    def _generator(self, epoch: int, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
         return torch.Generator().manual_seed(int(seed))
 
     def _frame(self, s: int, index: int, partner: bool = False) -> np.ndarray:
@@ -309,7 +353,10 @@ class TripletDataset(Dataset):
         )
         return SkippedSample(source, reason, str(err))
 
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | SkippedSample:
+        """Sample ``key``: an index (augmented as drawn for :meth:`set_epoch`'s epoch) or ``(epoch, index)``,
+        which a sampler passes because DataLoader workers hold their own copy of the dataset."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         s, frame = self.samples[index]
         sequence = self.sequences[s]
         width, height = self.config.width, self.config.height
@@ -325,7 +372,7 @@ class TripletDataset(Dataset):
         except FrameError as err:
             return self._skip(index, frame, part, err)
 
-        generator = self._generator(index)
+        generator = self._generator(epoch, index)
         flip = self.train and float(torch.rand((), generator=generator)) < self.config.flip_probability
         jitter = self.train and float(torch.rand((), generator=generator)) < self.config.jitter_probability
 

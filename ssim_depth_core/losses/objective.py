@@ -2,16 +2,20 @@
 
 A term is a function ``term(batch, outputs, objective) -> (scalar, images)`` registered in :data:`TERMS`
 with :func:`register_term`; the objective computes every term whose configured weight is non-zero and sums
-``weight * term``. New terms plug in by registering a function, without touching the training loop. The loop
+``weight * term``. New terms plug in by registering a function, without touching the training loop; a term
+that needs something of the training data (odometry, for ``velocity``) registers a check of it with
+:func:`register_data_check`, which the loop runs through :func:`check_training_data`. The loop
 passes its step count, which terms read as ``objective.step`` for schedules (e.g. the auto-mask warm-up).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +25,8 @@ from ssim_depth_core.losses.photometric import min_reprojection_loss, reprojecti
 from ssim_depth_core.losses.smoothness import edge_aware_smoothness
 from ssim_depth_core.losses.ssim import SSIMLoss
 from ssim_depth_core.losses.velocity import velocity_loss
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
 Outputs = dict[str, Any]
@@ -35,6 +41,8 @@ TERM_NEEDS: dict[str, tuple[str, ...]] = {}
 TERM_INPUTS: dict[str, tuple[str, ...]] = {}
 # Checks of the loss config run by every Objective (e.g. an option that only a given term reads).
 CONFIG_CHECKS: list[Callable[[LossConfig], None]] = []
+# Checks of the training data a term runs before training, by term name (:func:`check_training_data`).
+DATA_CHECKS: dict[str, Callable[[Any, str], None]] = {}
 
 
 def register_term(name: str, needs: Sequence[str] = (), inputs: Sequence[str] = ()) -> Callable[[Term], Term]:
@@ -57,6 +65,24 @@ def register_config_check(check: Callable[[LossConfig], None]) -> Callable[[Loss
     """Decorator adding a loss-config check (raises ValueError) that every :class:`Objective` runs."""
     CONFIG_CHECKS.append(check)
     return check
+
+
+def register_data_check(name: str) -> Callable[[Callable[[Any, str], None]], Callable[[Any, str], None]]:
+    """Decorator registering term ``name``'s check of the training data, ``check(train_set, data_path)``
+    (raises ValueError when the term cannot work on that data; may log what it reaches)."""
+
+    def add(check: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+        DATA_CHECKS[name] = check
+        return check
+
+    return add
+
+
+def check_training_data(loss_config: LossConfig, train_set: Any, data_path: str) -> None:
+    """Run the data checks of the terms with a non-zero weight on ``train_set`` (a ``TripletDataset``)."""
+    for name, weight in loss_config.weights.items():
+        if weight != 0 and name in DATA_CHECKS:
+            DATA_CHECKS[name](train_set, data_path)
 
 
 def required_outputs(loss_config: LossConfig) -> tuple[str, ...]:
@@ -242,6 +268,25 @@ def velocity_term(batch: Batch, outputs: Outputs, objective: Objective):
     transforms = outputs["transforms"]
     translation = torch.stack([transforms[f][:, :3, 3] for f in objective.frame_ids[1:]], dim=1)
     return velocity_loss(translation, batch["travel"]), {}
+
+
+@register_data_check("velocity")
+def check_odometry(train_set: Any, data_path: str) -> None:
+    """Log how many training samples velocity supervision reaches (``train_set.travel(i)``: metres to each
+    temporal source, NaN unknown); none at all is an error."""
+    known = sum(bool(np.isfinite(train_set.travel(i)).any()) for i in range(len(train_set)))
+    if known == 0:
+        raise ValueError(
+            f"{data_path}: loss.weights.velocity > 0 but none of the {len(train_set)} training samples has "
+            "odometry (distance travelled between frames): velocity supervision without odometry cannot make "
+            "depth metric. Train on data with odometry (KITTI oxts, a bag's odometry topic: "
+            "data.odometry_topic) or set loss.weights.velocity=0"
+        )
+    log.info(
+        "velocity supervision: %d of %d samples have odometry; the rest get no velocity term",
+        known,
+        len(train_set),
+    )
 
 
 def _warped(outputs: Outputs, source: int | str, scale_index: int) -> torch.Tensor:

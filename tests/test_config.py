@@ -1,0 +1,61 @@
+"""Loading the training config: YAML and ``--set`` layered onto the defaults, values checked at load time."""
+
+import pytest
+
+from ssim_depth_core.config import load_config
+from ssim_depth_core.losses.objective import Objective
+
+DEFAULT_WEIGHTS = {"photometric": 1.0, "smoothness": 1e-3}
+
+
+def test_a_dotted_override_changes_one_loss_weight_and_keeps_the_others():
+    config = load_config(None, ["loss.weights.velocity=0.05"])
+    assert config.loss.weights == {**DEFAULT_WEIGHTS, "velocity": 0.05}
+
+
+def test_a_yaml_file_merges_into_the_default_mappings(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("loss:\n  alpha: 0.5\n  weights: {velocity: 0.05}\n")
+    config = load_config(path, ["loss.weights.smoothness=0.01"])
+    assert config.loss.weights == {"photometric": 1.0, "smoothness": 0.01, "velocity": 0.05}
+    assert (config.loss.alpha, config.loss.ssim_form) == (0.5, "additive")  # the rest of loss: defaults
+
+
+def test_weight_zero_removes_a_term_and_a_mapping_value_replaces_the_whole_mapping():
+    config = load_config(None, ["loss.weights.photometric=0", "loss.weights.velocity=0.05"])
+    objective = Objective(config.loss, frame_ids=[0, -1, 1], scales=[0])
+    assert objective.weights == {"smoothness": 1e-3, "velocity": 0.05}
+    assert load_config(None, ["loss.weights={supervised: 1.0}"]).loss.weights == {"supervised": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("checkpoint_every=0", "config 'checkpoint_every' must be >= 1, got 0"),
+        ("log_every=0", "config 'log_every' must be >= 1, got 0"),
+        ("preview_every=-5", "config 'preview_every' must be >= 1, got -5"),
+        ("optim.lr_step_epochs=0", "config 'optim.lr_step_epochs' must be >= 1, got 0"),
+        ("optim.epochs=0", "config 'optim.epochs' must be >= 1, got 0"),
+        ("optim.batch_size=0", "config 'optim.batch_size' must be >= 1, got 0"),
+        ("optim.max_steps=-1", "config 'optim.max_steps' must be >= 0, got -1"),
+        ("optim.learning_rate=-1", "config 'optim.learning_rate' must be > 0, got -1.0"),
+        ("optim.lr_gamma=0", "config 'optim.lr_gamma' must be > 0, got 0.0"),
+        ("optim.weight_decay=-1e-4", "config 'optim.weight_decay' must be >= 0, got -0.0001"),
+        ("model.min_depth=-1", "config 'model.min_depth' must be > 0, got -1.0"),
+        ("model.max_depth=0.05", "config 'model.max_depth' must be > model.min_depth 0.1, got 0.05"),
+    ],
+)
+def test_out_of_range_values_are_refused_at_load_time_naming_key_and_value(override, expected):
+    with pytest.raises(ValueError, match=f"^{expected}$"):
+        load_config(None, [override])
+
+
+def test_an_override_into_a_key_that_is_not_a_mapping_names_the_override(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("optim:\n  # max_steps: 5\nseed: 3\n")  # an empty section: None
+    with pytest.raises(
+        ValueError, match=r"^override 'optim.max_steps=5': 'optim' is not a mapping \(got None\)$"
+    ):
+        load_config(path, ["optim.max_steps=5"])
+    with pytest.raises(ValueError, match=r"^override 'seed.value=1': 'seed' is not a mapping \(got 3\)$"):
+        load_config(path, ["seed.value=1"])
