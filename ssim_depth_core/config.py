@@ -1,10 +1,12 @@
 """Typed training configuration: nested dataclasses loaded from YAML, overridable with ``key=value``.
 
 Every knob has a default and a type here; YAML files and ``--set`` overrides only change values: a YAML file
-merges into the defaults mapping by mapping (a ``loss.weights`` naming one term keeps the default others),
-and ``--set key.sub=value`` replaces the value at its dotted key (a mapping value replaces the whole
-mapping). Unknown keys, values of the wrong type or out of range, and string choices outside their
-``Literal`` are rejected at load time with the offending key and value (and what is allowed) named.
+merges into the defaults section by section (a section it leaves out keeps its defaults; a value it gives,
+a mapping such as ``loss.weights`` included, replaces the default), and ``--set key.sub=value`` replaces the
+value at its dotted key (``loss.weights.velocity=0.05`` adds one term to the weights in force; a mapping
+value replaces the whole mapping). Unknown keys, values of the wrong type or out of range, and string
+choices outside their ``Literal`` are rejected at load time with the offending key and value (and what is
+allowed) named.
 """
 
 from __future__ import annotations
@@ -139,9 +141,9 @@ class LossConfig:
     # ssim_window (docs/training.md, "Supervised depth (seed 001)").
     supervised_space: Literal["depth", "inverse_depth"] = "depth"
     supervised_l1_weight: float = 0.1
-    # Named loss terms and their weights; a term with weight 0 (or absent) is not computed. A YAML file or a
-    # dotted --set (loss.weights.velocity=0.05) adds to these defaults; --set loss.weights={...} replaces
-    # them.
+    # Named loss terms and their weights; a term with weight 0 (or absent) is not computed. A dotted --set
+    # (loss.weights.velocity=0.05) adds to the weights in force (these defaults, or the YAML file's); a
+    # YAML file's weights or --set loss.weights={...} replace them.
     # Registered: photometric, smoothness, velocity (| ||t_pred|| - metres travelled |: needs odometry; metric
     # depth), supervised (against ground-truth depth: proj_depth maps or projected LiDAR; metric depth).
     weights: dict[str, float] = field(default_factory=lambda: {"photometric": 1.0, "smoothness": 1e-3})
@@ -304,11 +306,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(TrainConfig, values)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
-    """Merge ``update`` into ``base`` in place: mappings key by key, any other value replacing."""
+def _merge(base: dict[str, Any], update: dict[str, Any], cls: type = None) -> None:
+    """Merge ``update`` into ``base`` in place, as fields of dataclass ``cls`` (default :class:`TrainConfig`):
+    a config section (a nested dataclass) key by key; any other value, a mapping such as ``loss.weights``
+    included, replacing, so that a run's own config.yaml loads back to the same config."""
+    hints = typing.get_type_hints(cls or TrainConfig)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+        section = hints.get(key)
+        if dataclasses.is_dataclass(section) and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, section)
         else:
             base[key] = value
 
@@ -356,11 +362,14 @@ def upgrade_stored_config(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "model": model}
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
+def _flatten(values: dict[str, Any], cls: type = None, prefix: str = "") -> dict[str, Any]:
+    """``values`` (fields of dataclass ``cls``, default :class:`TrainConfig`) by dotted key, section by
+    section; a mapping-valued field (``loss.weights``) stays one value."""
+    hints, flat = typing.get_type_hints(cls or TrainConfig), {}
     for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        section = hints.get(key)
+        if dataclasses.is_dataclass(section) and isinstance(value, dict):
+            flat.update(_flatten(value, section, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat

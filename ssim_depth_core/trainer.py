@@ -302,6 +302,8 @@ class Trainer:
         if init_from and not resumed:
             self._init_from(Path(init_from))
         self.writer = None
+        if replace_earlier_run and self.context.world_size > 1:
+            dist.barrier()  # every rank has read what it needs from the run folder (e.g. --init-from)
         if self.context.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -374,7 +376,9 @@ class Trainer:
             log.warning("--resume: no checkpoint at %s, starting from scratch", path)
             return False
         state = load_checkpoint(path, map_location=self.device)
-        changed = config_differences(state["config"], to_dict(self.config), RESUMABLE_CHANGES)
+        changed = config_differences(
+            _resolved_splits(state["config"]), _resolved_splits(to_dict(self.config)), RESUMABLE_CHANGES
+        )
         if changed:
             raise ValueError(
                 f"--resume {path}: the run was started with another config ({'; '.join(changed)}); a resumed "
@@ -384,14 +388,16 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the run trained without fp16 loss scaling (CPU, bf16, amp none)
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.epoch_batches = state["step"], state["epoch"], state["epoch_batches"]
         self.best_metric = state["best_metric"]
         self.skipped_samples = state["skipped_samples"]
         if "rng" in state:  # checkpoints from before 2026-12-07 have none
-            torch.set_rng_state(state["rng"])
+            # generator states are CPU byte tensors, wherever map_location put the checkpoint's tensors
+            torch.set_rng_state(state["rng"].cpu())
             if self.device.type == "cuda" and len(state["cuda_rng"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+                torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng"]])
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return True
 
@@ -545,6 +551,16 @@ class Trainer:
                 "validation at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items())
             )
         return result
+
+
+def _resolved_splits(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict whose split files (``data.train_split``, ``data.val_split``) that exist are absolute
+    paths: one file named relative or absolute is the same run's."""
+    data = dict(values.get("data", {}))
+    for key in ("train_split", "val_split"):
+        if data.get(key) and Path(data[key]).is_file():
+            data[key] = str(Path(data[key]).resolve())
+    return {**values, "data": data}
 
 
 def _no_split_reason(split: str, data_path: str | Path, name: str) -> str:

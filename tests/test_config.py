@@ -1,8 +1,9 @@
 """Loading the training config: YAML and ``--set`` layered onto the defaults, values checked at load time."""
 
 import pytest
+import yaml
 
-from ssim_depth_core.config import load_config
+from ssim_depth_core.config import config_differences, load_config, to_dict
 from ssim_depth_core.losses.objective import Objective
 
 DEFAULT_WEIGHTS = {"photometric": 1.0, "smoothness": 1e-3}
@@ -13,12 +14,27 @@ def test_a_dotted_override_changes_one_loss_weight_and_keeps_the_others():
     assert config.loss.weights == {**DEFAULT_WEIGHTS, "velocity": 0.05}
 
 
-def test_a_yaml_file_merges_into_the_default_mappings(tmp_path):
+def test_a_yaml_file_merges_into_the_defaults_section_by_section(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("loss:\n  alpha: 0.5\n  weights: {velocity: 0.05}\n")
+    path.write_text("loss:\n  alpha: 0.5\n  weights: {photometric: 1.0, velocity: 0.05}\n")
     config = load_config(path, ["loss.weights.smoothness=0.01"])
-    assert config.loss.weights == {"photometric": 1.0, "smoothness": 0.01, "velocity": 0.05}
+    # the file's weights replace the default ones (smoothness off), a dotted --set adds to them
+    assert config.loss.weights == {"photometric": 1.0, "velocity": 0.05, "smoothness": 0.01}
     assert (config.loss.alpha, config.loss.ssim_form) == (0.5, "additive")  # the rest of loss: defaults
+    assert load_config(path).loss.weights == {"photometric": 1.0, "velocity": 0.05}
+
+
+def test_a_runs_own_config_yaml_loads_back_to_the_same_config(tmp_path):
+    """What the trainer writes (to_dict, YAML) and --resume or a new run reads back: a run trained on one
+    weight keeps exactly that one."""
+    config = load_config(None, ["loss.weights={supervised: 1.0}", "optim.epochs=3"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    assert load_config(path) == config
+    assert config_differences(to_dict(config), to_dict(load_config(None))) == [
+        "loss.weights: {'supervised': 1.0} -> {'photometric': 1.0, 'smoothness': 0.001}",
+        "optim.epochs: 3 -> 20",
+    ]
 
 
 def test_weight_zero_removes_a_term_and_a_mapping_value_replaces_the_whole_mapping():

@@ -408,6 +408,21 @@ def test_resume_restores_the_random_state_that_stochastic_depth_draws_from(tiny_
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_resumes_on_cuda_with_fp16_loss_scaling_switched_on(tiny_drive, tmp_path):
+    """The checkpoint's tensors load onto the GPU (map_location) while generator states must be CPU byte
+    tensors; a run without loss scaling (amp none) resumes with it (fp16) from an empty scaler state."""
+    settings = [*TINY, "device=cuda", "data.val_split=none"]
+    Trainer(load_config(CONFIG, [*settings, "amp=none", "optim.max_steps=1"]), tiny_drive, tmp_path).fit()
+    resumed = Trainer(
+        load_config(CONFIG, [*settings, "amp=fp16", "optim.max_steps=2"]), tiny_drive, tmp_path, resume=True
+    )
+    assert resumed.step == 1 and resumed.scaler.is_enabled()
+    resumed.fit()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+
+
 def test_progress_in_a_log_is_a_few_plain_lines(tmp_path):
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:  # a file, like a pipe, is not a terminal

@@ -221,7 +221,8 @@ class DepthFrame:
 class FramePipeline:
     """RGB frames -> :class:`DepthFrame` through one :class:`DepthEstimator` (see the module docstring).
 
-    Not thread-safe: configure and process frames from one thread.
+    Configure and process frames from one thread; :meth:`refusal` may be asked from another (it reads the
+    served settings and estimator as one pair).
 
     Attributes:
         ground: the ground-plane scale estimator of "camera_height", else None.
@@ -232,9 +233,18 @@ class FramePipeline:
     """
 
     def __init__(self, settings: ModelSettings) -> None:
-        self.estimator = _build_estimator(settings, None)
-        self.settings = settings
+        self._served = (settings, _build_estimator(settings, None))
         self.ground = _ground_scale(settings.scale)
+
+    @property
+    def settings(self) -> ModelSettings:
+        """The settings being served."""
+        return self._served[0]
+
+    @property
+    def estimator(self) -> DepthEstimator:
+        """The estimator being served."""
+        return self._served[1]
 
     def configure(self, settings: ModelSettings) -> bool:
         """Switch to ``settings``; returns whether the estimator was rebuilt (any setting changed).
@@ -246,10 +256,9 @@ class FramePipeline:
         """
         if settings == self.settings:
             return False
-        old, previous = self.estimator, self.settings
+        previous, old = self._served
         same_model = _backend_key(settings) == _backend_key(previous)
-        self.estimator = _build_estimator(settings, old.backend if same_model else None)
-        self.settings = settings
+        self._served = (settings, _build_estimator(settings, old.backend if same_model else None))
         if not same_model:
             old.backend.close()
         if not same_model or settings.scale != previous.scale:
@@ -260,10 +269,11 @@ class FramePipeline:
         """Why ``settings`` cannot be served, as far as the open backend tells (its model's metadata and depth
         range), else None; settings for another model or backend are only known once :meth:`configure`
         opens it."""
-        if _backend_key(settings) != _backend_key(self.settings):
+        served, estimator = self._served
+        if _backend_key(settings) != _backend_key(served):
             return None
         try:
-            _build_estimator(settings, self.estimator.backend)
+            _build_estimator(settings, estimator.backend)
         except ValueError as error:
             return str(error)
         return None

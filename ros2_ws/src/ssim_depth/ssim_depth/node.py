@@ -372,18 +372,10 @@ class DepthNode(Node):
         try:
             rebuilt = self._pipeline.configure(settings)
         except (ValueError, RuntimeError, OSError) as error:
-            served = self._served
-            restored = [
-                Parameter(name, value=getattr(served, name))
-                for name in MODEL_PARAMETERS
-                if getattr(params, name) != getattr(served, name)
-            ]
             self.get_logger().error(
-                f"cannot apply the new model parameters, keeping the previous model and setting "
-                f"{', '.join(p.name for p in restored)} back: {error}"
+                f"cannot apply the new model parameters, keeping the previous model: {error}"
             )
-            # so that the parameters say what serves, and a later change does not carry the failed one
-            self.set_parameters(restored)
+            self._set_back(params)
             return
         self._served = params
         if rebuilt:
@@ -393,6 +385,26 @@ class DepthNode(Node):
                 f"estimator rebuilt (generation {self._model['generation']}): {settings.model_path} on "
                 f"{backend.name}"
             )
+
+    def _set_back(self, failed: DepthParams) -> None:
+        """Set the model parameters of the ``failed`` snapshot back to the served ones, so that they say what
+        serves and a later change does not carry the failed one; all at once (each is checked with the others'
+        served values), and only those nobody has changed again since."""
+        served = self._served
+        restored = [
+            Parameter(name, value=getattr(served, name))
+            for name in MODEL_PARAMETERS
+            if getattr(failed, name) != getattr(served, name)
+            and self.get_parameter(name).value == getattr(failed, name)
+        ]
+        if not restored:
+            return
+        names = ", ".join(p.name for p in restored)
+        result = self.set_parameters_atomically(restored)
+        if result.successful:
+            self.get_logger().warning(f"set {names} back to the served model's")
+        else:
+            self.get_logger().error(f"could not set {names} back to the served model's: {result.reason}")
 
     def _start_stats_timer(self, period: float) -> None:
         if self._stats_timer is not None:

@@ -632,6 +632,19 @@ def test_a_model_switch_that_fails_sets_the_parameters_back(graph, oracles, stre
     np.testing.assert_allclose(depth, expected, rtol=1e-5)
 
 
+def test_a_failed_switch_does_not_set_back_a_change_made_since(graph, oracles, velocity_onnx):
+    """While a new model opens (minutes for a TensorRT build) the user may change model_path again: when the
+    first switch fails, that later value stays."""
+    from dataclasses import replace
+
+    g = graph(model_path=str(oracles["velocity"]), scale_source="model")
+    failed = replace(g.node.params, model_path=str(oracles["none"]))  # the snapshot the worker failed on
+    (result,) = g.node.set_parameters([Parameter("model_path", value=str(velocity_onnx))])  # changed since
+    assert result.successful, result.reason
+    g.node._set_back(failed)
+    assert g.node.get_parameter("model_path").value == str(velocity_onnx)
+
+
 def test_every_frame_is_tagged_with_the_model_and_options_that_made_it(graph, model, velocity_onnx, photo):
     """depth/model: one tag per frame, by stamp; a model switch raises the generation, options ride along."""
     import hashlib
