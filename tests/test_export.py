@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from ssim_depth_core.artifact import ExportMetadata, metric_source, read_metadata
 from ssim_depth_core.checkpoint import load_depth_net
 from ssim_depth_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
+from ssim_depth_core.export import onnx as onnx_export
 from ssim_depth_core.export.onnx import ExportValidationError, _validate, check_tensorrt_ops, export_onnx
 from ssim_depth_core.models import MonodepthModel
 
@@ -143,8 +144,45 @@ def test_export_rejects_bad_arguments(checkpoint, tmp_path, kwargs, message):
 def test_validation_catches_a_graph_that_differs_from_torch(exported):
     torch.manual_seed(1)
     other = MonodepthModel(ModelConfig(), [0, -1, 1]).depth_net.eval()
-    with pytest.raises(ExportValidationError, match="differs from PyTorch"):
-        _validate(exported.read_bytes(), other, HEIGHT, WIDTH)
+    with pytest.raises(ExportValidationError, match=r"^m\.pt -> m\.onnx: ONNX Runtime output differs from"):
+        _validate(exported.read_bytes(), other, HEIGHT, WIDTH, "m.pt -> m.onnx")
+
+
+def test_a_graph_onnxruntime_cannot_run_is_an_export_validation_error_naming_both_files(checkpoint):
+    """onnxruntime's own exception types (here its ``Fail`` for an unregistered op) derive from Exception
+    only: they become the export's error, which names the checkpoint and the output file."""
+    graph = helper.make_graph(
+        [helper.make_node("MyOp", ["image"], ["disparity"], domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, HEIGHT, WIDTH])],
+        [helper.make_tensor_value_info("disparity", TensorProto.FLOAT, [1, 1, HEIGHT, WIDTH])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)]
+    )
+    onnx.checker.check_model(model)  # the checker lets it through: only ONNX Runtime refuses it
+    net, _ = load_depth_net(checkpoint[0])
+    with pytest.raises(
+        ExportValidationError,
+        match=r"^ck\.pt -> out\.onnx: ONNX Runtime cannot run the exported graph \(Fail: .*MyOp",
+    ):
+        _validate(model.SerializeToString(), net, HEIGHT, WIDTH, "ck.pt -> out.onnx")
+
+
+def test_a_failed_validation_writes_nothing_and_keeps_an_earlier_file(checkpoint, tmp_path, monkeypatch):
+    """A real export whose validation fails (the tolerance set below any difference, -1): the error names
+    both files, nothing is written at a new path, an earlier file at the path keeps its bytes, and no
+    temporary is left."""
+    monkeypatch.setattr(onnx_export, "VALIDATION_TOLERANCE", -1.0)
+    earlier, fresh = tmp_path / "earlier.onnx", tmp_path / "fresh.onnx"
+    earlier.write_bytes(b"the model of an earlier export")
+    for target in (earlier, fresh):
+        with pytest.raises(ExportValidationError) as caught:
+            export_onnx(checkpoint[0], target)
+        assert str(caught.value).startswith(f"{checkpoint[0]} -> {target}: ONNX Runtime output differs")
+        assert str(caught.value).endswith("> -1.0")
+    assert earlier.read_bytes() == b"the model of an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.onnx"]
 
 
 def test_our_export_passes_the_tensorrt_check(exported):

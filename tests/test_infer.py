@@ -1,5 +1,6 @@
-"""``ssim-depth infer`` (apps.infer) on image folders, videos and rosbag2, the depth colouriser, and the data
-flags of the other verbs (synth --stereo, train --odometry-topic)."""
+"""``ssim-depth infer`` (apps.infer) on image folders, videos and rosbag2, its output folder (an earlier run
+refused unless --overwrite), the depth colouriser, the data flags of the other verbs (synth --stereo, train
+--odometry-topic) and export's --precision without --tensorrt."""
 
 from __future__ import annotations
 
@@ -330,6 +331,65 @@ def test_bad_arguments_are_named(metric_checkpoint, tmp_path):
         )
 
 
+# ------------------------------------------------------------------------------------------ output folder
+def _tree(folder) -> dict:
+    """Every file under ``folder`` with its bytes, every folder with None."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_an_earlier_run_is_refused_unless_overwritten(
+    metric_checkpoint, random_checkpoint, estimator, tmp_path, caplog
+):
+    frames = _frames(2)
+    a, b = _write_images(tmp_path / "images", frames)
+    out = tmp_path / "out"
+    run_inference(metric_checkpoint, tmp_path / "images", out, pointcloud="ply", progress=False)
+    assert sorted(p.name for p in (out / "clouds").iterdir()) == ["frame_000.ply", "frame_001.ply"]
+    (out / "notes.txt").write_text("the user's own file")
+    before = _tree(out)
+    b.write_bytes(b"not an image")  # the next run skips b: run 1's depth/b.png must not stay behind
+
+    refusal = (
+        f"{out} holds an earlier run of ssim-depth infer (depth, depth_raw, clouds, summary.json): pass "
+        "--overwrite to replace it, or choose another folder"
+    )
+    with pytest.raises(ValueError) as error:
+        run_inference(metric_checkpoint, tmp_path / "images", out, progress=False)
+    assert str(error.value) == refusal
+    argv = ["infer", "--model", str(metric_checkpoint), "--input", str(a.parent), "--out", str(out)]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--no-progress"]) == 2
+    assert refusal in caplog.text
+    # --overwrite with a model that is then refused: the earlier run is removed only once the model has opened
+    with pytest.raises(ValueError, match="scale_source 'model' needs a metric model"):
+        run_inference(random_checkpoint, tmp_path / "images", out, overwrite=True, progress=False)
+    assert _tree(out) == before
+
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--no-progress", "--overwrite"]) == 0
+    assert "removed the earlier run's depth, depth_raw, clouds, summary.json" in caplog.text
+    # exactly the new run's outputs, beside the user's file; nothing of the earlier run
+    assert sorted(p.name for p in out.iterdir()) == ["depth", "depth_raw", "notes.txt", "summary.json"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert [p.name for p in (out / "depth").iterdir()] == [a.name]
+    assert [p.name for p in (out / "depth_raw").iterdir()] == [a.name]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["skipped_frames"]) == (1, [str(b)])
+    colour = cv2.imread(str(out / "depth" / a.name))
+    np.testing.assert_array_equal(colour, colorize_depth(estimator(frames[0])))
+
+
+def test_an_output_path_that_is_a_file_is_refused(metric_checkpoint, tmp_path):
+    _write_images(tmp_path / "images", _frames(1))
+    out = tmp_path / "out"
+    out.write_text("a file")
+    with pytest.raises(ValueError, match=f"^{out} is not a folder"):
+        run_inference(metric_checkpoint, tmp_path / "images", out, overwrite=True, progress=False)
+    assert out.read_text() == "a file"
+
+
 # ------------------------------------------------------------------------------------------------- scale
 def test_scale_less_model_is_refused_by_default_and_fixed_multiplies(random_checkpoint, estimator, tmp_path):
     frames = _frames(2)
@@ -337,6 +397,7 @@ def test_scale_less_model_is_refused_by_default_and_fixed_multiplies(random_chec
     with pytest.raises(ValueError, match="scale_source 'model' needs a metric model") as error:
         run_inference(random_checkpoint, tmp_path / "images", tmp_path / "refused", progress=False)
     assert str(random_checkpoint) in str(error.value) and "'camera_height'" in str(error.value)
+    assert not (tmp_path / "refused").exists()  # the model is opened before any folder is created
 
     fixed = ScaleSettings("fixed", 2.0)
     out = tmp_path / "out"
@@ -413,3 +474,18 @@ def test_synth_stereo_and_train_odometry_topic_flags(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="ssim_depth"):
         assert main([*train, "--odometry-topic", "/not_odometry"]) == 2
     assert "odometry topic '/not_odometry' not found" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ export's flags
+@pytest.mark.parametrize(
+    ("extra", "precision"),
+    [([], "fp16"), ([], "fp32"), (["--int8", "--calibration", "data"], "int8")],
+)
+def test_export_precision_without_tensorrt_is_refused(random_checkpoint, tmp_path, caplog, extra, precision):
+    """--precision sets the TensorRT engine's precision: without --tensorrt there is no engine to set."""
+    onnx_path = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(random_checkpoint), "--onnx", str(onnx_path), *extra]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--precision", precision]) == 2
+    assert f"--precision {precision} applies to the TensorRT engine: add --tensorrt PATH" in caplog.text
+    assert not onnx_path.exists()  # refused before anything was exported

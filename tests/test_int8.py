@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
+import re
+import shutil
 
 import numpy as np
 import onnx
@@ -22,7 +25,7 @@ from ssim_depth_core.export import quantize
 from ssim_depth_core.export.onnx import check_tensorrt_ops, is_quantized
 from ssim_depth_core.export.quantize import Int8ValidationError, output_head_nodes, quantize_onnx
 from ssim_depth_core.export.tensorrt import build_engine, engine_cache_key
-from ssim_depth_core.runtime.backends import OnnxRuntimeBackend
+from ssim_depth_core.runtime.backends import OnnxRuntimeBackend, auto_backend, create_backend
 from ssim_depth_core.runtime.estimator import DepthEstimator, preprocess_image
 
 HAS_TENSORRT_MODULE = importlib.util.find_spec("tensorrt") is not None
@@ -161,9 +164,13 @@ def test_report_and_metadata_of_an_accepted_model(int8_models, random_onnx, driv
     assert (backend.input_size, backend.min_depth, backend.max_depth) == (SIZE, 0.5, 80.0)
 
 
-def test_a_negative_tolerance_is_refused_and_nothing_is_left_behind(random_onnx, drives, tmp_path):
+def test_a_negative_tolerance_is_refused_and_nothing_is_left_behind(
+    random_onnx, int8_models, drives, tmp_path
+):
+    """An INT8 model of an earlier export at the path (its metadata says int8) is removed: it must not pass
+    for the refused one."""
     target = tmp_path / "model.int8.onnx"
-    target.write_bytes(b"an INT8 model of an earlier export")
+    shutil.copyfile(int8_models["cpu"][0], target)
     before = _sha256(random_onnx)
     with pytest.raises(
         Int8ValidationError,
@@ -182,6 +189,28 @@ def test_a_negative_tolerance_is_refused_and_nothing_is_left_behind(random_onnx,
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary either
     assert _sha256(random_onnx) == before
+
+
+def test_a_file_that_is_not_an_int8_model_is_neither_removed_nor_overwritten(random_onnx, drives, tmp_path):
+    """Any other file at the INT8 path (here a text file, then an FP32 model) is refused before calibration,
+    named, and left byte for byte as it was: by a refused export (tolerance -1) and by one that would pass."""
+    notes, fp32_copy = tmp_path / "notes.onnx", tmp_path / "fp32.onnx"
+    notes.write_bytes(b"my notes, not a model")
+    shutil.copyfile(random_onnx, fp32_copy)
+    expected = {path: _sha256(path) for path in (notes, fp32_copy)}
+    for target, reason in (
+        (notes, "not a readable ONNX model with ssim_depth metadata"),
+        (fp32_copy, "fp32"),
+    ):
+        for tolerance in (-1.0, 1.0):
+            with pytest.raises(ValueError, match="is not an INT8 model of ssim_depth") as caught:
+                quantize_onnx(
+                    random_onnx, target, drives, validation_frames=1, tolerance=tolerance, progress=False
+                )
+            assert str(caught.value).startswith(f"{target} already exists and is not an INT8 model")
+            assert reason in str(caught.value) and "neither overwritten nor removed" in str(caught.value)
+    assert {path: _sha256(path) for path in (notes, fp32_copy)} == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "notes.onnx"]
 
 
 def test_without_ground_truth_the_depth_difference_is_held_to_its_bound(
@@ -204,20 +233,35 @@ def test_without_ground_truth_the_depth_difference_is_held_to_its_bound(
     assert not (tmp_path / "bad.onnx").exists()
 
 
+def _normalised_image_range(fp32_path, images):
+    """(low, high) of the normalised image (the first conv's input) over ``images``, 0 included: the FP32
+    graph run with that tensor as an extra output. The tensor's name is returned too."""
+    fp32 = onnx.load(fp32_path)
+    (div,) = [node.output[0] for node in fp32.graph.node if node.op_type == "Div"]
+    fp32.graph.output.append(helper.make_empty_tensor_value_info(div))
+    session = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = [session.run([div], {"image": preprocess_image(image, SIZE)[None]})[0] for image in images]
+    return div, min(0.0, min(v.min() for v in values)), max(0.0, max(v.max() for v in values))
+
+
+def _assert_calibrated_on(path, div, low, high):
+    """The uint8 QuantizeLinear of ``div`` in the INT8 model at ``path`` has the scale and zero point of
+    the range [low, high] (asymmetric: scale = (high - low) / 255, zero point = round(-low / scale))."""
+    model = onnx.load(path)
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    (node,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == div]
+    scale, zero_point = constants[node.input[1]], constants[node.input[2]]
+    expected_scale = (high - low) / 255
+    assert scale == pytest.approx(expected_scale, rel=1e-5)
+    assert int(zero_point) == round(-low / expected_scale)
+
+
 def test_calibration_in_chunks_covers_every_frame(random_onnx, drives, tmp_path, monkeypatch):
     """The activation ranges are those of all calibration frames, whatever the chunking: the range of the
     normalised image (the first conv's input), recomputed here by running the FP32 graph with that tensor as
     an extra output, gives the scale and zero point of its QuantizeLinear (uint8, asymmetric, 0 inside)."""
-    fp32 = onnx.load(random_onnx)
-    (div,) = [node.output[0] for node in fp32.graph.node if node.op_type == "Div"]
-    fp32.graph.output.append(helper.make_empty_tensor_value_info(div))
-    session = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
     train = open_sequences(drives, DataConfig())[0]  # the train split: drive 1, frames 1-4
-    values = [
-        session.run([div], {"image": preprocess_image(train.image(f), SIZE)[None]})[0] for f in range(1, 5)
-    ]
-    low, high = min(0.0, min(v.min() for v in values)), max(0.0, max(v.max() for v in values))
-    expected_scale = (high - low) / 255
+    div, low, high = _normalised_image_range(random_onnx, [train.image(f) for f in range(1, 5)])
     for chunk in (1, 3, 4):  # chunks of 1, 2 (the largest divisor of 4 up to 3) and 4 frames
         monkeypatch.setattr(quantize, "_CHUNK", chunk)
         path = tmp_path / f"chunk{chunk}.onnx"
@@ -225,12 +269,39 @@ def test_calibration_in_chunks_covers_every_frame(random_onnx, drives, tmp_path,
             quantize_onnx(random_onnx, path, drives, validation_frames=1, progress=False).calibration_frames
             == 4
         )
-        model = onnx.load(path)
-        constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        (node,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == div]
-        scale, zero_point = constants[node.input[1]], constants[node.input[2]]
-        assert scale == pytest.approx(expected_scale, rel=1e-5), chunk
-        assert int(zero_point) == round(-low / expected_scale)
+        _assert_calibrated_on(path, div, low, high)
+
+
+def test_unreadable_calibration_frames_are_dropped_before_chunking(
+    random_onnx, drives, tmp_path, monkeypatch, caplog
+):
+    """Drive 1's frame 1, the first of the 4 calibration frames, is garbage. In chunks of 1 frame (what a
+    prime frame count above 16 gets) its chunk would hold no data, which ONNX Runtime refuses: it is
+    dropped before chunking instead, named in the log, and the ranges are those of frames 2-4."""
+    data = tmp_path / "data"
+    shutil.copytree(drives, data)
+    train = open_sequences(data, DataConfig())[0]
+    div, low, high = _normalised_image_range(random_onnx, [train.image(f) for f in (2, 3, 4)])
+    frames = sorted(data.glob("*/*_drive_0001_sync/image_02/data/*.png"))
+    assert len(frames) == 6
+    frames[1].write_bytes(b"not a PNG")
+    monkeypatch.setattr(quantize, "_CHUNK", 1)
+    path = tmp_path / "int8.onnx"
+    with caplog.at_level(logging.WARNING, logger=quantize.__name__):
+        report = quantize_onnx(random_onnx, path, data, validation_frames=1, progress=False)
+    assert report.calibration_frames == 3
+    assert read_metadata(onnx.load(path), path).calibration_frames == 3
+    _assert_calibrated_on(path, div, low, high)
+    assert f"skipping unreadable {train.name} frame 1" in caplog.text
+    assert "1 of 4 frames" in caplog.text and "calibrating on the other 3" in caplog.text
+
+    for frame in frames[2:5]:  # now all 4 calibration frames are unreadable
+        frame.write_bytes(b"not a PNG")
+    with pytest.raises(
+        ValueError, match=r"data: none of the 4 calibration frames could be read \(4 unreadable of 4;"
+    ):
+        quantize_onnx(random_onnx, tmp_path / "none.onnx", data, validation_frames=1, progress=False)
+    assert not (tmp_path / "none.onnx").exists()
 
 
 def test_held_out_frames_are_never_calibration_frames(drives):
@@ -358,6 +429,42 @@ def test_tensorrt_target_passes_the_op_check_and_the_cpu_target_does_not(int8_mo
     assert problems and all("DequantizeLinear" in p or "QuantizeLinear" in p for p in problems)
     assert any("zero point of type UINT8" in p for p in problems)
     assert any("dequantises a constant of type INT32" in p for p in problems)  # the quantised biases
+
+
+def test_auto_sends_a_graph_tensorrt_cannot_take_to_onnxruntime(int8_models, random_onnx, caplog):
+    """The decision, from the file's op set, with TensorRT present (``tensorrt=True``) or not: the default
+    ``cpu``-target INT8 model (uint8 zero points, INT32 biases) goes to ONNX Runtime with the first problem
+    as the reason; the ``tensorrt``-target one and the FP32 export go to TensorRT."""
+    cpu, trt = int8_models["cpu"][0], int8_models["tensorrt"][0]
+    problems = check_tensorrt_ops(onnx.load(cpu))
+    backend, reason = auto_backend(cpu, tensorrt=True)
+    assert backend == "onnxruntime"
+    assert reason == (
+        f"TensorRT 10 cannot take this graph: {problems[0]} (and {len(problems) - 1} more); an INT8 model "
+        "for TensorRT is exported with --int8 --int8-target tensorrt"
+    )
+    assert re.fullmatch(
+        r"node \d+ \S+ \((QuantizeLinear|DequantizeLinear)\): "
+        r"(zero point of type UINT8|dequantises a constant of type INT32).*",
+        problems[0],
+    )
+    assert auto_backend(trt, tensorrt=True)[0] == "tensorrt"
+    assert auto_backend(random_onnx, tensorrt=True)[0] == "tensorrt"
+    for path in (cpu, trt, random_onnx):
+        assert auto_backend(path, tensorrt=False)[0] == "onnxruntime"
+        assert auto_backend(path, device="cpu", tensorrt=True) == ("onnxruntime", "device='cpu'")
+    # through create_backend, on this machine: the model runs, and the log line says which and why
+    with caplog.at_level(logging.INFO, logger="ssim_depth_core.runtime.backends"):
+        opened = create_backend(cpu)
+    assert isinstance(opened, OnnxRuntimeBackend)
+    assert f"backend auto -> onnxruntime for {cpu} (" in caplog.text
+
+
+def test_an_explicit_tensorrt_backend_refuses_the_cpu_target_naming_why(int8_models):
+    with pytest.raises(
+        ValueError, match=r"(?s)cpu\.onnx is not TensorRT 10 compatible.*zero point of type UINT8"
+    ):
+        create_backend(int8_models["cpu"][0], "tensorrt")
 
 
 def _qdq_model(zero_point, dtype=TensorProto.INT8, weight_type=TensorProto.INT8):

@@ -14,7 +14,12 @@ from onnx import TensorProto, helper
 from ssim_depth_core.accelerator import TensorRTUnavailableError, tensorrt_available
 from ssim_depth_core.artifact import engine_sidecar_path
 from ssim_depth_core.export.tensorrt import build_engine, engine_cache_key
-from ssim_depth_core.runtime.backends import TensorRTBackend, TorchBackend, create_backend
+from ssim_depth_core.runtime.backends import (
+    TensorRTBackend,
+    TorchBackend,
+    create_backend,
+    read_engine_sidecar,
+)
 from ssim_depth_core.runtime.estimator import DepthEstimator
 
 HAS_TENSORRT_MODULE = importlib.util.find_spec("tensorrt") is not None
@@ -89,6 +94,46 @@ def test_tensorrt_backend_without_tensorrt_raises_a_clear_error(tmp_path):
     with pytest.raises(TensorRTUnavailableError):
         create_backend(engine)  # auto picks tensorrt for engines: nothing else can read them
     assert not tensorrt_available()
+
+
+PROPS = {
+    "min_depth": "0.5", "max_depth": "80.0", "train_height": "64", "train_width": "96", "height": "64",
+    "width": "96", "config": "seed: 0\n", "metric": "velocity", "output": "disparity", "precision": "fp32",
+}  # fmt: skip
+
+
+def test_engine_sidecar_metadata_is_read_back(tmp_path):
+    """What build_engine writes ({"metadata": the ONNX props, ...}) reads back as the same metadata."""
+    sidecar = tmp_path / "m.engine.json"
+    sidecar.write_text(json.dumps({"metadata": PROPS, "precision": "fp16", "tensorrt": "10.3.0"}))
+    metadata = read_engine_sidecar(sidecar)
+    assert (metadata.min_depth, metadata.max_depth, metadata.height, metadata.width) == (0.5, 80.0, 64, 96)
+    assert (metadata.metric, metadata.precision, metadata.config_yaml) == ("velocity", "fp32", "seed: 0\n")
+    assert metadata.to_props() == PROPS
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", r"engine metadata sidecar is not JSON \(Expecting property name"),
+        ("[1, 2]", "must be a JSON object, got list"),
+        ('{"precision": "fp16"}', "field 'metadata' is missing"),
+        ('{"metadata": [1]}', "field 'metadata' is a list"),
+        (json.dumps({"metadata": {**PROPS, "height": 64}}), "field 'metadata' is an object with non-string"),
+        (json.dumps({"metadata": {"min_depth": "0.5"}}), "missing metadata max_depth, train_height"),
+        (json.dumps({"metadata": {**PROPS, "width": "wide"}}), r"malformed metadata \(invalid literal"),
+    ],
+)
+def test_a_malformed_engine_sidecar_is_a_value_error_naming_it_and_the_field(tmp_path, content, message):
+    """The sidecar is read before TensorRT is needed, so this runs on any machine: the error names the
+    sidecar and what is wrong in it, instead of a KeyError / TypeError."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    sidecar = engine_sidecar_path(engine)
+    sidecar.write_text(content)
+    with pytest.raises(ValueError, match=message) as caught:
+        TensorRTBackend(engine)
+    assert str(caught.value).startswith(f"{sidecar}: ")
 
 
 def test_build_engine_rejects_unsupported_ops_before_building(tmp_path):

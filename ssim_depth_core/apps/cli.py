@@ -106,6 +106,8 @@ def _export(args: argparse.Namespace) -> None:
         )
     if args.precision == "int8" and not args.int8:
         raise ValueError("--precision int8 builds from a quantised model: add --int8 --calibration DATA")
+    if args.precision is not None and not args.tensorrt:
+        raise ValueError(f"--precision {args.precision} applies to the TensorRT engine: add --tensorrt PATH")
     if args.int8 and args.tensorrt and args.precision not in (None, "int8"):
         raise ValueError(
             f"--int8 with --tensorrt builds an int8 engine; --precision {args.precision} conflicts"
@@ -158,6 +160,7 @@ def _infer(args: argparse.Namespace) -> None:
         image_topic=args.image_topic,
         progress=not args.no_progress,
         scale=scale,
+        overwrite=args.overwrite,
     )
     latency = summary["latency_ms"]
     print(
@@ -325,7 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", type=Path, required=True, help="image folder (.png/.jpg), image, video file or rosbag2"
     )
     infer.add_argument(
-        "--out", type=Path, required=True, help="output folder: depth/, depth_raw/, clouds/, summary.json"
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: depth/, depth_raw/, clouds/, summary.json (refused if it holds any of these "
+        "unless --overwrite)",
+    )
+    infer.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in OUT: its depth/, depth_raw/, clouds/ and summary.json are removed "
+        "once the model has opened; other files stay",
     )
     infer.add_argument(
         "--pointcloud", choices=["ply"], help="also write one point cloud per frame (clouds/%%06d.ply)"

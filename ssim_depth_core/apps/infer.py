@@ -1,7 +1,9 @@
 """``ssim-depth infer``: depth for every frame of an image folder, a video or a rosbag2, written to a folder.
 
 Every frame goes through the serving frame pipeline (:class:`~ssim_depth_core.runtime.frames.FramePipeline`,
-the one behind the ROS node). Output folder (files of an earlier run are overwritten):
+the one behind the ROS node). Output folder (a folder holding any of these from an earlier run is refused
+unless ``overwrite``, which removes exactly these, and only once the model and the input have opened; other
+files in the folder stay):
     depth/NAME.png       colourised inverse depth at the input frame's size (``imaging.colorize_depth``, the
                          function behind the node's ``depth/preview``)
     depth_raw/NAME.png   uint16 depth in metres * 256, 0 = invalid or beyond 255.99 m (KITTI depth benchmark)
@@ -44,6 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.rosbag import NO_ODOMETRY, RosbagSequence, is_rosbag
 from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
+from ssim_depth_core.outputs import earlier_outputs, remove_outputs
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.frames import FrameOptions, FramePipeline, ModelSettings, ScaleSettings
 from ssim_depth_core.runtime.latency import latency_stats
@@ -56,6 +59,7 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpe
 POINTCLOUD_FORMATS = ("ply",)
 GUESSED_FOCAL_RATIO = 0.58  # fx / width of KITTI's rectified colour camera (~ 81 degrees horizontal FOV)
 LATENCY_PERCENTILES = (50, 90, 99)
+OUTPUTS = ("depth", "depth_raw", "clouds", "summary.json")  # what a run writes into its output folder
 
 
 class Frame(NamedTuple):
@@ -69,12 +73,14 @@ class Frame(NamedTuple):
 
 @dataclass
 class _Input:
-    """An opened input: its kind, frame count (None when unknown), frames, and intrinsics when it has them."""
+    """An opened input: its kind, frame count (None when unknown), frames, intrinsics when it has them, and
+    what releases it (also when its frames were never iterated)."""
 
     kind: str
     total: int | None
     frames: Iterator[Frame]
     intrinsics: Intrinsics | None = None
+    close: Callable[[], None] = lambda: None
 
 
 def guess_intrinsics(width: int, height: int) -> Intrinsics:
@@ -137,7 +143,7 @@ def _open_input(path: Path, image_topic: str | None) -> _Input:
     if is_rosbag(path):
         # Inference reads no odometry: a bag with several odometry topics must not stop it.
         sequence = RosbagSequence(path, image_topic=image_topic, odometry_topic=NO_ODOMETRY)
-        return _Input("rosbag", len(sequence), _bag_frames(sequence), sequence.intrinsics)
+        return _Input("rosbag", len(sequence), _bag_frames(sequence), sequence.intrinsics, sequence.close)
     if image_topic is not None:
         raise ValueError(f"{path}: --image-topic applies to rosbag2 inputs only, and this is not a rosbag2")
     if path.is_dir():
@@ -156,7 +162,8 @@ def _open_input(path: Path, image_topic: str | None) -> _Input:
         if not capture.isOpened():
             raise ValueError(f"{path}: OpenCV cannot open this video (unsupported container or codec?)")
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # container's claim; may be 0 or approximate
-        return _Input("video", count if count > 0 else None, _video_frames(capture, path))
+        total = count if count > 0 else None
+        return _Input("video", total, _video_frames(capture, path), close=capture.release)
     raise ValueError(
         f"{path}: unknown input type {suffix!r}; expected a folder of images, an image "
         f"({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(VIDEO_SUFFIXES)}) or a rosbag2 (.mcap/.db3 or "
@@ -175,6 +182,7 @@ def run_inference(
     image_topic: str | None = None,
     progress: bool = True,
     scale: ScaleSettings | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Estimate depth for every frame of ``input_path``; write it to ``out_dir`` (layout: module docstring).
 
@@ -182,7 +190,8 @@ def run_inference(
         model: ``.pt``, ``.onnx`` or ``.engine`` file.
         input_path: a folder of .png/.jpg images (sorted by name), one image, a video file (anything OpenCV
             decodes), or a rosbag2 (bag folder or .mcap/.db3 file).
-        out_dir: output folder (created).
+        out_dir: output folder (created). One holding an earlier run's outputs (:data:`OUTPUTS`) is refused
+            unless ``overwrite``.
         backend: runtime backend, "auto", "tensorrt", "onnxruntime" or "torch".
         pointcloud: None, or "ply" to write one point cloud per frame.
         stride: point clouds keep every ``stride``-th pixel in both axes (a positive integer).
@@ -193,6 +202,8 @@ def run_inference(
         image_topic: the rosbag2's image topic when it has several.
         progress: show a tqdm progress bar.
         scale: where the metric scale comes from (module docstring); None = ``ScaleSettings()``, "model".
+        overwrite: replace an earlier run in ``out_dir``: its :data:`OUTPUTS` are removed once the model and
+            the input have opened (a run refused before then loses nothing); other files stay.
 
     Returns:
         The content of ``summary.json``: frames, skipped, skipped_frames, withheld, withheld_frames ({"name",
@@ -203,7 +214,8 @@ def run_inference(
         or video ``frame`` index, or bag ``topic`` and header ``stamp_s``).
 
     Raises:
-        ValueError: bad arguments, a scale source that refuses the model, an unreadable input, or no
+        ValueError: bad arguments, an ``out_dir`` holding an earlier run without ``overwrite`` (nothing is
+            created or removed then), a scale source that refuses the model, an unreadable input, or no
             readable frame at all (summary.json is written first).
     """
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -222,7 +234,13 @@ def run_inference(
             "CameraInfo topic"
         )
 
+    earlier = earlier_outputs(out_dir, OUTPUTS, overwrite, "run of ssim-depth infer")
     source = _open_input(input_path, image_topic)
+    try:
+        pipeline = FramePipeline(ModelSettings(model, backend, scale=scale))  # before any file is touched
+    except BaseException:
+        source.close()
+        raise
     # base: the camera at some resolution, fitted to each frame's size; None with (fx, fy, cx, cy) until the
     # first frame gives their resolution, and None for ever when guessing.
     base = source.intrinsics or (intrinsics if isinstance(intrinsics, Intrinsics) else None)
@@ -240,17 +258,21 @@ def run_inference(
     outputs = {"depth": out_dir / "depth", "depth_raw": out_dir / "depth_raw"}
     if pointcloud is not None:
         outputs["clouds"] = out_dir / "clouds"
-    for folder in outputs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-
-    pipeline = FramePipeline(ModelSettings(model, backend, scale=scale))
     latencies_ms: list[float] = []
     skipped: list[str] = []
     withheld: list[dict[str, str]] = []
     sources: list[dict] = []
     first_camera: Intrinsics | None = None
-    bar = progress_bar(source.frames, total=source.total, unit="frame", desc="infer", disable=not progress)
+    bar = None
     try:
+        if earlier:  # only now: a run refused before this point leaves the earlier one as it was
+            remove_outputs(out_dir, earlier)
+            logger.warning("--overwrite: removed the earlier run's %s from %s", ", ".join(earlier), out_dir)
+        for folder in outputs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        bar = progress_bar(
+            source.frames, total=source.total, unit="frame", desc="infer", disable=not progress
+        )
         with logging_redirect_tqdm():
             for frame in bar:
                 try:
@@ -288,8 +310,10 @@ def run_inference(
                     write_ply(outputs["clouds"] / f"{frame.name}.ply", result.cloud)
                 sources.append({"name": frame.name, "scale": result.scale, **frame.source})
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         source.frames.close()
+        source.close()
         pipeline.close()
 
     latency = latency_stats(latencies_ms, LATENCY_PERCENTILES)

@@ -176,8 +176,10 @@ def export_onnx(
 
     Raises:
         ValueError: bad size or opset.
-        ExportValidationError: ``onnx.checker`` fails or ONNX Runtime differs from PyTorch by more than
-            :data:`VALIDATION_TOLERANCE`.
+        ExportValidationError: ``onnx.checker`` fails, ONNX Runtime cannot load or run the graph (its own
+            exception types are converted), or it differs from PyTorch by more than
+            :data:`VALIDATION_TOLERANCE`; the message names the checkpoint and ``onnx_path``. Nothing is
+            written then: a file already at ``onnx_path`` is kept as it was.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET} (the exporter's native opset), got {opset}")
@@ -221,7 +223,7 @@ def export_onnx(
     model.doc_string = f"ssim_depth DepthNet exported from {Path(checkpoint).name}"
 
     data = model.SerializeToString()
-    _validate(data, net, height, width)
+    _validate(data, net, height, width, f"{checkpoint} -> {onnx_path}")
     for problem in check_tensorrt_ops(model):
         logger.warning("%s: TensorRT compatibility: %s", onnx_path, problem)
     write_atomic(onnx_path, data)
@@ -237,25 +239,32 @@ def export_onnx(
     return Path(onnx_path)
 
 
-def _validate(data: bytes, net: torch.nn.Module, height: int, width: int) -> None:
-    """onnx.checker, then ONNX Runtime vs PyTorch on a random input not used for tracing."""
+def _validate(data: bytes, net: torch.nn.Module, height: int, width: int, source: str) -> None:
+    """onnx.checker, then ONNX Runtime vs PyTorch on a random input not used for tracing; ``source`` (the
+    checkpoint and the output file) prefixes every error."""
     import onnxruntime as ort
 
     try:
         onnx.checker.check_model(data)
     except onnx.checker.ValidationError as error:
-        raise ExportValidationError(f"exported graph fails onnx.checker: {error}") from error
+        raise ExportValidationError(f"{source}: exported graph fails onnx.checker: {error}") from error
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = net(image).numpy()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: image.numpy()})
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: image.numpy()})
+    except Exception as error:  # onnxruntime's own types (Fail, InvalidGraph, ...) derive from Exception only
+        raise ExportValidationError(
+            f"{source}: ONNX Runtime cannot run the exported graph ({type(error).__name__}: {error})"
+        ) from error
     if actual.shape != expected.shape:
-        raise ExportValidationError(f"ONNX output shape {actual.shape} != PyTorch {expected.shape}")
+        raise ExportValidationError(f"{source}: ONNX output shape {actual.shape} != PyTorch {expected.shape}")
     error = float(np.max(np.abs(actual - expected)))
     if not error <= VALIDATION_TOLERANCE:
         raise ExportValidationError(
-            f"ONNX Runtime output differs from PyTorch by {error:.3g} (max abs) > {VALIDATION_TOLERANCE}"
+            f"{source}: ONNX Runtime output differs from PyTorch by {error:.3g} (max abs) > "
+            f"{VALIDATION_TOLERANCE}"
         )
     logger.info("ONNX Runtime matches PyTorch (max abs difference %.2e)", error)
 

@@ -16,14 +16,19 @@ TensorRT 10 parses (symmetric INT8; no INT32 ``DequantizeLinear``), which ONNX R
 Calibration: the min-max range of every activation (:data:`CALIBRATE_METHOD`; measured against the
 alternatives in docs/serving.md) over ``calibration_frames`` frames spread evenly over the model's train
 split of the data (every frame without one; never a held-out frame), collected in chunks of at most
-:data:`_CHUNK` frames whose ranges merge exactly. The quantised model is then compared with the FP32 model on
-held-out frames (the test split, else the val split, else frames kept back from calibration), both run
-through :class:`DepthEstimator` on ONNX Runtime as serving runs them: the AbsRel of each against ground truth
-where the data has it (median-scaled, and in metres for a metric model) and the mean relative depth
-difference |INT8 - FP32| / FP32. The model is refused, and nothing written, when an AbsRel rises by more than
-``tolerance``; without ground truth, when the depth difference exceeds ``max_difference`` (it bounds the
-AbsRel change, ``|AbsRel_int8 - AbsRel_fp32| <= mean(|d_int8 - d_fp32| / gt)``, but loosely: quantisation
-noise does not line up with the FP32 errors).
+:data:`_CHUNK` frames whose ranges merge exactly; unreadable frames are dropped (named in the log) before
+the chunks are formed, and the export fails only when none is left. The quantised model is then compared
+with the FP32 model on held-out frames (the test split, else the val split, else frames kept back from
+calibration), both run through :class:`DepthEstimator` on ONNX Runtime as serving runs them: the AbsRel of
+each against ground truth where the data has it (median-scaled, and in metres for a metric model) and the
+mean relative depth difference |INT8 - FP32| / FP32. The model is refused, and nothing written, when an
+AbsRel rises by more than ``tolerance``; without ground truth, when the depth difference exceeds
+``max_difference`` (it bounds the AbsRel change, ``|AbsRel_int8 - AbsRel_fp32| <= mean(|d_int8 - d_fp32| /
+gt)``, but loosely: quantisation noise does not line up with the FP32 errors).
+
+The INT8 file is built in a temporary folder and moved to its path (``checkpoint.write_atomic``) only once it
+passed. A file already at that path is replaced or removed only when it is an INT8 model of this code (its
+metadata says ``precision: int8``); any other file there is refused up front, before calibration.
 """
 
 from __future__ import annotations
@@ -192,7 +197,9 @@ def quantize_onnx(
 
     Args:
         fp32_path: model from :func:`export.onnx.export_onnx` (its metadata names the data config).
-        int8_path: where the INT8 model goes (written atomically, only when it passes validation).
+        int8_path: where the INT8 model goes (written atomically, only when it passes validation). A file
+            already there must be an INT8 model of an earlier export (its metadata says so): anything else
+            is refused before calibration, neither overwritten nor removed.
         data: a training data root (KITTI layout, synthetic drives, or rosbag2), opened with the model's
             training data config (topics, intrinsics, ground-truth source).
         calibration_frames: frames spread evenly over the train split (fewer when the split has fewer).
@@ -208,7 +215,8 @@ def quantize_onnx(
         The :class:`Int8Report` of the written model.
 
     Raises:
-        ValueError: bad arguments, an FP32 path that is not an FP32 export, or data without frames.
+        ValueError: bad arguments, an FP32 path that is not an FP32 export, a file at ``int8_path`` that
+            is not an INT8 model, or data without (readable) frames.
         Int8ValidationError: the INT8 model fails the tolerance; nothing is written, and an INT8 model
             already at ``int8_path`` (of an earlier export) is removed so it cannot pass for this one.
     """
@@ -229,6 +237,12 @@ def quantize_onnx(
         raise ValueError(f"the INT8 model must go to another file than the FP32 one ({fp32_path})")
     if not fp32_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {fp32_path}")
+    foreign = _not_an_int8_model(int8_path)
+    if foreign:
+        raise ValueError(
+            f"{int8_path} already exists and is not an INT8 model of ssim_depth ({foreign}): it is neither "
+            "overwritten nor removed; move it away or choose another INT8 output path"
+        )
     fp32_model = onnx.load(fp32_path)
     metadata = read_metadata(fp32_model, fp32_path)
     if metadata.precision != "fp32":
@@ -238,6 +252,7 @@ def quantize_onnx(
     calibration, held_out, held_out_name = _select_frames(
         data, sequences, data_config.train_split, calibration_frames, validation_frames
     )
+    calibration = _readable_frames(data, sequences, calibration, progress)
     logger.info(
         "INT8 (%s): calibrating (%s) on %d frames of %s, validating on %d %s frames",
         target,
@@ -251,32 +266,25 @@ def quantize_onnx(
     reader = _CalibrationReader(sequences, calibration, (metadata.height, metadata.width), progress)
     with tempfile.TemporaryDirectory(prefix="ssim_depth_int8_") as tmp:
         quantized = Path(tmp) / "int8.onnx"
-        try:
-            with _quiet_quantizer():
-                quantize_static(
-                    str(fp32_path),
-                    str(quantized),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType[settings.activation_type],
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=output_head_nodes(fp32_model) if keep_head_float else [],
-                    calibrate_method=CalibrationMethod[calibrate_method],
-                    extra_options={
-                        "ActivationSymmetric": settings.symmetric,
-                        "WeightSymmetric": True,
-                        "QuantizeBias": settings.quantize_bias,
-                        # despite its name, the chunked collection of every calibration method
-                        "CalibStridedMinMax": reader.chunk,
-                    },
-                )
-        except ValueError as error:
-            if "No data is collected" not in str(error):
-                raise
-            raise ValueError(f"{data}: {reader.skipped} calibration frames could not be read") from error
-        if reader.used == 0:
-            raise ValueError(f"{data}: none of the {len(calibration)} calibration frames could be read")
+        with _quiet_quantizer():
+            quantize_static(
+                str(fp32_path),
+                str(quantized),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType[settings.activation_type],
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=output_head_nodes(fp32_model) if keep_head_float else [],
+                calibrate_method=CalibrationMethod[calibrate_method],
+                extra_options={
+                    "ActivationSymmetric": settings.symmetric,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": settings.quantize_bias,
+                    # despite its name, the chunked collection of every calibration method
+                    "CalibStridedMinMax": reader.chunk,
+                },
+            )
         model = onnx.load(quantized)
         onnx.checker.check_model(model)
         int8_metadata = dataclasses.replace(
@@ -290,16 +298,9 @@ def quantize_onnx(
         report = _validate(fp32_path, quantized, sequences, held_out, reader.used, progress)
         report = dataclasses.replace(report, tolerance=float(tolerance), max_difference=float(max_difference))
         if not report.accepted:
-            stale = int8_path.is_file()
-            int8_path.unlink(missing_ok=True)
             raise Int8ValidationError(
-                f"INT8 model refused, not written to {int8_path}"
-                + (
-                    " (the earlier INT8 model there was removed: it belongs to another export)"
-                    if stale
-                    else ""
-                )
-                + f"; the FP32 model {fp32_path} is kept.\n{report.summary()}"
+                f"INT8 model refused, not written to {int8_path}{_remove_stale_int8(int8_path)}; the FP32 "
+                f"model {fp32_path} is kept.\n{report.summary()}"
             )
         headline = report.abs_rel.get(report.headline)
         _set_metadata(
@@ -319,6 +320,65 @@ def quantize_onnx(
     write_atomic(int8_path, data_bytes)
     logger.info("INT8 model written to %s (%.1f MB)", int8_path, len(data_bytes) / 2**20)
     return report
+
+
+def _not_an_int8_model(path: Path) -> str | None:
+    """Why the file at ``path`` is not an INT8 model written by :func:`quantize_onnx`; None when it is one
+    (its metadata says ``precision: int8``) or when nothing is there."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        precision = read_metadata(onnx.load(path, load_external_data=False), path).precision
+    except Exception as error:  # protobuf and the file system raise their own types for a foreign file
+        return f"not a readable ONNX model with ssim_depth metadata: {type(error).__name__}: {error}"
+    return None if precision == "int8" else f"its metadata says precision {precision}"
+
+
+def _remove_stale_int8(path: Path) -> str:
+    """Remove an INT8 model of an earlier export from ``path`` (so it cannot pass for a refused one), and
+    say what happened to ``path`` in the refusal's words."""
+    if not path.exists() and not path.is_symlink():
+        return ""
+    foreign = _not_an_int8_model(path)
+    if foreign:  # it appeared during the export: not ours to remove
+        return f" (the file there is kept: it is not an INT8 model, {foreign})"
+    path.unlink()
+    return " (the earlier INT8 model there was removed: it belongs to another export)"
+
+
+def _readable_frames(
+    data: str | Path, sequences: list[FrameSequence], samples: list[tuple[int, int]], progress: bool
+) -> list[tuple[int, int]]:
+    """``samples`` without the frames that cannot be read (each one logged by name, then counted).
+
+    The calibration needs every frame of every chunk: ONNX Runtime fails on a chunk without data, so the
+    unreadable ones leave before the chunks are formed. Each frame is decoded here once more than in
+    calibration (cheap next to running the network on it).
+    """
+    readable = []
+    for sequence_index, frame in progress_bar(samples, desc="INT8 calibration frames", disable=not progress):
+        sequence = sequences[sequence_index]
+        try:
+            sequence.image(frame)
+        except FrameError as error:
+            logger.warning("calibration: skipping unreadable %s frame %d: %s", sequence.name, frame, error)
+            continue
+        readable.append((sequence_index, frame))
+    unreadable = len(samples) - len(readable)
+    if not readable:
+        raise ValueError(
+            f"{data}: none of the {len(samples)} calibration frames could be read ({unreadable} "
+            f"unreadable of {len(samples)}; each is named in the log above)"
+        )
+    if unreadable:
+        logger.warning(
+            "calibration: %d of %d frames of %s are unreadable and skipped; calibrating on the other %d",
+            unreadable,
+            len(samples),
+            data,
+            len(readable),
+        )
+    return readable
 
 
 def _set_metadata(model: onnx.ModelProto, metadata) -> None:
@@ -368,9 +428,10 @@ def _select_frames(
 
 
 class _CalibrationReader:
-    """ONNX Runtime ``CalibrationDataReader``: one pre-processed frame per ``get_next``; unreadable frames are
-    skipped (and counted). ``set_range`` limits it to a chunk of ``chunk`` frames (the largest divisor of the
-    frame count up to :data:`_CHUNK`: ONNX Runtime's chunked calibration needs one that divides it)."""
+    """ONNX Runtime ``CalibrationDataReader``: one pre-processed frame per ``get_next``, of frames that
+    :func:`_readable_frames` read (one that stops being readable meanwhile is an error naming it).
+    ``set_range`` limits it to a chunk of ``chunk`` frames (the largest divisor of the frame count up to
+    :data:`_CHUNK`: ONNX Runtime's chunked calibration needs one that divides it)."""
 
     def __init__(
         self,
@@ -380,12 +441,12 @@ class _CalibrationReader:
         progress: bool,
     ) -> None:
         self._sequences, self._samples, self._size = sequences, samples, size
-        self._next, self._end, self.used, self.skipped = 0, len(samples), 0, 0
+        self._next, self._end, self.used = 0, len(samples), 0
         self.chunk = max(n for n in range(1, _CHUNK + 1) if len(samples) % n == 0)
         self._bar = progress_bar(total=len(samples), desc="INT8 calibration", disable=not progress)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        while self._next < self._end:
+        if self._next < self._end:
             sequence_index, frame = self._samples[self._next]
             self._next += 1
             self._bar.update()
@@ -393,9 +454,10 @@ class _CalibrationReader:
             try:
                 image = sequence.image(frame)
             except FrameError as error:
-                self.skipped += 1
-                logger.warning("calibration: skipping %s frame %d: %s", sequence.name, frame, error)
-                continue
+                raise ValueError(
+                    f"calibration: {sequence.name} frame {frame} was readable a moment ago and is not now "
+                    f"(changed during the export?): {error}"
+                ) from error
             self.used += 1
             return {INPUT_NAME: preprocess_image(image, self._size)[None]}
         if self._end == len(self._samples):

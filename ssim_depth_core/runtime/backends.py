@@ -8,8 +8,11 @@ from (``metric``). :func:`create_backend` picks one from the model file:
 suffix     ``backend="auto"``
 ========== ================================================================================================
 .engine    tensorrt (the only backend that reads engines)
-.onnx      tensorrt when TensorRT, pycuda and a GPU are present (engine built once into the engine cache),
-           otherwise onnxruntime (CUDA execution provider when available, else CPU)
+.onnx      tensorrt when TensorRT, pycuda and a GPU are present and the graph passes
+           ``export.onnx.check_tensorrt_ops`` (engine built once into the engine cache), otherwise onnxruntime
+           (CUDA execution provider when available, else CPU): a graph TensorRT cannot take, such as an INT8
+           model of the default ``cpu`` target (uint8 zero points), runs on ONNX Runtime, with a log line
+           saying why (:func:`auto_backend`)
 .pt, .pth  torch (eager; CUDA when available). Checkpoints are never converted implicitly: export them
            with ``ssim_depth_core.export`` to use the faster backends.
 ========== ================================================================================================
@@ -218,13 +221,11 @@ class TensorRTBackend(Backend):
         engine_path = Path(engine_path)
         if not engine_path.is_file():
             raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
+        sidecar = engine_sidecar_path(engine_path)
+        metadata = read_engine_sidecar(sidecar) if sidecar.is_file() else None
         trt = import_tensorrt()
         cuda, device = cuda_device()
         self._cuda = cuda
-        sidecar = engine_sidecar_path(engine_path)
-        metadata = None
-        if sidecar.is_file():
-            metadata = ExportMetadata.from_props(json.loads(sidecar.read_text())["metadata"], sidecar)
         self.min_depth, self.max_depth, self.metric = min_depth, max_depth, "none"
         if metadata is None:
             logger.warning(
@@ -315,6 +316,80 @@ class TensorRTBackend(Backend):
             self._cuda_context.detach()
 
 
+def read_engine_sidecar(sidecar: str | Path) -> ExportMetadata:
+    """The model metadata in an engine's JSON sidecar (written by ``export.tensorrt.build_engine``).
+
+    Raises:
+        ValueError: naming ``sidecar`` and what is wrong: not UTF-8 JSON, not an object, no "metadata"
+            object, or metadata that ``ExportMetadata.from_props`` refuses (a missing or malformed field).
+    """
+    sidecar = Path(sidecar)
+    rebuild = "rebuild the engine with build_engine (or delete the sidecar to serve it without metadata)"
+    try:
+        content = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{sidecar}: engine metadata sidecar is not JSON ({error}); {rebuild}") from error
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"{sidecar}: engine metadata sidecar must be a JSON object, got {type(content).__name__}; "
+            f"{rebuild}"
+        )
+    props = content.get("metadata")
+    if not isinstance(props, dict) or not all(isinstance(v, str) for v in props.values()):
+        if props is None:
+            found = "missing"
+        elif isinstance(props, dict):
+            found = "an object with non-string values"
+        else:
+            found = f"a {type(props).__name__}"
+        raise ValueError(
+            f"{sidecar}: engine metadata sidecar field 'metadata' is {found}; it must be an object of "
+            f"strings (the ONNX metadata props); {rebuild}"
+        )
+    return ExportMetadata.from_props(props, sidecar)
+
+
+def auto_backend(
+    model_path: str | Path, device: str = "auto", tensorrt: bool | None = None
+) -> tuple[str, str]:
+    """The backend ``backend="auto"`` picks for ``model_path``, and why (see the module docstring).
+
+    Args:
+        model_path: ``.engine``, ``.onnx`` or ``.pt``/``.pth`` (the suffix is checked by the caller).
+        device: "cpu" rules out TensorRT.
+        tensorrt: whether TensorRT, pycuda and a GPU are present; None: ask ``tensorrt_available()``.
+
+    Returns:
+        (backend name, reason). An ``.onnx`` model goes to TensorRT only when ``check_tensorrt_ops`` finds
+        nothing TensorRT 10 would reject; otherwise to onnxruntime, the reason naming the first problem.
+    """
+    model_path = Path(model_path)
+    suffix = model_path.suffix.lower()
+    readers = _SUFFIX_BACKENDS[suffix]
+    if suffix != ".onnx":
+        return readers[0], f"the only backend for {suffix} files"
+    if device == "cpu":
+        return "onnxruntime", "device='cpu'"
+    if not (tensorrt_available() if tensorrt is None else tensorrt):
+        return "onnxruntime", "TensorRT, pycuda or a GPU is unavailable"
+    import onnx
+
+    from ssim_depth_core.export.onnx import check_tensorrt_ops
+
+    try:
+        model = onnx.load(model_path, load_external_data=False)
+    except Exception as error:  # protobuf raises its own types; let onnxruntime report the file
+        return "onnxruntime", f"onnx cannot parse the file to check it for TensorRT ({error})"
+    problems = check_tensorrt_ops(model)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return "onnxruntime", (
+            f"TensorRT 10 cannot take this graph: {problems[0]}{more}; an INT8 model for TensorRT is "
+            "exported with --int8 --int8-target tensorrt"
+        )
+    return "tensorrt", "TensorRT, pycuda and a GPU are available and the graph passes the TensorRT op check"
+
+
 def create_backend(
     model_path: str | Path,
     backend: str = "auto",
@@ -324,7 +399,7 @@ def create_backend(
     cache_dir: str | Path | None = None,
     threads: int | None = None,
 ) -> Backend:
-    """Open ``model_path`` with the named backend, or the fastest available one for ``"auto"``.
+    """Open ``model_path`` with the named backend, or for ``"auto"`` the fastest one that can run it.
 
     Args:
         model_path: ``.engine``, ``.onnx`` or ``.pt``/``.pth`` (see the module docstring for the rule).
@@ -336,7 +411,8 @@ def create_backend(
             other backends do not take it (torch's thread count is process-wide).
 
     Raises:
-        ValueError: unknown suffix, backend or device, or a backend that cannot read this file type.
+        ValueError: unknown suffix, backend or device, a backend that cannot read this file type, or (an
+            explicit "tensorrt" for an ``.onnx``) a graph TensorRT 10 cannot take, naming what it rejects.
     """
     model_path = Path(model_path)
     if backend not in BACKENDS:
@@ -350,12 +426,7 @@ def create_backend(
         )
     readers = _SUFFIX_BACKENDS[suffix]
     if backend == "auto":
-        backend, reason = readers[0], f"the only backend for {suffix} files"
-        if suffix == ".onnx":
-            if device != "cpu" and tensorrt_available():
-                reason = "TensorRT, pycuda and a GPU are available"
-            else:
-                backend, reason = "onnxruntime", "TensorRT unavailable or device='cpu'"
+        backend, reason = auto_backend(model_path, device)
         logger.info("backend auto -> %s for %s (%s)", backend, model_path, reason)
     elif backend not in readers:
         raise ValueError(f"{model_path}: the {backend} backend cannot read {suffix} files; use {readers}")

@@ -34,7 +34,6 @@ import argparse
 import csv
 import json
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from ssim_depth.codecs import image_msg_to_depth, pointcloud2_msg_to_cloud, stamp_ns
 from ssim_depth_core.imaging import write_depth_pngs
+from ssim_depth_core.outputs import earlier_outputs, remove_outputs
 from ssim_depth_core.runtime.latency import latency_stats
 from ssim_depth_core.runtime.pointcloud import write_ply
 
@@ -66,15 +66,7 @@ def claim_output(out_dir: Path, overwrite: bool, names: tuple[str, ...] = RECORD
     """Make ``out_dir`` ready for a new recording: created if missing; if it holds any of ``names`` (an
     earlier recording), those are removed with ``overwrite``, else ValueError names them (a new recording
     would mix with the old one's frames)."""
-    found = [name for name in names if (out_dir / name).exists()]
-    if found and not overwrite:
-        raise ValueError(
-            f"{out_dir} holds an earlier recording ({', '.join(found)}): pass --overwrite to replace it, or "
-            "choose another folder"
-        )
-    for name in found:
-        path = out_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove_outputs(out_dir, earlier_outputs(out_dir, names, overwrite, "recording"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -1,0 +1,44 @@
+"""Output folders of the tools that write one run into a folder (``ssim-depth infer``, the ROS package's
+``record`` and ``pipeline``): an earlier run there is never overwritten unasked.
+
+A run is known by the names it writes (files or folders directly in the output folder). A folder that holds
+any of them is refused unless the caller overwrites, and then exactly those are removed; the user's other
+files stay. Check early (:func:`earlier_outputs`, before anything slow), remove late (:func:`remove_outputs`,
+once the new run has everything it needs), so that a run which cannot start loses nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def earlier_outputs(out_dir: str | Path, names: Iterable[str], overwrite: bool, run: str) -> list[str]:
+    """The ``names`` present in ``out_dir`` (an earlier ``run``'s outputs, e.g. "recording").
+
+    Raises:
+        ValueError: ``out_dir`` exists and is not a folder; or it holds any of ``names`` and not ``overwrite``
+            (the message names the folder, the outputs found and ``--overwrite``).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is not a folder: choose a folder for the outputs")
+    found = [name for name in names if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{out_dir} holds an earlier {run} ({', '.join(found)}): pass --overwrite to replace it, or "
+            "choose another folder"
+        )
+    return found
+
+
+def remove_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
+    """Remove ``names`` (files or folders; a link itself, never what it points to) from ``out_dir``;
+    missing ones are fine, everything else in the folder stays."""
+    for name in names:
+        path = Path(out_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
