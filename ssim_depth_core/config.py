@@ -282,8 +282,8 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` merged into them (mapping by mapping), then ``key.sub=value``
-    overrides (values parsed as YAML), each replacing the value at its dotted key."""
+    """Defaults, then the YAML file at ``path`` merged into them (section by section, :func:`_merge`), then
+    ``key.sub=value`` overrides (values parsed as YAML), each replacing the value at its dotted key."""
     values = to_dict(TrainConfig())
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -306,7 +306,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(TrainConfig, values)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], cls: type = None) -> None:
+def _merge(base: dict[str, Any], update: dict[str, Any], cls: type | None = None) -> None:
     """Merge ``update`` into ``base`` in place, as fields of dataclass ``cls`` (default :class:`TrainConfig`):
     a config section (a nested dataclass) key by key; any other value, a mapping such as ``loss.weights``
     included, replacing, so that a run's own config.yaml loads back to the same config."""
@@ -362,7 +362,7 @@ def upgrade_stored_config(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "model": model}
 
 
-def _flatten(values: dict[str, Any], cls: type = None, prefix: str = "") -> dict[str, Any]:
+def _flatten(values: dict[str, Any], cls: type | None = None, prefix: str = "") -> dict[str, Any]:
     """``values`` (fields of dataclass ``cls``, default :class:`TrainConfig`) by dotted key, section by
     section; a mapping-valued field (``loss.weights``) stays one value."""
     hints, flat = typing.get_type_hints(cls or TrainConfig), {}

@@ -254,12 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressed", action="store_true", help="inputs on image/compressed")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier recording in OUT_DIR")
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:] if argv is None else argv)
-    try:
-        claim_output(args.out_dir, args.overwrite)
-    except ValueError as error:
-        parser.exit(1, f"record: {error}\n")
     rclpy.init()
-    recorder = DepthRecorder(args.out_dir, compressed=args.compressed)
+    try:
+        recorder = DepthRecorder(args.out_dir, compressed=args.compressed, overwrite=args.overwrite)
+    except ValueError as error:  # an earlier recording there (claim_output), before any ROS entity exists
+        rclpy.try_shutdown()
+        parser.exit(1, f"record: {error}\n")
     try:
         rclpy.spin(recorder)
     except (KeyboardInterrupt, ExternalShutdownException):
