@@ -60,7 +60,8 @@ demo: $(STAMP) $(SPLITS)/train_files.txt $(HELDOUT)
 		--set data.train_split=$(SPLITS)/train_files.txt --set data.val_split=$(SPLITS)/val_files.txt
 	$(BIN)/python training/evaluate.py --checkpoint $(DEMO)/run/checkpoints/best.pt --data $(DEMO)/heldout \
 		--split test --json $(DEMO)/run/metrics.json
-	$(BIN)/python training/export.py --checkpoint $(DEMO)/run/checkpoints/best.pt --onnx $(DEMO)/run/depth.onnx
+	$(BIN)/python training/export.py --checkpoint $(DEMO)/run/checkpoints/best.pt --onnx $(DEMO)/run/depth.onnx \
+		--overwrite
 	PYTHONPATH=ros2_ws/src/ssim_depth $(BIN)/python -m ssim_depth.tools.pipeline --model $(DEMO)/run/depth.onnx \
 		--bag $$(ls -d $(DEMO)/heldout/bags/*/ | head -n 1) --out $(DEMO)/run/serving --overwrite
 	@echo "outputs: $(DEMO)/run: config.yaml, checkpoints/, tensorboard/ ($(BIN)/tensorboard --logdir $(DEMO)/run)," \

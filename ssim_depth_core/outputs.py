@@ -1,5 +1,5 @@
-"""Output folders of the tools that write one run into a folder (``ssim-depth infer``, the ROS package's
-``record`` and ``pipeline``): an earlier run there is never overwritten unasked.
+"""Outputs of the tools that write one run into a folder (``ssim-depth infer``, the ROS package's ``record``
+and ``pipeline``) or to named files (``ssim-depth export``): an earlier run's are never overwritten unasked.
 
 A run is known by the names it writes (files or folders directly in the output folder). A folder that holds
 any of them is refused unless the caller overwrites, and then exactly those are removed; the user's other
@@ -31,6 +31,21 @@ def earlier_outputs(out_dir: str | Path, names: Iterable[str], overwrite: bool, 
             "choose another folder"
         )
     return found
+
+
+def refuse_earlier_files(paths: Iterable[str | Path], overwrite: bool, run: str) -> None:
+    """Refuse to write ``paths`` (files a ``run``, e.g. "export", writes whole) when any exists, unless
+    ``overwrite``; the caller then replaces them, each in one step, and removes nothing else.
+
+    Raises:
+        ValueError: naming the files found and ``--overwrite``.
+    """
+    found = [str(path) for path in map(Path, paths) if path.exists() or path.is_symlink()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{', '.join(found)} already exist{'s' if len(found) == 1 else ''} (an earlier {run}?): pass "
+            "--overwrite to replace, or choose other paths"
+        )
 
 
 def remove_outputs(out_dir: str | Path, names: Iterable[str]) -> None:

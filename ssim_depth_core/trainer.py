@@ -10,7 +10,6 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ssim_depth_core.losses.objective import (
     required_outputs,
 )
 from ssim_depth_core.models.monodepth import MonodepthModel
+from ssim_depth_core.outputs import remove_outputs
 from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,9 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
 
 
 def clear_run_dir(out_dir: Path) -> None:
-    """Remove an earlier run's checkpoints and TensorBoard events, so that two runs never mix."""
-    for name in ("checkpoints", "tensorboard"):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
+    """Remove an earlier run's checkpoints and TensorBoard events, so that two runs never mix (a removal that
+    fails stops the new run: OSError)."""
+    remove_outputs(out_dir, ("checkpoints", "tensorboard"))
     log.warning("--overwrite: removed the earlier checkpoints and TensorBoard events of %s", out_dir)
 
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ssim_depth_core.accelerator import TensorRTUnavailableError, tensorrt_available
 from ssim_depth_core.apps.cli import build_parser, main
-from ssim_depth_core.artifact import ExportMetadata, read_metadata
+from ssim_depth_core.artifact import ExportMetadata, engine_sidecar_path, read_metadata
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -558,10 +558,63 @@ def test_cli_exports_fp32_and_int8(random_checkpoint, drives, tmp_path, capsys):
     assert (metadata.precision, metadata.calibration_frames, metadata.validation_frames) == ("int8", 3, 2)
 
     refused = tmp_path / "refused.int8.onnx"
-    assert (
-        main([*argv, "--int8-onnx", str(refused), "--int8-tolerance", "-1", "--calibration-frames", "2"]) == 2
-    )
+    again = [*argv, "--int8-onnx", str(refused), "--int8-tolerance", "-1", "--calibration-frames", "2"]
+    assert main([*again, "--overwrite"]) == 2
     assert out.is_file() and not refused.exists()
+
+
+def test_cli_export_refuses_an_earlier_exports_files_unless_overwrite(
+    random_checkpoint, drives, tmp_path, caplog
+):
+    """Each file an export would write (--onnx, the INT8 path, --tensorrt and its sidecar) is refused when it
+    exists, before anything is written; --overwrite replaces them."""
+    out, int8, other = tmp_path / "depth.onnx", tmp_path / "depth.int8.onnx", tmp_path / "other.onnx"
+    engine = tmp_path / "depth.engine"
+    int8_options = [
+        "--int8",
+        "--calibration",
+        str(drives),
+        "--calibration-frames",
+        "2",
+        "--validation-frames",
+        "1",
+    ]
+
+    def export(onnx_path, *extra: str) -> int:
+        return main(["export", "--checkpoint", str(random_checkpoint), "--onnx", str(onnx_path), *extra])
+
+    assert export(out, *int8_options) == 0
+    written = {path: _sha256(path) for path in (out, int8)}
+    for existing, extra in (
+        (out, []),
+        (int8, [*int8_options, "--int8-onnx", str(int8)]),
+        (engine, ["--tensorrt", str(engine)]),
+        (engine_sidecar_path(engine), ["--tensorrt", str(engine)]),
+    ):
+        existing.touch()
+        caplog.clear()
+        assert export(out if existing == out else other, *extra) == 2
+        assert f"{existing} already exists (an earlier export?): pass --overwrite" in caplog.text
+        assert not other.exists()  # refused before anything was written
+        if existing not in written:
+            existing.unlink()
+    assert {path: _sha256(path) for path in (out, int8)} == written
+
+    assert export(out, *int8_options, "--overwrite") == 0
+    assert read_metadata(onnx.load(int8), int8).precision == "int8"
+
+
+def test_cli_export_refuses_a_foreign_int8_path_before_writing_the_fp32_model(
+    random_checkpoint, drives, tmp_path, caplog
+):
+    """A file at --int8-onnx that is not an INT8 model stays, even with --overwrite; nothing is written."""
+    notes, out = tmp_path / "notes.onnx", tmp_path / "depth.onnx"
+    notes.write_bytes(b"my notes, not a model")
+    argv = ["export", "--checkpoint", str(random_checkpoint), "--onnx", str(out), "--int8",
+            "--calibration", str(drives), "--int8-onnx", str(notes), "--overwrite"]  # fmt: skip
+    assert main(argv) == 2
+    assert f"{notes} already exists and is not an INT8 model of ssim_depth" in caplog.text
+    assert not out.exists() and notes.read_bytes() == b"my notes, not a model"
 
 
 @pytest.mark.parametrize(

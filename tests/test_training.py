@@ -20,6 +20,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ssim_depth_core import outputs
 from ssim_depth_core.checkpoint import load_checkpoint, load_depth_net, write_atomic
 from ssim_depth_core.config import OptimConfig, load_config
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -371,6 +372,24 @@ def test_overwrite_removes_the_earlier_run_only_once_the_new_one_has_loaded(tiny
     assert tuned.step == 0 and not last.exists()
     for name, value in tuned.model.state_dict().items():
         torch.testing.assert_close(value, weights[name], rtol=0, atol=0)
+
+
+def test_overwrite_stops_when_the_earlier_run_cannot_be_removed(tiny_drive, tmp_path, monkeypatch):
+    """Two runs never mix: a removal that fails (injected: as root nothing here refuses one) stops the new run
+    before it writes anything."""
+    run = tmp_path / "run"
+    settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
+    Trainer(load_config(CONFIG, settings), tiny_drive, run).fit()
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+
+    def refuse(path, ignore_errors=False, **kwargs):  # as rmtree does when the file system refuses
+        if not ignore_errors:
+            raise PermissionError(f"cannot remove {path}")
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", refuse)
+    with pytest.raises(PermissionError, match="cannot remove"):
+        Trainer(load_config(CONFIG, settings), tiny_drive, run, overwrite=True)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
 
 def test_resume_refuses_a_changed_config_naming_what_changed(tiny_drive, tmp_path):

@@ -91,7 +91,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from ssim_depth_core.artifact import engine_sidecar_path
     from ssim_depth_core.export.onnx import export_onnx
+    from ssim_depth_core.export.quantize import check_int8_output, quantize_onnx
+    from ssim_depth_core.outputs import refuse_earlier_files
 
     if args.int8 and args.calibration is None:
         raise ValueError("--int8 needs --calibration DATA: the training data to calibrate and validate on")
@@ -112,13 +115,17 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--int8 with --tensorrt builds an int8 engine; --precision {args.precision} conflicts"
         )
+    int8_path = args.int8_onnx or args.onnx.with_name(f"{args.onnx.stem}.int8{args.onnx.suffix}")
+    outputs = [args.onnx, *([int8_path] if args.int8 else [])]
+    if args.tensorrt:
+        outputs += [args.tensorrt, engine_sidecar_path(args.tensorrt)]
+    refuse_earlier_files(outputs, args.overwrite, "export")
+    if args.int8:
+        check_int8_output(args.onnx, int8_path)
     onnx_path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width)
     print(f"ONNX model written to {onnx_path}")
     if args.int8:
-        from ssim_depth_core.export.quantize import quantize_onnx
-
         target = args.int8_target or ("tensorrt" if args.tensorrt else "cpu")
-        int8_path = args.int8_onnx or onnx_path.with_name(f"{onnx_path.stem}.int8{onnx_path.suffix}")
         given = {  # unset options keep quantize_onnx's defaults
             "calibration_frames": args.calibration_frames,
             "validation_frames": args.validation_frames,
@@ -264,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="trained checkpoint (.pt), e.g. OUT/checkpoints/best.pt",
     )
     export.add_argument("--onnx", type=Path, required=True, help="output .onnx path")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier export at --onnx, the INT8 path and --tensorrt (refused "
+        "otherwise, before anything is written)",
+    )
     export.add_argument("--height", type=int, help="network input height (default: the training height)")
     export.add_argument("--width", type=int, help="network input width (default: the training width)")
     export.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")

@@ -233,16 +233,9 @@ def quantize_onnx(
     for name, value in (("tolerance", tolerance), ("max_difference", max_difference)):
         if not isinstance(value, int | float) or not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if int8_path.resolve() == fp32_path.resolve():
-        raise ValueError(f"the INT8 model must go to another file than the FP32 one ({fp32_path})")
+    check_int8_output(fp32_path, int8_path)
     if not fp32_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {fp32_path}")
-    foreign = _not_an_int8_model(int8_path)
-    if foreign:
-        raise ValueError(
-            f"{int8_path} already exists and is not an INT8 model of ssim_depth ({foreign}): it is neither "
-            "overwritten nor removed; move it away or choose another INT8 output path"
-        )
     fp32_model = onnx.load(fp32_path)
     metadata = read_metadata(fp32_model, fp32_path)
     if metadata.precision != "fp32":
@@ -320,6 +313,25 @@ def quantize_onnx(
     write_atomic(int8_path, data_bytes)
     logger.info("INT8 model written to %s (%.1f MB)", int8_path, len(data_bytes) / 2**20)
     return report
+
+
+def check_int8_output(fp32_path: str | Path, int8_path: str | Path) -> None:
+    """Refuse ``int8_path`` as :func:`quantize_onnx`'s output: the FP32 model's own path, or a file there that
+    is not an INT8 model of an earlier export (neither overwritten nor removed). Callers that write the FP32
+    model first check this before writing it.
+
+    Raises:
+        ValueError: naming the path and why.
+    """
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    if int8_path.resolve() == fp32_path.resolve():
+        raise ValueError(f"the INT8 model must go to another file than the FP32 one ({fp32_path})")
+    foreign = _not_an_int8_model(int8_path)
+    if foreign:
+        raise ValueError(
+            f"{int8_path} already exists and is not an INT8 model of ssim_depth ({foreign}): it is neither "
+            "overwritten nor removed; move it away or choose another INT8 output path"
+        )
 
 
 def _not_an_int8_model(path: Path) -> str | None:
