@@ -12,6 +12,7 @@ allowed) named.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -51,16 +52,19 @@ def _check_range(
     at_least_one: Sequence[str] = (),
     positive: Sequence[str] = (),
     non_negative: Sequence[str] = (),
+    fractions: Sequence[str] = (),
 ) -> None:
-    """Raise ValueError naming the key and value of the first field of ``config`` out of its range."""
+    """Raise ValueError naming the key and value of the first field of ``config`` out of its range (every
+    range is finite: NaN and infinity fail each one)."""
     for names, expected, ok in (
         (at_least_one, ">= 1", lambda v: v >= 1),
         (positive, "> 0", lambda v: v > 0),
         (non_negative, ">= 0", lambda v: v >= 0),
+        (fractions, "in [0, 1]", lambda v: 0 <= v <= 1),
     ):
         for name in names:
             value = getattr(config, name)
-            if not ok(value):  # NaN fails every check
+            if not (ok(value) and math.isfinite(value)):
                 raise ValueError(f"config '{prefix}{name}' must be {expected}, got {value!r}")
 
 
@@ -113,7 +117,7 @@ class ModelConfig:
     small_map_weight_grad: bool = True
 
     def __post_init__(self) -> None:
-        _check_range(self, "model.", positive=("min_depth",))
+        _check_range(self, "model.", positive=("min_depth", "max_depth"))
         if not self.max_depth > self.min_depth:
             raise ValueError(
                 f"config 'model.max_depth' must be > model.min_depth {self.min_depth}, got {self.max_depth!r}"
@@ -165,6 +169,19 @@ class LossConfig:
     # lower the term by flattening its features; its gradient reaches depth and pose through the warp.
     feature_detach: bool = True
 
+    def __post_init__(self) -> None:
+        _check_range(
+            self,
+            "loss.",
+            non_negative=(
+                "automask_warmup_steps", "supervised_l1_weight", "occlusion_alpha1", "occlusion_alpha2"
+            ),
+            fractions=("alpha", "occlusion_lambda"),
+        )  # fmt: skip
+        for name, weight in self.weights.items():
+            if not (weight >= 0 and math.isfinite(weight)):  # from_dict has made each a float
+                raise ValueError(f"config 'loss.weights.{name}' must be a number >= 0, got {weight!r}")
+
 
 @dataclass
 class DataConfig:
@@ -211,6 +228,19 @@ class DataConfig:
     # Keep every decoded, resized frame in memory (one copy per data-loader worker): for datasets that fit,
     # such as the synthetic CPU recipe's 1,000 frames at 192x64 (37 MB); PNG decoding is then paid once.
     cache_frames: bool = False
+
+    def __post_init__(self) -> None:
+        # a jitter factor is drawn from [1 - r, 1 + r], which must not go below 0; torchvision takes hue
+        # shifts within half a turn
+        _check_range(
+            self,
+            "data.",
+            at_least_one=("height", "width"),
+            non_negative=("static_threshold", "num_workers"),
+            fractions=("brightness", "contrast", "saturation", "jitter_probability", "flip_probability"),
+        )
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"config 'data.hue' must be in [0, 0.5], got {self.hue!r}")
 
 
 def check_frame_ids(frame_ids: Sequence[int], stereo: bool = False) -> list[int]:

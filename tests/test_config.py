@@ -59,6 +59,17 @@ def test_weight_zero_removes_a_term_and_a_mapping_value_replaces_the_whole_mappi
         ("optim.weight_decay=-1e-4", "config 'optim.weight_decay' must be >= 0, got -0.0001"),
         ("model.min_depth=-1", "config 'model.min_depth' must be > 0, got -1.0"),
         ("model.max_depth=0.05", "config 'model.max_depth' must be > model.min_depth 0.1, got 0.05"),
+        ("model.max_depth=.inf", "config 'model.max_depth' must be > 0, got inf"),
+        ("loss.alpha=1.5", r"config 'loss.alpha' must be in \[0, 1\], got 1.5"),
+        ("loss.occlusion_lambda=-0.5", r"config 'loss.occlusion_lambda' must be in \[0, 1\], got -0.5"),
+        ("loss.supervised_l1_weight=-1", "config 'loss.supervised_l1_weight' must be >= 0, got -1.0"),
+        ("loss.weights.photometric=-1", "config 'loss.weights.photometric' must be a number >= 0, got -1.0"),
+        ("loss.weights.velocity=.nan", "config 'loss.weights.velocity' must be a number >= 0, got nan"),
+        ("data.width=0", "config 'data.width' must be >= 1, got 0"),
+        ("data.num_workers=-1", "config 'data.num_workers' must be >= 0, got -1"),
+        ("data.brightness=1.5", r"config 'data.brightness' must be in \[0, 1\], got 1.5"),
+        ("data.flip_probability=-0.1", r"config 'data.flip_probability' must be in \[0, 1\], got -0.1"),
+        ("data.hue=0.9", r"config 'data.hue' must be in \[0, 0.5\], got 0.9"),
     ],
 )
 def test_out_of_range_values_are_refused_at_load_time_naming_key_and_value(override, expected):

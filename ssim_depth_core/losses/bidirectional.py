@@ -242,7 +242,7 @@ def weighted_min_reprojection(
 
 @register_config_check
 def check_bidirectional_options(config: LossConfig) -> None:
-    """The seed-002 options: values in range, and an option only with the term that reads it."""
+    """The seed-002 options: each only with the term that reads it (their ranges: :class:`LossConfig`)."""
     options = [name for name in ("occlusion_mask", "adaptive_weights") if getattr(config, name)]
     if options and not config.weights.get("photometric_bi", 0):
         raise ValueError(
@@ -250,13 +250,6 @@ def check_bidirectional_options(config: LossConfig) -> None:
             "loss.weights.photometric_bi is 0 or absent: set it (e.g. loss.weights.photometric_bi=1 with "
             "loss.weights.photometric=0) or turn the option off"
         )
-    if config.occlusion_alpha1 < 0 or config.occlusion_alpha2 < 0:
-        raise ValueError(
-            f"loss.occlusion_alpha1 and loss.occlusion_alpha2 must be >= 0, got {config.occlusion_alpha1} "
-            f"and {config.occlusion_alpha2}"
-        )
-    if not 0 <= config.occlusion_lambda <= 1:
-        raise ValueError(f"loss.occlusion_lambda must lie in [0, 1], got {config.occlusion_lambda}")
     levels = config.feature_levels
     if config.weights.get("feat_bi", 0) and (
         not levels or len(set(levels)) != len(levels) or any(level not in FEATURE_LEVELS for level in levels)

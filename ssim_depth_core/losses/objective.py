@@ -142,9 +142,6 @@ class Objective(nn.Module):
             raise ValueError(f"loss.weights gives no term a non-zero weight: {loss_config.weights}")
         if not scales:
             raise ValueError("scales must name at least one output scale")
-        if loss_config.automask_warmup_steps < 0:
-            warmup = loss_config.automask_warmup_steps
-            raise ValueError(f"loss.automask_warmup_steps must be >= 0, got {warmup}")
         for check in CONFIG_CHECKS:
             check(loss_config)
         self.config = loss_config
