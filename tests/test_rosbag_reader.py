@@ -313,14 +313,35 @@ def test_triplets_across_lost_frames_or_a_pause_are_dropped_and_counted(tmp_path
         samples = build_samples([sequence], [0, -1, 1])
     assert samples == [(0, 3), (0, 6)]
     assert f"{sequence.name}: dropped 4 of 6 samples spanning a gap in the stamps" in caplog.text
-    assert "median frame period of 100.0 ms" in caplog.text
-    assert "first: target frame 1 at 1700000000.100000 s" in caplog.text
+    assert "first: target frame 1 at 1700000000.100000 s, period there 100.0 ms" in caplog.text
     assert build_samples([sequence], [0]) == [(0, index) for index in range(8)]  # no sources: no gaps
     config = DataConfig(height=HEIGHT, width=WIDTH)
     sample = TripletDataset([sequence], samples, config, train=False)[1]  # index 6: recorded frame 7
     for slot, recorded in enumerate([7, 6, 8]):  # frame_ids [0, -1, 1]
         pixels = sample["images"][slot].permute(1, 2, 0).mul(255).round().byte().numpy()
         assert np.array_equal(pixels, images[recorded])
+
+
+def test_a_camera_that_changes_its_frame_rate_keeps_both_stretches(tmp_path, caplog):
+    """20 frames at 10 Hz, then 30 at 5 Hz with the one at 3900 ms undecodable. The period is the median
+    around each target, so both stretches keep their triplets (a median over the whole bag, 200 ms, dropped
+    the 10 Hz ones); the lost frame still drops the two targets beside it (3700, 4100 ms: indices 28, 29)."""
+    start_ns = 1_700_000_000 * 10**9
+    stamps_ms = [*range(0, 2000, 100), *range(2100, 8000, 200)]
+    images = frames(len(stamps_ms))
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam/image", IMAGE, typestore=TYPESTORE)
+        for ms, image in zip(stamps_ms, images, strict=True):
+            stamp = start_ns + ms * 10**6
+            message = TYPESTORE.serialize_cdr(image_msg(image, "rgb8", stamp), IMAGE)
+            writer.write(connection, stamp, b"\x00\x01\x00\x00garbage" if ms == 3900 else message)
+    sequence = RosbagSequence(tmp_path / "bag", intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+    assert len(sequence) == 49
+    with caplog.at_level(logging.WARNING):
+        targets = [frame for _, frame in build_samples([sequence], [0, -1, 1])]
+    assert {28, 29}.isdisjoint(targets)
+    assert set(range(1, 48)) - set(targets) <= {19, 28, 29}  # 19 (1900 ms) sits between the two rates
+    assert "first: target frame 28 at 1700000003.700000 s, period there 200.0 ms" in caplog.text
 
 
 def test_corrupt_compressed_frame_names_bag_topic_and_index(tmp_path):

@@ -36,6 +36,7 @@ from ssim_depth_core.imaging import FrameError, resize_image
 logger = logging.getLogger(__name__)
 
 NUM_SCALES = 4  # K / inv_K for scales 0..3, as the depth decoder's outputs
+GAP_WINDOW = 16  # stamp intervals whose median is a frame's period when a bag's triplets are checked for gaps
 
 
 def build_samples(
@@ -78,8 +79,9 @@ def _drop_across_gaps(
 
     Where frames are indexed by stamp (``FrameSequence.frames_by_stamp``: a bag, whose undecodable messages,
     damaged chunks and repeated stamps leave no index), a source ``offset`` frames from its target must be
-    stamped within half a period of ``target + offset x P``, P the sequence's median frame period; else frames
-    were lost between them or the recording paused, and the pair would be two or more periods apart.
+    stamped within half a period of ``target + offset x P``, P the median frame period around the target
+    (:func:`local_frame_periods`: a camera that changes its rate keeps both stretches); else frames were lost
+    between them or the recording paused, and the pair would be two or more periods apart.
     """
     offsets = np.array([offset for offset in frame_ids if offset != 0], dtype=np.int64)
     targets: dict[int, list[int]] = {}
@@ -88,28 +90,46 @@ def _drop_across_gaps(
     across: set[tuple[int, int]] = set()
     for s, frames in targets.items():
         sequence = sequences[s]
-        stamps = np.asarray(sequence.timestamps, dtype=np.float64)
-        period = float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0
-        if not (sequence.frames_by_stamp and len(offsets) and period > 0):
+        if not (sequence.frames_by_stamp and len(offsets) and len(sequence) > 1):
             continue
+        stamps = np.asarray(sequence.timestamps, dtype=np.float64)
         target = np.asarray(frames, dtype=np.int64)
-        error = stamps[target[:, None] + offsets] - stamps[target][:, None] - offsets * period
-        gaps = target[np.abs(error).max(axis=1) > period / 2]
+        period = local_frame_periods(stamps)[target]
+        error = stamps[target[:, None] + offsets] - stamps[target][:, None] - offsets * period[:, None]
+        gaps = np.flatnonzero(np.abs(error).max(axis=1) > period / 2)
         if len(gaps):
+            first = gaps[0]
             logger.warning(
                 "%s: dropped %d of %d samples spanning a gap in the stamps (a source of %s stamped more "
-                "than half the median frame period of %.1f ms off target + offset x period: frames lost or a "
-                "pause in the recording; first: target frame %d at %.6f s)",
+                "than half the median frame period around its target off target + offset x period: frames "
+                "lost or a pause in the recording; first: target frame %d at %.6f s, period there %.1f ms)",
                 sequence.name,
                 len(gaps),
                 len(target),
                 offsets.tolist(),
-                period * 1e3,
-                gaps[0],
-                stamps[gaps[0]],
+                target[first],
+                stamps[target[first]],
+                period[first] * 1e3,
             )
-            across.update((s, int(frame)) for frame in gaps)
+            across.update((s, int(frame)) for frame in target[gaps])
     return [sample for sample in samples if sample not in across]
+
+
+def local_frame_periods(stamps: np.ndarray, window: int = GAP_WINDOW) -> np.ndarray:
+    """Each frame's median frame period over the ``window`` stamp intervals around it (all of them when
+    there are fewer): robust to a few lost frames or a pause, and following a change of frame rate.
+
+    Args:
+        stamps: (N,) increasing frame stamps, N >= 2.
+
+    Returns:
+        (N,) periods in the stamps' unit.
+    """
+    intervals = np.diff(stamps)
+    window = min(window, len(intervals))
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(intervals, window), axis=1)
+    first_interval = np.clip(np.arange(len(stamps)) - window // 2, 0, len(intervals) - window)
+    return medians[first_interval]
 
 
 def filter_static(
