@@ -292,22 +292,28 @@ def test_undeserializable_message_is_skipped_when_indexing(tmp_path, caplog):
     assert np.array_equal(sequence.image(1), images[2])
 
 
+def _bag_losing_one_frame(path, stamps_ms: list[int], lost_ms: int):
+    """A camera bag with a frame at each of ``stamps_ms`` (after 1.7e9 s), the one at ``lost_ms`` undecodable;
+    (every frame written, its RosbagSequence)."""
+    start_ns = 1_700_000_000 * 10**9
+    images = frames(len(stamps_ms))
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam/image", IMAGE, typestore=TYPESTORE)
+        for ms, image in zip(stamps_ms, images, strict=True):
+            stamp = start_ns + ms * 10**6
+            message = TYPESTORE.serialize_cdr(image_msg(image, "rgb8", stamp), IMAGE)
+            writer.write(connection, stamp, b"\x00\x01\x00\x00garbage" if ms == lost_ms else message)
+    return images, RosbagSequence(path, intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+
+
 def test_triplets_across_lost_frames_or_a_pause_are_dropped_and_counted(tmp_path, caplog):
     """A frame lost while indexing leaves no index, so its neighbours become adjacent: a target used to be
     paired, silently, with a source two periods away. Header stamps (ms): 0, 100, [200 undecodable], 300,
     400, 500, [a 400 ms pause], 900, 1000, 1100 -> indices 0..7, median period 100 ms. By hand, each source
     must lie within 50 ms of target -/+ 100 ms: targets 3 (400: 300, 500) and 6 (1000: 900, 1100) do;
     1 (100: 0, 300), 2 (300: 100, 400), 4 (500: 400, 900) and 5 (900: 500, 1000) span a gap."""
-    start_ns = 1_700_000_000 * 10**9
     stamps_ms = [0, 100, 200, 300, 400, 500, 900, 1000, 1100]
-    images = frames(len(stamps_ms))
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection("/cam/image", IMAGE, typestore=TYPESTORE)
-        for ms, image in zip(stamps_ms, images, strict=True):
-            stamp = start_ns + ms * 10**6
-            message = TYPESTORE.serialize_cdr(image_msg(image, "rgb8", stamp), IMAGE)
-            writer.write(connection, stamp, b"\x00\x01\x00\x00garbage" if ms == 200 else message)
-    sequence = RosbagSequence(tmp_path / "bag", intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+    images, sequence = _bag_losing_one_frame(tmp_path / "bag", stamps_ms, 200)
     assert len(sequence) == 8
     with caplog.at_level(logging.WARNING):
         samples = build_samples([sequence], [0, -1, 1])
@@ -326,16 +332,8 @@ def test_a_camera_that_changes_its_frame_rate_keeps_both_stretches(tmp_path, cap
     """20 frames at 10 Hz, then 30 at 5 Hz with the one at 3900 ms undecodable. The period is the median
     around each target, so both stretches keep their triplets (a median over the whole bag, 200 ms, dropped
     the 10 Hz ones); the lost frame still drops the two targets beside it (3700, 4100 ms: indices 28, 29)."""
-    start_ns = 1_700_000_000 * 10**9
     stamps_ms = [*range(0, 2000, 100), *range(2100, 8000, 200)]
-    images = frames(len(stamps_ms))
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection("/cam/image", IMAGE, typestore=TYPESTORE)
-        for ms, image in zip(stamps_ms, images, strict=True):
-            stamp = start_ns + ms * 10**6
-            message = TYPESTORE.serialize_cdr(image_msg(image, "rgb8", stamp), IMAGE)
-            writer.write(connection, stamp, b"\x00\x01\x00\x00garbage" if ms == 3900 else message)
-    sequence = RosbagSequence(tmp_path / "bag", intrinsics=Intrinsics(9.0, 9.0, 8.0, 4.0, WIDTH, HEIGHT))
+    _, sequence = _bag_losing_one_frame(tmp_path / "bag", stamps_ms, 3900)
     assert len(sequence) == 49
     with caplog.at_level(logging.WARNING):
         targets = [frame for _, frame in build_samples([sequence], [0, -1, 1])]
