@@ -346,9 +346,11 @@ class Trainer:
             "epoch_batches": self.epoch_batches,
             "best_metric": self.best_metric,
             "skipped_samples": self.skipped_samples,
-            # torch's global generators drive in-model randomness (ConvNeXt's stochastic depth, dropout)
+            # torch's global generators drive in-model randomness (ConvNeXt's stochastic depth, dropout).
+            # Every rank seeds them alike and draws alike, so rank 0's CPU generator and its own device's
+            # stand for every rank's (rank r draws on device r).
             "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def save_checkpoint(self, name: str) -> Path:
@@ -396,8 +398,8 @@ class Trainer:
         if "rng" in state:  # checkpoints from before 2026-12-07 have none
             # generator states are CPU byte tensors, wherever map_location put the checkpoint's tensors
             torch.set_rng_state(state["rng"].cpu())
-            if self.device.type == "cuda" and len(state["cuda_rng"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng"]])
+            if self.device.type == "cuda" and isinstance(state["cuda_rng"], torch.Tensor):
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return True
 

@@ -1,4 +1,5 @@
-"""Run under ``torchrun``: train a few DDP steps (gloo on CPU), then save this rank's parameters.
+"""Run under ``torchrun``: train a few DDP steps (gloo on CPU), then save this rank's parameters and the
+state of its global torch generator.
 
 Usage: torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py DATA OUT [KEY=VALUE ...]
 """
@@ -24,6 +25,7 @@ def main() -> None:
     trainer.fit()
     # Parameters only: BatchNorm running statistics are per process (DDP broadcasts rank 0's each forward).
     torch.save({k: v.detach() for k, v in trainer.model.named_parameters()}, Path(out) / f"rank{rank}.pt")
+    torch.save(torch.get_rng_state(), Path(out) / f"rng{rank}.pt")  # what a checkpoint keeps of rank 0 only
     dist.destroy_process_group()
 
 

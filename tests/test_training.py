@@ -214,7 +214,11 @@ def test_corrupt_frame_is_skipped_and_counted(tiny_drive, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["skipped_samples"] >= 1
 
 
-def test_torchrun_two_processes_keep_identical_weights(tiny_drive, tmp_path):
+@pytest.mark.parametrize("encoder", ["resnet18", "convnext_tiny"])
+def test_torchrun_two_processes_keep_identical_weights_and_generators(tiny_drive, tmp_path, encoder):
+    """DDP keeps the ranks' weights equal. Every rank seeds torch's global generator alike and draws from it
+    alike (ConvNeXt's stochastic depth draws every step), so the one state a checkpoint saves, rank 0's,
+    resumes every rank exactly."""
     torchrun = Path(sys.executable).parent / "torchrun"
     worker = ROOT / "tests" / "ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -227,6 +231,7 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_drive, tmp_path):
             str(tiny_drive),
             str(tmp_path),
             *TINY,
+            f"model.encoder={encoder}",
         ],
         capture_output=True,
         text=True,
@@ -241,6 +246,9 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_drive, tmp_path):
     for name in rank0:
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
     assert any(not torch.equal(rank0[name], initial[name]) for name in rank0), "no step changed the weights"
+    assert torch.equal(torch.load(tmp_path / "rng0.pt"), torch.load(tmp_path / "rng1.pt"))
+    if encoder == "convnext_tiny":  # drew from it: not the freshly seeded state
+        assert not torch.equal(torch.load(tmp_path / "rng0.pt"), torch.Generator().manual_seed(0).get_state())
 
 
 def _with_splits(drive: Path, root: Path, **splits: list[int]) -> Path:
@@ -431,13 +439,16 @@ def test_resume_restores_the_random_state_that_stochastic_depth_draws_from(tiny_
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_run_resumes_on_cuda_with_fp16_loss_scaling_switched_on(tiny_drive, tmp_path):
     """The checkpoint's tensors load onto the GPU (map_location) while generator states must be CPU byte
-    tensors; a run without loss scaling (amp none) resumes with it (fp16) from an empty scaler state."""
+    tensors (the device's generator is restored); a run without loss scaling (amp none) resumes with it
+    (fp16) from an empty scaler state."""
     settings = [*TINY, "device=cuda", "data.val_split=none"]
     Trainer(load_config(CONFIG, [*settings, "amp=none", "optim.max_steps=1"]), tiny_drive, tmp_path).fit()
     resumed = Trainer(
         load_config(CONFIG, [*settings, "amp=fp16", "optim.max_steps=2"]), tiny_drive, tmp_path, resume=True
     )
     assert resumed.step == 1 and resumed.scaler.is_enabled()
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["cuda_rng"]
+    assert torch.equal(torch.cuda.get_rng_state(resumed.device), saved)
     resumed.fit()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
 
