@@ -135,6 +135,9 @@ class Kinds:
             "NaN principal point": lambda: self.bad_k(self.pick([2, 5]), math.nan),
             "K and P all zero": lambda: self.bad_matrices(k=[0.0] * 9, p=[0.0] * 12),
             "NaN in P": lambda: self.bad_matrices(p=[math.nan] * 12),
+            "broken K beside a valid P": lambda: self.bad_matrices(
+                k=self.pick([[0.0] * 9, [math.nan] * 9, [-100.0, 0.0, 40.0, 0.0, 100.0, 20.0, 0.0, 0.0, 1.0]])
+            ),
             "other size": lambda: camera_info(*self.pick([(WIDTH, WIDTH), (1, 1), (U32, U32), (640, 80)])),
             "long D, unknown model": self.odd_distortion,
         }

@@ -239,23 +239,35 @@ def intrinsics_from_camera_info(info: CameraInfo, width: int, height: int) -> In
 def scaled_camera_info(info: CameraInfo, width: int, height: int, header: Header) -> CameraInfo:
     """``info`` resampled to ``width`` x ``height`` (a plain resize, :meth:`Intrinsics.scaled`'s convention).
 
-    K and P are rescaled (P's Tx, Ty with the focal lengths; an all-zero matrix stays zero); D and R are kept.
+    K and P are rescaled (P's Tx, Ty with the focal lengths); D and R are kept. A driver that sets only one of
+    K and P describes a rectified camera with it, so the other is filled from it (P with no translation):
+    readers of K and of P (image_geometry) both find the camera the depth was computed with.
+
+    Raises:
+        ValueError: ``info`` has no image size, or neither K nor P is set.
     """
     if info.width == 0 or info.height == 0:
         raise ValueError(f"CameraInfo has no image size ({info.width}x{info.height}); cannot scale it")
+    k, p = (
+        np.asarray(info.k, dtype=np.float64).reshape(3, 3),
+        np.asarray(info.p, dtype=np.float64).reshape(3, 4),
+    )
+    if not k.any() and not p.any():
+        raise ValueError("CameraInfo has neither K nor P set (all zeros): the camera is uncalibrated")
+    if not k.any():
+        k = p[:, :3]
+    if not p.any():
+        p = np.hstack([k, np.zeros((3, 1))])
     out = CameraInfo()
     out.header = header
     out.width, out.height = int(width), int(height)
     out.distortion_model = info.distortion_model
     out.d = list(info.d)
     out.r = info.r
-    k, p = np.asarray(info.k, dtype=np.float64), np.asarray(info.p, dtype=np.float64).reshape(3, 4)
-    if k.any():
-        out.k = Intrinsics.from_matrix(k, info.width, info.height).scaled(width, height).matrix.ravel()
-    if p.any():
-        scaled = Intrinsics.from_matrix(p, info.width, info.height).scaled(width, height)
-        translation = p[:, 3] * [width / info.width, height / info.height, 1.0]
-        out.p = np.hstack([scaled.matrix, translation[:, None]]).ravel()
+    out.k = Intrinsics.from_matrix(k, info.width, info.height).scaled(width, height).matrix.ravel()
+    scaled = Intrinsics.from_matrix(p, info.width, info.height).scaled(width, height)
+    translation = p[:, 3] * [width / info.width, height / info.height, 1.0]
+    out.p = np.hstack([scaled.matrix, translation[:, None]]).ravel()
     return out
 
 

@@ -190,6 +190,20 @@ def test_camera_info_scaling_and_construction():
     np.testing.assert_array_equal(built.r, np.eye(3).ravel())
     with pytest.raises(ValueError, match="no image size"):
         scaled_camera_info(CameraInfo(), 96, 64, header)
+    with pytest.raises(ValueError, match="neither K nor P"):
+        scaled_camera_info(CameraInfo(width=120, height=80), 96, 64, header)
+
+
+def test_a_camera_info_with_k_or_p_only_is_published_with_both():
+    """Scaled as above (fx 100 -> 80, fy 110 -> 88, c -> (c + 0.5) 0.8 - 0.5); the missing matrix is the
+    given one's camera, P with no translation."""
+    k = [100.0, 0.0, 60.0, 0.0, 110.0, 40.0, 0.0, 0.0, 1.0]
+    p = [100.0, 0.0, 60.0, 0.0, 0.0, 110.0, 40.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    cx, cy = 60.5 * 0.8 - 0.5, 40.5 * 0.8 - 0.5
+    for given in ({"k": k}, {"p": p}):
+        scaled = scaled_camera_info(CameraInfo(width=120, height=80, **given), 96, 64, Header())
+        np.testing.assert_allclose(scaled.k, [80.0, 0, cx, 0, 88.0, cy, 0, 0, 1])
+        np.testing.assert_allclose(scaled.p, [80.0, 0, cx, 0, 0, 88.0, cy, 0, 0, 0, 1, 0])
 
 
 def test_camera_info_to_intrinsics_prefers_p_and_assumes_the_image_size_when_unset():

@@ -374,6 +374,7 @@ def test_camera_info_of_another_resolution_with_the_same_aspect_is_rescaled(grap
     g = graph(point_stride=4)
     out = g.request(image_msg(photo), double, outputs=("depth", "depth/camera_info", "points"))
     np.testing.assert_allclose(out["depth/camera_info"].k, camera_info().k)
+    np.testing.assert_allclose(out["depth/camera_info"].p, camera_info().p)  # filled from K: no P was given
     check_cloud(out["points"], image_msg_to_depth(out["depth"]), np.asarray(K_MATRIX), photo, 4)
 
 
