@@ -202,10 +202,41 @@ class Trainer:
             torch.set_flush_denormal(True)
         torch.manual_seed(config.seed)
 
+        frame_ids, stereo = config.data.frame_ids, config.data.stereo
+        # The networks and the objective check their settings before any data is read (a large bag takes a
+        # while to index).
+        self.metric = metric_source(to_dict(config)) != "none"
+        # Optional outputs (e.g. the sources' depths) only where a weighted loss term asks for them.
+        extra_outputs = required_outputs(config.loss)
+        self.model = MonodepthModel(config.model, frame_ids, stereo=stereo, extra_outputs=extra_outputs).to(
+            self.device
+        )
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.objective = Objective(
+            config.loss,
+            frame_ids,
+            config.model.scales,
+            seed=config.seed,
+            stereo=stereo,
+            depth_range=(config.model.min_depth, config.model.max_depth),
+        ).to(self.device)
+        # The fused kernel updates all parameters in one pass (timed by bench/train_step.py).
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config.optim.learning_rate,
+            weight_decay=config.optim.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.network = self.model
+        if self.context.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+
         sequences = open_sequences(data_path, config.data)
         if not sequences:
             raise ValueError(f"no sequences found under {data_path}")
-        frame_ids, stereo = config.data.frame_ids, config.data.stereo
         train_split = select_split(data_path, config.data.train_split, "train")
         train_samples = build_samples(sequences, frame_ids, train_split)
         if not train_samples:
@@ -263,35 +294,6 @@ class Trainer:
             drop_last=True,
         )
         self.loader = self._loader(self.train_set, self.sampler)
-
-        self.metric = metric_source(to_dict(config)) != "none"
-        # Optional outputs (e.g. the sources' depths) only where a weighted loss term asks for them.
-        extra_outputs = required_outputs(config.loss)
-        self.model = MonodepthModel(config.model, frame_ids, stereo=stereo, extra_outputs=extra_outputs).to(
-            self.device
-        )
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.objective = Objective(
-            config.loss,
-            frame_ids,
-            config.model.scales,
-            seed=config.seed,
-            stereo=stereo,
-            depth_range=(config.model.min_depth, config.model.max_depth),
-        ).to(self.device)
-        # The fused kernel updates all parameters in one pass (timed by bench/train_step.py).
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
-            lr=config.optim.learning_rate,
-            weight_decay=config.optim.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.network = self.model
-        if self.context.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.model, device_ids=ids)
 
         self.step = 0  # optimiser steps
         self.epoch = 0

@@ -400,6 +400,14 @@ def test_overwrite_stops_when_the_earlier_run_cannot_be_removed(tiny_drive, tmp_
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
 
+def test_model_and_objective_settings_are_checked_before_the_data_is_read(tmp_path):
+    """A setting only the objective or the network can judge fails at once, not after indexing the data
+    (here there is none to index)."""
+    for override, message in (("loss.ssim_window=4", "SSIM window"), ("model.scales=[1]", "scales must")):
+        with pytest.raises(ValueError, match=message):
+            Trainer(load_config(CONFIG, [override]), tmp_path / "no_data", tmp_path / "run")
+
+
 def test_resume_refuses_a_changed_config_naming_what_changed(tiny_drive, tmp_path):
     settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
     Trainer(load_config(CONFIG, settings), tiny_drive, tmp_path).fit()
