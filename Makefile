@@ -65,7 +65,7 @@ demo: $(STAMP) $(SPLITS)/train_files.txt $(HELDOUT)
 	PYTHONPATH=ros2_ws/src/ssim_depth $(BIN)/python -m ssim_depth.tools.pipeline --model $(DEMO)/run/depth.onnx \
 		--bag $$(ls -d $(DEMO)/heldout/bags/*/ | head -n 1) --out $(DEMO)/run/serving --overwrite
 	@echo "outputs: $(DEMO)/run: config.yaml, checkpoints/, tensorboard/ ($(BIN)/tensorboard --logdir $(DEMO)/run)," \
-		"metrics.json, depth.onnx, serving/ (depth/, depth_raw/, points.ply, latency.json, node.log)"
+		"metrics.json, depth.onnx, serving/ (depth/, depth_raw/, points.ply, frames.csv, latency.json, summary.json, node.log)"
 
 clean:
 	rm -rf $(VENV) $(DEMO)

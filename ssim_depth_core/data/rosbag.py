@@ -274,7 +274,7 @@ def select_image_topic(
     if len(candidates) != 1:
         raise ValueError(
             f"{bag}: {len(candidates)} image topics ({_topic_list(topics, image_types)}); "
-            "choose one with --image-topic TOPIC (config data.image_topic)"
+            "choose one with --image-topic TOPIC (in a training config: data.image_topic)"
         )
     return candidates[0]
 

@@ -8,17 +8,20 @@ nothing else on the network hears it or disturbs it.
 
 Publishers and subscribers discover each other asynchronously, and DDS drops what a subscriber receives
 before it has matched the publisher, so playback is preceded by a warm-up: the bag's first image (and
-CameraInfo) with header frame_id ``WARMUP_FRAME_ID`` is re-published every WARMUP_PERIOD until its depth
-reaches the recorder, which proves every connection on the way (and initialises the backend, so the first
-recorded frame's latency is not the model's lazy set-up). The recorder does not record warm-up frames.
+CameraInfo) with header frame_id ``WARMUP_FRAME_ID`` is re-published every WARMUP_PERIOD until the node's
+tag of it (``depth/model``, published for every frame it serves, with or without depth) reaches the
+recorder, which proves every connection on the way (and initialises the backend, so the first recorded
+frame's latency is not the model's lazy set-up). The recorder does not record warm-up frames.
 
 Output folder: the recorder's files plus ``node.log`` (the node's output) and ``summary.json`` (the dict
-:func:`run_pipeline` returns); a folder holding an earlier run's is refused unless ``--overwrite``.
+:func:`run_pipeline` returns); a folder holding an earlier run's is refused unless ``--overwrite``. A run that
+fails before the first frame is recorded leaves only ``node.log`` (for the diagnosis; the next run replaces
+it).
 
     ros2 run ssim_depth pipeline --model depth.onnx --bag BAG --out OUT [--rate R] [--backend B]
         [--scale-source model|camera_height|fixed] [--depth-scale S] [--camera-height M]
         [--camera-pitch RAD] [--camera-roll RAD] [--ground-normal fitted|mounting] [--param name:=value ...]
-        [--overwrite]
+        [--overwrite] [--image-topic T] [--camera-info-topic T] [--timeout S] [--startup-timeout S]
 
 The scale options set the node's parameters of the same names (unset: the node's defaults, scale source
 ``model``, which refuses a scale-less model).
@@ -59,6 +62,7 @@ from ssim_depth_core.data.rosbag import (
     select_camera_info_topic,
     select_image_topic,
 )
+from ssim_depth_core.outputs import remove_outputs
 from ssim_depth_core.runtime.frames import SCALE_SOURCES
 from ssim_depth_core.runtime.scale import GROUND_NORMALS
 
@@ -67,7 +71,7 @@ logger = logging.getLogger(__name__)
 NODE_COMMAND = "import sys; from ssim_depth.node import main; sys.exit(main())"
 WARMUP_FRAME_ID = "ssim_depth_pipeline_warmup"
 WARMUP_PERIOD = 0.5  # seconds between warm-up frames
-WARMUP_POINTS_WAIT = 2.0  # seconds a warm-up cloud is awaited after its depth (the node may publish none)
+WARMUP_POINTS_WAIT = 2.0  # seconds a warm-up cloud is awaited after its tag (the node may publish none)
 STOP_TIMEOUT = 10.0  # seconds the node gets to exit after SIGINT before it is killed
 LOG_TAIL = 4000  # characters of node.log quoted in errors
 
@@ -174,7 +178,7 @@ def run_pipeline(
     reader = open_reader(reader_path(bag))
     try:
         topics = reader.topics
-        image_topic = select_image_topic(topics, image_topic, bag)
+        image_topic = select_image_topic(topics, image_topic, bag, reader)
         camera_info_topic = select_camera_info_topic(topics, camera_info_topic, image_topic, bag)
         frames = topics[image_topic].msgcount
         compressed = topics[image_topic].msgtype == COMPRESSED_TYPE
@@ -193,7 +197,7 @@ def run_pipeline(
         msg = deserialize_message(bytes(first[name]), MESSAGE_CLASSES[topics[name].msgtype])
         msg.header.frame_id = WARMUP_FRAME_ID
         warmup.append((name, msg))
-    claim_output(out, overwrite, (*RECORDING, "node.log", "summary.json"))
+    claim_output(out, overwrite, (*RECORDING, "summary.json"))
 
     input_name = "image/compressed" if compressed else "image"
     arguments = ["-p", f"model_path:={model.resolve()}", "-p", f"backend:={backend}"]
@@ -231,7 +235,7 @@ def run_pipeline(
         started.append(process)
         by_topic = {publisher.topic_name: publisher for publisher in publishers}
         deadline = time.monotonic() + startup_timeout
-        while not recorder.wait_for_warmup(("image", "depth"), WARMUP_PERIOD):
+        while not recorder.wait_for_warmup(("image", "model"), WARMUP_PERIOD):
             if process.poll() is not None:
                 raise node_failed(f"exited with code {process.returncode} before serving a warm-up frame")
             if time.monotonic() > deadline:
@@ -244,42 +248,47 @@ def run_pipeline(
                 by_topic[topic].publish(msg)
         time.sleep(WARMUP_PERIOD)  # the node finishes the warm-up frame (preview, statistics) before frame 0
 
-    with _environment(ros), open(log_path, "w") as log:
-        context = Context()
-        rclpy.init(context=context)
-        executor = SingleThreadedExecutor(context=context)
-        spinner = threading.Thread(target=executor.spin, name="pipeline_executor", daemon=True)
-        nodes: list[Node] = []
-        exit_code = None
-        try:
-            recorder = DepthRecorder(
-                out,
-                compressed=compressed,
-                warmup_frame_id=WARMUP_FRAME_ID,
-                context=context,
-                cli_args=["--ros-args", "-r", f"{input_name}:={image_topic}"],
-            )
-            nodes.append(recorder)
-            executor.add_node(recorder)
-            spinner.start()
-            nodes.append(_Player(names, start_node, context=context))
-            play(bag, rate, False, image_topic, camera_info_topic, node=nodes[-1])
-            process = started[0]
-            if not recorder.wait_until_served(frames, timeout):
-                if process.poll() is not None:
-                    raise node_failed(f"exited with code {process.returncode} during playback")
-                logger.warning("the outputs of the last frame did not arrive within %s s", timeout)
-            exit_code = _stop(process)
-            summary = recorder.finish()
-        finally:
-            if started and exit_code is None:
-                _stop(started[0])
-            executor.shutdown()
-            if spinner.is_alive():
-                spinner.join(timeout)
-            for node in nodes:
-                node.destroy_node()
-            rclpy.try_shutdown(context=context)
+    try:
+        with _environment(ros), open(log_path, "w") as log:
+            context = Context()
+            rclpy.init(context=context)
+            executor = SingleThreadedExecutor(context=context)
+            spinner = threading.Thread(target=executor.spin, name="pipeline_executor", daemon=True)
+            nodes: list[Node] = []
+            exit_code = None
+            try:
+                recorder = DepthRecorder(
+                    out,
+                    compressed=compressed,
+                    warmup_frame_id=WARMUP_FRAME_ID,
+                    context=context,
+                    cli_args=["--ros-args", "-r", f"{input_name}:={image_topic}"],
+                )
+                nodes.append(recorder)
+                executor.add_node(recorder)
+                spinner.start()
+                nodes.append(_Player(names, start_node, context=context))
+                play(bag, rate, False, image_topic, camera_info_topic, node=nodes[-1])
+                process = started[0]
+                if not recorder.wait_until_served(frames, timeout):
+                    if process.poll() is not None:
+                        raise node_failed(f"exited with code {process.returncode} during playback")
+                    logger.warning("the outputs of the last frame did not arrive within %s s", timeout)
+                exit_code = _stop(process)
+                summary = recorder.finish()
+            finally:
+                if started and exit_code is None:
+                    _stop(started[0])
+                executor.shutdown()
+                if spinner.is_alive():
+                    spinner.join(timeout)
+                for node in nodes:
+                    node.destroy_node()
+                rclpy.try_shutdown(context=context)
+    except BaseException:
+        if not any((out / "depth").glob("*.png")):  # nothing recorded: only the node's log is worth keeping
+            remove_outputs(out, RECORDING)
+        raise
 
     summary.update(frames_in_bag=frames, node_exit_code=exit_code)
     summary["outputs"]["node_log"] = str(log_path)
@@ -325,10 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME:=VALUE", help="a further node parameter"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the last frame")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the last frame's outputs after playback (default: 60)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     parser.add_argument(
-        "--startup-timeout", type=float, default=300.0, help="seconds for the node to load the model"
+        "--startup-timeout",
+        type=float,
+        default=300.0,
+        help="seconds for the node to load the model and serve the warm-up frame (a TensorRT engine build "
+        "can take minutes) (default: 300)",
     )
     args = parser.parse_args(argv)
     params = {name: getattr(args, name) for name in SCALE_PARAMETERS if getattr(args, name) is not None}
@@ -359,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs = summary["outputs"]
     print(
         f"frames: {summary['frames_received']} served of {summary['frames_published']} published "
-        f"({summary['dropped']} dropped, {summary['frames_in_bag']} in the bag)\n"
+        f"({summary['dropped']} dropped, {summary['withheld']} withheld without a metric scale, "
+        f"{summary['frames_in_bag']} in the bag)\n"
         f"latency (image publish -> depth received): p50 {_format_ms(summary['p50_ms'])}, "
         f"p95 {_format_ms(summary['p95_ms'])}, max {_format_ms(summary['max_ms'])}"
     )

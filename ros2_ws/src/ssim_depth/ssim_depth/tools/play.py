@@ -65,7 +65,7 @@ def play(
     stop = stop or threading.Event()
     try:
         topics = reader.topics
-        image = select_image_topic(topics, image_topic, path)
+        image = select_image_topic(topics, image_topic, path, reader)
         info = select_camera_info_topic(topics, camera_info_topic, image, path)
         names = [name for name in (image, info) if name]
         if own_node:

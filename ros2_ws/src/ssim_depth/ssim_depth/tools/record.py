@@ -18,12 +18,15 @@ subscriber of ``depth`` sees. The two timestamps come from the publishing and th
 clocks: the numbers are meaningful when the camera publisher (e.g. ``play``) runs on the recorder's host.
 With a middleware that gives no such timestamps, the recorder's callback times stand in for both.
 
-Frames published = camera images heard on the input topic; dropped = published - depth frames received
-(the node serves the newest frame and skips any that arrived while it was busy). Messages whose header
-``frame_id`` is the ``warmup_frame_id`` are not recorded, only counted in :attr:`DepthRecorder.warmup`.
+Frames published = camera images heard on the input topic; processed = frames the node tagged on
+``depth/model`` (at least the depth frames received, for a node without tags); dropped = published -
+processed (the node serves the newest frame and skips any that arrived while it was busy); withheld =
+processed - depth frames received (no depth published: scale source ``camera_height`` before the ground
+plane fits). Messages whose header (for ``depth/model``, the tag's) ``frame_id`` is the
+``warmup_frame_id`` are not recorded, only counted in :attr:`DepthRecorder.warmup`.
 
 Topics (relative, remappable): image (or image/compressed with ``--compressed``) in, to time the inputs;
-depth (32FC1) and points (PointCloud2) from the node.
+depth (32FC1), points (PointCloud2) and depth/model (the per-frame tags) from the node.
 
     ros2 run ssim_depth record OUT_DIR [--compressed] [--overwrite] --ros-args -r image:=/camera/image_raw
 """
@@ -44,8 +47,9 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import String
 
-from ssim_depth.codecs import image_msg_to_depth, pointcloud2_msg_to_cloud, stamp_ns
+from ssim_depth.codecs import image_msg_to_depth, parse_model_info, pointcloud2_msg_to_cloud, stamp_ns
 from ssim_depth_core.imaging import write_depth_pngs
 from ssim_depth_core.outputs import earlier_outputs, remove_outputs
 from ssim_depth_core.runtime.latency import latency_stats
@@ -109,9 +113,9 @@ class DepthRecorder(Node):
         self._newest_depth: int | None = None
         self._frames: list[tuple[int, int, float | None]] = []  # index, stamp, latency ms
         self._last_cloud: PointCloud2 | None = None
-        self.images = self.failed = 0
+        self.images = self.failed = self.tagged = 0
         self._warmup_frame_id = warmup_frame_id
-        self.warmup = {"image": 0, "depth": 0, "points": 0}  # warm-up messages heard, by kind
+        self.warmup = {"image": 0, "depth": 0, "points": 0, "model": 0}  # warm-up messages heard, by kind
         self._summary: dict | None = None
 
         image_type, image_topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
@@ -119,6 +123,7 @@ class DepthRecorder(Node):
             ("image", image_type, image_topic, INPUT_QOS),
             ("depth", Image, "depth", OUTPUT_QOS),
             ("points", PointCloud2, "points", OUTPUT_QOS),
+            ("model", String, "depth/model", OUTPUT_QOS),
         ]
         self.topics = {}
         for kind, msg_type, topic, qos in subscriptions:
@@ -130,7 +135,7 @@ class DepthRecorder(Node):
         self._writer.start()
 
     def _on_message(self, kind: str, msg, info: dict) -> None:
-        if self._warmup_frame_id is not None and msg.header.frame_id == self._warmup_frame_id:
+        if self._warmup_frame_id is not None and _frame_id(kind, msg) == self._warmup_frame_id:
             with self._cond:
                 self.warmup[kind] += 1
                 self._cond.notify_all()
@@ -174,6 +179,11 @@ class DepthRecorder(Node):
     def _write_points(self, msg: PointCloud2, published_ns: int, received_ns: int) -> None:
         with self._cond:
             self._last_cloud = msg  # decoded once, in finish()
+
+    def _write_model(self, msg: String, published_ns: int, received_ns: int) -> None:
+        parse_model_info(msg)  # a malformed tag is counted as failed
+        with self._cond:
+            self.tagged += 1
 
     # ----------------------------------------------------------------------------------------------- API
     def wait_until_served(self, images: int, timeout: float) -> bool:
@@ -220,6 +230,7 @@ class DepthRecorder(Node):
             writer.writerow(["index", "stamp_ns", "latency_ms"])
             writer.writerows((i, s, "" if lat is None else f"{lat:.3f}") for i, s, lat in self._frames)
         latency = latency_stats([lat for _, _, lat in self._frames if lat is not None])
+        processed = max(self.tagged, len(self._frames))
         stats = {
             "count": latency.count,
             "mean_ms": latency.mean,
@@ -231,7 +242,9 @@ class DepthRecorder(Node):
             method=LATENCY_METHOD,
             frames_published=self.images,
             frames_received=len(self._frames),
-            dropped=self.images - len(self._frames),
+            frames_processed=processed,
+            dropped=self.images - processed,
+            withheld=processed - len(self._frames),
             failed=self.failed,
         )
         paths["latency"].write_text(json.dumps(stats, indent=2) + "\n")
@@ -245,6 +258,16 @@ class DepthRecorder(Node):
             self._queue.put(_STOP)
             self._writer.join()
         super().destroy_node()
+
+
+def _frame_id(kind: str, msg) -> str | None:
+    """The header frame_id of a recorded message; a depth/model tag's own (None when it is malformed)."""
+    if kind != "model":
+        return msg.header.frame_id
+    try:
+        return parse_model_info(msg)["frame_id"]
+    except ValueError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
