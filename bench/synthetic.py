@@ -50,7 +50,7 @@ def uncached_render(drive: SyntheticDrive) -> Callable[[int], object]:
     """``drive.render`` without its one-frame cache, so every call renders."""
 
     def work(i: int) -> object:
-        drive._cache = None  # noqa: SLF001
+        drive._cache.clear()  # noqa: SLF001
         return drive.render(i)
 
     return work

@@ -486,3 +486,13 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
         syn.generate_dataset(tmp_path, 0, drives=1, frames=2)
     with pytest.raises(ValueError, match="drives must be >= 1"):
         syn.generate_dataset(tmp_path, 0, drives=0)
+
+
+def test_the_rendering_bench_renders_on_every_call(drive: syn.SyntheticDrive, bench_script) -> None:
+    """bench/synthetic.py times ``render`` with its per-camera cache emptied before each call: the same frame
+    twice is rendered twice (a new, equal frame), not served from the cache."""
+    work = bench_script("synthetic").uncached_render(drive)
+    first, second = work(1), work(1)
+    assert first is not second
+    np.testing.assert_array_equal(first.rgb, second.rgb)
+    assert drive.render(1) is second  # the cache holds the last rendering, as render() keeps it
