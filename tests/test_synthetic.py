@@ -4,6 +4,7 @@ odometry and the stereo partner camera."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import cv2
@@ -26,7 +27,7 @@ from ssim_depth_core.data.bagio import (
     ODOMETRY_TOPIC,
     CameraBagWriter,
 )
-from ssim_depth_core.data.kitti_raw import KittiRawSequence
+from ssim_depth_core.data.kitti_raw import KittiRawSequence, read_split
 from ssim_depth_core.data.synthetic.textures import _periodic_component, _photo
 from ssim_depth_core.geometry import ray_grid, warp
 from ssim_depth_core.imaging import FrameError
@@ -496,3 +497,22 @@ def test_the_rendering_bench_renders_on_every_call(drive: syn.SyntheticDrive, be
     assert first is not second
     np.testing.assert_array_equal(first.rgb, second.rgb)
     assert drive.render(1) is second  # the cache holds the last rendering, as render() keeps it
+
+
+def test_datasets_of_two_seeds_in_one_folder_share_the_split_files(tmp_path: Path) -> None:
+    """Each seed's drives join the split files (sorted, no repeats when a seed is written again); another
+    seed's entries whose drive folder is gone are dropped."""
+    for seed in (8, 7, 8):
+        syn.generate_dataset(tmp_path, seed=seed, drives=1, frames=3, width=64, height=32, bag="none",
+                             progress=False)  # fmt: skip
+    expected = [
+        ("2001_01_08/2001_01_08_drive_0001_sync", 1, "l"),
+        ("2001_01_09/2001_01_09_drive_0001_sync", 1, "l"),
+    ]
+    for split in ("train", "val", "test"):
+        assert read_split(tmp_path / "splits" / "synthetic" / f"{split}_files.txt") == expected
+    shutil.rmtree(tmp_path / "2001_01_08")
+    syn.generate_dataset(
+        tmp_path, seed=8, drives=1, frames=3, width=64, height=32, bag="none", progress=False
+    )
+    assert read_split(tmp_path / "splits" / "synthetic" / "test_files.txt") == expected[1:]

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ssim_depth_core.data import kitti_layout as kl
+from ssim_depth_core.data.kitti_raw import read_split
 from ssim_depth_core.data.synthetic.drive import FRAME_RATE, STEREO_CAMERA, SyntheticDrive
 from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec
 from ssim_depth_core.imaging import encode_depth_png, write_png
@@ -30,6 +31,7 @@ from ssim_depth_core.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 BAG_STORAGES = ("mcap", "sqlite3", "none")
+SPLIT_FOLDER = Path("splits") / "synthetic"  # under a dataset root: {train,val,test}_files.txt
 
 
 def write_calibration(root: Path, drive: SyntheticDrive) -> None:
@@ -157,7 +159,8 @@ def generate_dataset(
     """Render ``drives`` synthetic drives of ``frames`` frames at ``width`` x ``height`` into ``out_dir``.
 
     Writes the KITTI raw layout under ``out_dir/<date>`` (date = 2001-01-01 + seed days), split files under
-    ``out_dir/splits/synthetic/{train,val,test}_files.txt`` and, unless ``bag == "none"``, one rosbag2
+    ``out_dir/splits/synthetic/{train,val,test}_files.txt`` (keeping the entries of other seeds' drives in
+    the folder: :func:`split_entries` per seed) and, unless ``bag == "none"``, one rosbag2
     (``mcap`` or ``sqlite3``) per drive under ``out_dir/bags/<drive folder>``, with the ground-truth motion
     on its odometry topic. ``stereo`` adds camera 03 (0.54 m right of camera 02) to the drives and the bags
     (twice the rendering time). Deterministic in ``seed`` (and independent of ``workers``: drives are
@@ -172,6 +175,7 @@ def generate_dataset(
     root = Path(out_dir)
     specs = [DriveSpec.for_dataset(seed, index, drives, frames) for index in range(drives)]
     made = [SyntheticDrive(spec, width, height, stereo=stereo) for spec in specs]
+    other_seeds = _other_seeds_splits(root, made[0].date)  # read (and checked) before any rendering
     for drive in made:
         logger.info(
             "drive %s: %d frames at %dx%d, %.0f m, lead car %s, standstill %s, oncoming cars %s",
@@ -192,9 +196,24 @@ def generate_dataset(
     if drives == 1:
         logger.warning("a single drive is used for training, validation and test alike")
     for split, entries in split_entries(made).items():
-        kl.write_split(root / "splits" / "synthetic" / f"{split}_files.txt", entries)
+        kl.write_split(root / SPLIT_FOLDER / f"{split}_files.txt", sorted({*other_seeds[split], *entries}))
     logger.info("synthetic dataset (seed %d) written to %s", seed, root)
     return root
+
+
+def _other_seeds_splits(root: Path, date: str) -> dict[str, list[tuple[str, int]]]:
+    """The entries of ``root``'s synthetic split files whose drives are of another date (another seed's
+    dataset in the same folder) and still there: a new dataset joins them instead of replacing them."""
+    kept = {}
+    for split in ("train", "val", "test"):
+        path = root / SPLIT_FOLDER / f"{split}_files.txt"
+        entries = read_split(path) if path.is_file() else []
+        kept[split] = [
+            (drive, index)
+            for drive, index, _ in entries
+            if drive.split("/")[0] != date and (root / drive).is_dir()
+        ]
+    return kept
 
 
 @contextlib.contextmanager
