@@ -195,8 +195,8 @@ def print_row(name: str, args: argparse.Namespace, peer: dict[str, int], model: 
         got = measure(size, args.frames, args.rate, *SETTINGS[name], model)
         if name == PEER:
             peer[text] = got
-        ratio = f"{got / peer[text]:.1f}x" if peer[text] else ("=" if got == 0 else "inf (peer 0)")
-        cells.append(f"{got}/{args.frames} ({ratio} default)" if name != PEER else f"{got}/{args.frames}")
+        ratio = f"{got / peer[text]:.1f}x default" if peer[text] else "default received 0"
+        cells.append(f"{got}/{args.frames} ({ratio})" if name != PEER else f"{got}/{args.frames}")
     print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 

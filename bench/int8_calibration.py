@@ -55,7 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="data root with train and test splits")
     parser.add_argument("--calibration-frames", type=int, default=quantize.DEFAULT_CALIBRATION_FRAMES)
     parser.add_argument("--validation-frames", type=int, default=quantize.DEFAULT_VALIDATION_FRAMES)
-    parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="default: all")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=list(VARIANTS),
+        metavar="NAME",
+        help="a row of the table, quoted (e.g. 'cpu, entropy'); repeatable; default: all: "
+        + "; ".join(VARIANTS),
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     serving = quantize.preprocess_image

@@ -354,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         "once the model has opened; other files stay",
     )
     infer.add_argument(
-        "--pointcloud", choices=["ply"], help="also write one point cloud per frame (clouds/%%06d.ply)"
+        "--pointcloud",
+        choices=["ply"],
+        help="also write one point cloud per frame: clouds/<name>.ply, the image's name, or the frame's "
+        "number (%%06d) for a video or a bag",
     )
     infer.add_argument("--backend", default="auto", help="runtime backend: auto|torch|onnxruntime|tensorrt")
     infer.add_argument("--image-topic", help="rosbag2 image topic (when the bag has several)")
