@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import secrets
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +147,15 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     write_atomic(path, buffer.getbuffer())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", required: Collection[str] = ()
+) -> dict[str, Any]:
     """Read a checkpoint written by the trainer, with a clear error for a missing or foreign file.
 
     Model files are data: the file is unpickled with ``weights_only=True`` (tensors, plain containers,
-    numbers and strings), so a crafted checkpoint cannot run code; one that needs more is refused.
+    numbers and strings), so a crafted checkpoint cannot run code; one that needs more is refused. Its
+    ``config`` must be a mapping and its ``model`` a mapping of names to tensors; ``required`` names further
+    keys it must hold (a training state's, for ``--resume``).
     """
     path = Path(path)
     if not path.is_file():
@@ -160,14 +165,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"{path}: refused: this file needs arbitrary unpickling (objects beyond tensors, containers, "
-            f"numbers and strings), which could run code; ssim_depth checkpoints never do ({error})"
+            "numbers and strings), which could run code; ssim_depth checkpoints never do "
+            f"({_first_line(error)})"
         ) from error
     except Exception as error:  # torch raises several unrelated types for a corrupt or non-torch file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
-    missing = {"config", "model"} - set(state if isinstance(state, dict) else ())
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from error
+    missing = {"config", "model", *required} - set(state if isinstance(state, dict) else ())
     if missing:
         raise ValueError(f"{path}: not an ssim_depth checkpoint (missing {', '.join(sorted(missing))})")
+    model = state["model"]
+    if not isinstance(state["config"], dict):
+        raise ValueError(
+            f"{path}: not an ssim_depth checkpoint (its config is a {type(state['config']).__name__})"
+        )
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise ValueError(
+            f"{path}: not an ssim_depth checkpoint (its model is not a mapping of names to tensors)"
+        )
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(weights)`` (strict); ValueError naming ``source`` and summing up what does not
+    fit (missing, unexpected and mis-shaped entries, the first of each) instead of torch's full report."""
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    mis_shaped = [
+        f"{name} {tuple(weights[name].shape)} for {tuple(value.shape)}"
+        for name, value in expected.items()
+        if name in weights and weights[name].shape != value.shape
+    ]
+    problems = [
+        f"{len(found)} {what} (first: {found[0]})"
+        for what, found in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+        if found
+    ]
+    if problems:
+        raise ValueError(f"{source}: its weights do not fit this network: {'; '.join(problems)}")
+    module.load_state_dict(weights)
+
+
+def _first_line(error: BaseException) -> str:
+    return next(iter(str(error).strip().splitlines()), type(error).__name__)
 
 
 def load_depth_net(path: str | Path, map_location: str | torch.device = "cpu"):
@@ -179,5 +221,5 @@ def load_depth_net(path: str | Path, map_location: str | torch.device = "cpu"):
     net = DepthNet.from_config(config.model, pretrained=False)
     prefix = "depth_net."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    net.load_state_dict(weights)
+    load_weights(net, weights, path)
     return net.eval(), config

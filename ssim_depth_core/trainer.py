@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ssim_depth_core.artifact import metric_source
-from ssim_depth_core.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
+from ssim_depth_core.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_atomic
 from ssim_depth_core.config import OptimConfig, TrainConfig, config_differences, to_dict
 from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import SkipTally, TripletDataset, build_samples, collate_skipping
@@ -39,6 +39,10 @@ from ssim_depth_core.outputs import remove_outputs
 from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
+# what --resume reads from last.pt beside the config and the model
+TRAINING_STATE = (
+    "objective", "optimizer", "scaler", "step", "epoch", "epoch_batches", "best_metric", "skipped_samples",
+)  # fmt: skip
 # what a resumed run may set differently from the run it continues: how long it trains, where and how it
 # computes, how often it logs; anything else would make the continuation another run
 RESUMABLE_CHANGES = frozenset(
@@ -365,12 +369,7 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         """Load the model weights of checkpoint ``path`` (weights-only file), strictly: same networks."""
         state = load_checkpoint(path, map_location=self.device)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"--init-from {path}: its model does not fit this run's model config ({error})"
-            ) from None
+        load_weights(self.model, state["model"], f"--init-from {path}")
         log.info("model weights initialised from %s (a new run: step 0, fresh optimiser)", path)
 
     def _resume(self) -> bool:
@@ -379,7 +378,7 @@ class Trainer:
         if not path.is_file():
             log.warning("--resume: no checkpoint at %s, starting from scratch", path)
             return False
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location=self.device, required=TRAINING_STATE)
         changed = config_differences(
             _resolved_splits(state["config"]), _resolved_splits(to_dict(self.config)), RESUMABLE_CHANGES
         )

@@ -268,7 +268,7 @@ def test_a_fine_tune_starts_from_the_checkpoints_weights_only(drive, tmp_path):
     # a resumed fine-tune continues from its own last.pt, not from the initial weights
     resumed = Trainer(load_config(SEMISUP, TINY), drive, tmp_path / "tune", resume=True, init_from=checkpoint)
     assert resumed.step == 2
-    with pytest.raises(ValueError, match="does not fit this run's model config"):
+    with pytest.raises(ValueError, match="its weights do not fit this network"):
         other = load_config(SEMISUP, [*TINY, "model.encoder=resnet34"])
         Trainer(other, drive, tmp_path / "x", init_from=checkpoint)
     args = build_parser().parse_args(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import stat
@@ -21,6 +22,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ssim_depth_core import outputs
+from ssim_depth_core.apps.cli import main as cli_main
 from ssim_depth_core.checkpoint import load_checkpoint, load_depth_net, write_atomic
 from ssim_depth_core.config import OptimConfig, load_config
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -533,6 +535,51 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     # The reference: plain pickle-based loading of the same file does run the payload.
     torch.load(hostile, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": torch.zeros(3)}, "its model is not a mapping of names to tensors"),
+        ({"config": None}, "its config is a NoneType"),
+        ({"config": "hello"}, "its config is a str"),
+        (
+            {"model": {"depth_net.x": torch.zeros(1)}},
+            r"its weights do not fit this network: \d+ missing \(first",
+        ),
+    ],
+)
+def test_a_malformed_checkpoint_is_one_clear_error_in_every_verb(
+    random_checkpoint, tiny_drive, tmp_path, caplog, change, message
+):
+    """export, evaluate, infer and train --init-from each exit with 2 and one error line naming the file."""
+    bad = tmp_path / "bad.pt"
+    torch.save({**load_checkpoint(random_checkpoint), **change}, bad)
+    image = next(tiny_drive.glob("*/*_sync/image_02/data/*.png"))
+    for argv in (
+        ["export", "--checkpoint", str(bad), "--onnx", str(tmp_path / "m.onnx")],
+        ["evaluate", "--checkpoint", str(bad), "--data", str(tiny_drive)],
+        ["infer", "--model", str(bad), "--input", str(image), "--out", str(tmp_path / "infer")],
+        ["train", "--config", str(CONFIG), "--data", str(tiny_drive), "--out", str(tmp_path / "run"),
+         "--init-from", str(bad), *[f"--set={item}" for item in TINY]],
+    ):  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert cli_main(argv) == 2, argv[0]
+        (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert re.search(message, record.getMessage()) and str(bad) in record.getMessage(), argv[0]
+        assert "\n" not in record.getMessage()
+
+
+def test_resume_from_a_weights_only_checkpoint_names_what_is_missing(random_checkpoint, tiny_drive, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    state = load_checkpoint(random_checkpoint)
+    torch.save({"config": state["config"], "model": state["model"]}, run / "checkpoints" / "last.pt")
+    with pytest.raises(
+        ValueError, match=r"last\.pt: not an ssim_depth checkpoint \(missing best_metric, epoch"
+    ):
+        Trainer(load_config(CONFIG, TINY), tiny_drive, run, resume=True)
 
 
 def _scalars(run: Path) -> dict[str, list[float]]:
