@@ -47,6 +47,10 @@ def metric_source(config: dict) -> str:
     return "+".join(name for name, on in zip(_SCALE_SOURCES, used, strict=True) if on) or "none"
 
 
+# the largest network input side a model file may declare (KITTI's full width is 1242)
+MAX_INPUT_SIDE = 8192
+
+
 @dataclass(frozen=True)
 class ExportMetadata:
     """What a runtime needs to know about an exported depth network (stored as ONNX metadata props)."""
@@ -74,6 +78,10 @@ class ExportMetadata:
     depth_difference: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("train_height", "train_width", "height", "width"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_INPUT_SIDE:
+                raise ValueError(f"metadata '{name}' must be in 1..{MAX_INPUT_SIDE} pixels, got {value}")
         if self.metric not in METRIC_SOURCES:
             expected = ", ".join(repr(m) for m in METRIC_SOURCES)
             raise ValueError(f"metadata 'metric' must be one of {expected}, got {self.metric!r}")

@@ -133,7 +133,12 @@ def test_export_at_explicit_size(checkpoint, tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"height": 100}, "height.*100"), ({"width": 0}, "width.*0"), ({"opset": 17}, "opset")],
+    [
+        ({"height": 100}, "height.*100"),
+        ({"width": 0}, "width.*0"),
+        ({"width": 2**30}, "up to 8192"),
+        ({"opset": 17}, "opset"),
+    ],
 )
 def test_export_rejects_bad_arguments(checkpoint, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

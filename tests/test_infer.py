@@ -10,12 +10,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from depth_oracle import synthetic_street, write_oracle_onnx
+from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
 from ssim_depth_core.apps.cli import main
 from ssim_depth_core.apps.infer import run_inference
+from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.bagio import KITTI_IMAGE_TOPIC, CameraBagWriter
 from ssim_depth_core.imaging import colorize_depth
@@ -379,6 +382,74 @@ def test_an_earlier_run_is_refused_unless_overwritten(
     assert (summary["frames"], summary["skipped_frames"]) == (1, [str(b)])
     colour = cv2.imread(str(out / "depth" / a.name))
     np.testing.assert_array_equal(colour, colorize_depth(estimator(frames[0])))
+
+
+def _crafted_onnx(
+    path: Path, input_shape: list[int], input_type=TensorProto.FLOAT, nan: bool = False
+) -> Path:
+    """A metric model file whose graph is the square root of its input's channel mean (the log of a negative
+    number with ``nan``), with the metadata of a 64x96 export whatever ``input_shape`` says."""
+    source, nodes = INPUT_NAME, []
+    if input_type != TensorProto.FLOAT:
+        source, nodes = "cast", [helper.make_node("Cast", [INPUT_NAME], ["cast"], to=TensorProto.FLOAT)]
+    nodes.append(helper.make_node("ReduceMean", [source, "axis"], ["mean"], keepdims=1))
+    if nan:  # mean - 1.5 lies in [-1.5, -0.5]: its log is NaN
+        nodes += [
+            helper.make_node("Sub", ["mean", "one"], ["minus"]),
+            helper.make_node("Log", ["minus"], [OUTPUT_NAME]),
+        ]
+    else:
+        nodes.append(helper.make_node("Sqrt", ["mean"], [OUTPUT_NAME]))
+    graph = helper.make_graph(
+        nodes,
+        "crafted",
+        [helper.make_tensor_value_info(INPUT_NAME, input_type, input_shape)],
+        [
+            helper.make_tensor_value_info(
+                OUTPUT_NAME, TensorProto.FLOAT, [input_shape[0], 1, *input_shape[2:]]
+            )
+        ],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+            numpy_helper.from_array(np.float32(1.5), "one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(
+        model, ExportMetadata(0.5, 80.0, 64, 96, 64, 96, "crafted: {}\n", "velocity").to_props()
+    )
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "input_type"),
+    [
+        ([1, 3, 32, 48], TensorProto.FLOAT),
+        ([1, 3, 64, 96], TensorProto.UINT8),
+        ([1, 1, 64, 96], TensorProto.FLOAT),
+    ],
+)
+def test_a_graph_that_does_not_match_its_metadata_is_refused_when_opened(tmp_path, shape, input_type):
+    model = _crafted_onnx(tmp_path / "m.onnx", shape, input_type)
+    with pytest.raises(ValueError, match=r"m\.onnx: 'image' is tensor\(\w+\) \[.*takes and gives float32"):
+        DepthEstimator(model)
+
+
+def test_a_model_that_cannot_run_is_refused_before_an_earlier_run_is_touched(
+    metric_checkpoint, tmp_path, caplog
+):
+    """A model that opens but gives NaN depth: one error line, exit 2; the earlier run (--overwrite) stays."""
+    _write_images(tmp_path / "images", _frames(1))
+    out = tmp_path / "out"
+    run_inference(metric_checkpoint, tmp_path / "images", out, progress=False)
+    before = _tree(out)
+    nan_model = _crafted_onnx(tmp_path / "nan.onnx", [1, 3, 64, 96], nan=True)
+    argv = ["infer", "--model", str(nan_model), "--input", str(tmp_path / "images"), "--out", str(out)]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--overwrite", "--no-progress"]) == 2
+    assert "nan.onnx: the model gives non-finite depth" in caplog.text
+    assert _tree(out) == before
 
 
 def test_an_output_path_that_is_a_file_is_refused(metric_checkpoint, tmp_path):

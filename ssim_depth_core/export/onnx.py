@@ -19,7 +19,7 @@ import onnx
 import torch
 import yaml
 
-from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata, metric_source
+from ssim_depth_core.artifact import INPUT_NAME, MAX_INPUT_SIDE, OUTPUT_NAME, ExportMetadata, metric_source
 from ssim_depth_core.checkpoint import load_depth_net, write_atomic
 from ssim_depth_core.config import to_dict
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
@@ -187,8 +187,11 @@ def export_onnx(
     height = config.data.height if height is None else height
     width = config.data.width if width is None else width
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-            raise ValueError(f"export {name} must be a positive multiple of {SIZE_MULTIPLE}, got {value!r}")
+        if not isinstance(value, int) or not 0 < value <= MAX_INPUT_SIDE or value % SIZE_MULTIPLE:
+            raise ValueError(
+                f"export {name} must be a positive multiple of {SIZE_MULTIPLE} up to {MAX_INPUT_SIDE}, got "
+                f"{value!r}"
+            )
 
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     try:

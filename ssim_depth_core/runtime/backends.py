@@ -190,15 +190,32 @@ class OnnxRuntimeBackend(Backend):
         self.input_size = (metadata.height, metadata.width)
         self.min_depth, self.max_depth = metadata.min_depth, metadata.max_depth
         self.metric, self.output = metadata.metric, metadata.output
-        (model_input,) = self._session.get_inputs()
-        if model_input.name != INPUT_NAME or [o.name for o in self._session.get_outputs()] != [OUTPUT_NAME]:
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
             raise ValueError(f"{onnx_path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}'")
+        (model_input,), (model_output,) = inputs, outputs
+        for tensor, channels in ((model_input, 3), (model_output, 1)):
+            expected = ["N", channels, *self.input_size]
+            if tensor.type != "tensor(float)" or not _fits(tensor.shape, expected):
+                raise ValueError(
+                    f"{onnx_path}: '{tensor.name}' is {tensor.type} {tensor.shape}; an ssim_depth model of "
+                    f"this metadata takes and gives float32 {expected}"
+                )
         batch = model_input.shape[0]
         self.max_batch = batch if isinstance(batch, int) else None
         logger.info("onnxruntime providers for %s: %s", onnx_path, self.providers)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def _fits(shape: list, expected: list) -> bool:
+    """Whether an ONNX tensor shape (ints, or names/None for free dimensions) can be ``expected`` (ints, or a
+    name for a dimension that may be anything)."""
+    return len(shape) == len(expected) and all(
+        not isinstance(got, int) or not isinstance(want, int) or got == want
+        for got, want in zip(shape, expected, strict=True)
+    )
 
 
 class TensorRTBackend(Backend):

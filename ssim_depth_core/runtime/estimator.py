@@ -80,6 +80,23 @@ class DepthEstimator:
         self.input_encoding = input_encoding
         self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
 
+    def check_runs(self, source: str | Path) -> None:
+        """Run one blank frame of the network's size: a model that opens but cannot run (a graph that does not
+        match its metadata, too little memory) or gives no finite depth fails here, before any output exists.
+
+        Raises:
+            ValueError: naming ``source`` and what went wrong.
+        """
+        try:
+            depth = self(np.zeros((*self.input_size, 3), np.uint8))
+        except Exception as error:  # each runtime raises its own types
+            first_line = next(iter(str(error).strip().splitlines()), "")
+            raise ValueError(
+                f"{source}: the model opened but cannot run ({type(error).__name__}: {first_line})"
+            ) from error
+        if not np.isfinite(depth).all():
+            raise ValueError(f"{source}: the model gives non-finite depth (NaN weights or outputs?)")
+
     @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) the network runs at."""

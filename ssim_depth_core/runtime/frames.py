@@ -341,8 +341,9 @@ def _backend_key(settings: ModelSettings) -> tuple:
 
 
 def _build_estimator(settings: ModelSettings, backend: Backend | None) -> DepthEstimator:
-    """A DepthEstimator for ``settings`` on ``backend``, or on a newly opened one when None (closed again
-    when the estimator cannot be built or the scale source refuses the model)."""
+    """A DepthEstimator for ``settings`` on ``backend``, or on a newly opened one when None, checked to run
+    (:meth:`DepthEstimator.check_runs`; closed again when the estimator cannot be built or run, or the scale
+    source refuses the model)."""
     opened = backend is None
     backend = backend or create_backend(
         settings.model_path, settings.backend, threads=settings.threads or None
@@ -351,13 +352,16 @@ def _build_estimator(settings: ModelSettings, backend: Backend | None) -> DepthE
         problem = scale_problem(settings.scale, backend.metric, settings.model_path)
         if problem:
             raise ValueError(problem)
-        return DepthEstimator(
+        estimator = DepthEstimator(
             backend,
             min_depth=settings.min_depth,
             max_depth=settings.max_depth,
             depth_scale=settings.scale.depth_scale if settings.scale.source == "fixed" else 1.0,
             output_size=backend.input_size if settings.output_resolution == "network" else None,
         )
+        if opened:  # a model that opens but cannot run is refused like one that does not open
+            estimator.check_runs(settings.model_path)
+        return estimator
     except BaseException:
         if opened:
             backend.close()
