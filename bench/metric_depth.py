@@ -164,7 +164,15 @@ def prepare_data(out: Path, drives: int, frames: int) -> tuple[Path, Path, Path]
     data, heldout = out / "data", out / "heldout"
     split = data / "splits" / "all_left" / "train_files.txt"
     if not split.is_file():
-        generate_dataset(data, seed=TRAINING_DATA_SEED, drives=drives, frames=frames, bag="none", stereo=True)
+        generate_dataset(  # overwrite: what is there is an interrupted render
+            data,
+            seed=TRAINING_DATA_SEED,
+            drives=drives,
+            frames=frames,
+            bag="none",
+            stereo=True,
+            overwrite=True,
+        )
         drive_dirs = sorted(p for p in data.glob("*/*_sync") if p.is_dir())
         entries = [(f"{d.parent.name}/{d.name}", i) for d in drive_dirs for i in range(1, frames - 1)]
         kl.write_split(split, entries)
@@ -175,7 +183,7 @@ def prepare_data(out: Path, drives: int, frames: int) -> tuple[Path, Path, Path]
 def render_heldout(folder: Path, seed: int) -> Path:
     """One 60-frame held-out drive of data seed ``seed`` in ``folder`` (rendered once)."""
     if not (folder / "splits").is_dir():
-        generate_dataset(folder, seed=seed, drives=1, frames=60, bag="none")
+        generate_dataset(folder, seed=seed, drives=1, frames=60, bag="none", overwrite=True)  # or interrupted
     return folder
 
 

@@ -502,9 +502,9 @@ def test_the_rendering_bench_renders_on_every_call(drive: syn.SyntheticDrive, be
 def test_datasets_of_two_seeds_in_one_folder_share_the_split_files(tmp_path: Path) -> None:
     """Each seed's drives join the split files (sorted, no repeats when a seed is written again); another
     seed's entries whose drive folder is gone are dropped."""
-    for seed in (8, 7, 8):
+    for seed, again in ((8, False), (7, False), (8, True)):
         syn.generate_dataset(tmp_path, seed=seed, drives=1, frames=3, width=64, height=32, bag="none",
-                             progress=False)  # fmt: skip
+                             progress=False, overwrite=again)  # fmt: skip
     expected = [
         ("2001_01_08/2001_01_08_drive_0001_sync", 1, "l"),
         ("2001_01_09/2001_01_09_drive_0001_sync", 1, "l"),
@@ -513,6 +513,21 @@ def test_datasets_of_two_seeds_in_one_folder_share_the_split_files(tmp_path: Pat
         assert read_split(tmp_path / "splits" / "synthetic" / f"{split}_files.txt") == expected
     shutil.rmtree(tmp_path / "2001_01_08")
     syn.generate_dataset(
-        tmp_path, seed=8, drives=1, frames=3, width=64, height=32, bag="none", progress=False
+        tmp_path, seed=8, drives=1, frames=3, width=64, height=32, bag="none", progress=False, overwrite=True
     )
     assert read_split(tmp_path / "splits" / "synthetic" / "test_files.txt") == expected[1:]
+
+
+def test_rendering_a_seed_again_into_its_folder_needs_overwrite_and_replaces_all_its_drives(tmp_path: Path):
+    """Refused before anything changes; with --overwrite, one drive in place of two leaves no second one."""
+    options = {"seed": 9, "frames": 3, "width": 64, "height": 32, "progress": False}
+    syn.generate_dataset(tmp_path, drives=2, **options)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(
+        ValueError, match=r"already holds seed 9's drives or bags \(4, e\.g\. .*: pass --overwrite"
+    ):
+        syn.generate_dataset(tmp_path, drives=1, **options)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    syn.generate_dataset(tmp_path, drives=1, overwrite=True, **options)
+    assert [p.name for p in (tmp_path / "2001_01_10").glob("*_sync")] == ["2001_01_10_drive_0001_sync"]
+    assert [p.name for p in (tmp_path / "bags").iterdir()] == ["2001_01_10_drive_0001_sync"]

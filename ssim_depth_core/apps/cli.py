@@ -48,6 +48,7 @@ def _synth(args: argparse.Namespace) -> None:
         height=height,
         bag=args.bag,
         stereo=args.stereo,
+        overwrite=args.overwrite,
     )
     print(f"synthetic drives written to {root}")
 
@@ -203,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stereo",
         action="store_true",
         help="also render the right camera (image_03, KITTI baseline 0.54 m) and its bag topic",
+    )
+    synth.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="render again a seed whose drives are in OUT (they are removed first; refused otherwise)",
     )
     synth.set_defaults(run=_synth)
 

@@ -155,6 +155,7 @@ def generate_dataset(
     progress: bool = True,
     workers: int | None = None,
     stereo: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Render ``drives`` synthetic drives of ``frames`` frames at ``width`` x ``height`` into ``out_dir``.
 
@@ -165,6 +166,9 @@ def generate_dataset(
     on its odometry topic. ``stereo`` adds camera 03 (0.54 m right of camera 02) to the drives and the bags
     (twice the rendering time). Deterministic in ``seed`` (and independent of ``workers``: drives are
     rendered in parallel processes, one per CPU core by default). Returns ``out_dir``.
+
+    A folder that already holds drives or bags of ``seed`` (its date) is refused unless ``overwrite``, which
+    removes them (all of that seed's, so fewer drives leave none behind) before rendering.
     """
     if drives < 1:
         raise ValueError(f"drives must be >= 1, got {drives}")
@@ -176,6 +180,14 @@ def generate_dataset(
     specs = [DriveSpec.for_dataset(seed, index, drives, frames) for index in range(drives)]
     made = [SyntheticDrive(spec, width, height, stereo=stereo) for spec in specs]
     other_seeds = _other_seeds_splits(root, made[0].date)  # read (and checked) before any rendering
+    earlier = _seed_outputs(root, made[0].date)
+    if earlier and not overwrite:
+        raise ValueError(
+            f"{root} already holds seed {seed}'s drives or bags ({len(earlier)}, e.g. {earlier[0]}): pass "
+            "--overwrite to render them again, or choose another folder"
+        )
+    for path in earlier:
+        shutil.rmtree(path)
     for drive in made:
         logger.info(
             "drive %s: %d frames at %dx%d, %.0f m, lead car %s, standstill %s, oncoming cars %s",
@@ -199,6 +211,13 @@ def generate_dataset(
         kl.write_split(root / SPLIT_FOLDER / f"{split}_files.txt", sorted({*other_seeds[split], *entries}))
     logger.info("synthetic dataset (seed %d) written to %s", seed, root)
     return root
+
+
+def _seed_outputs(root: Path, date: str) -> list[Path]:
+    """The drive folders and bags of the dataset of date ``date`` (one seed's) in ``root``."""
+    return sorted(
+        [*(root / date).glob(f"{date}_drive_*_sync"), *(root / "bags").glob(f"{date}_drive_*_sync")]
+    )
 
 
 def _other_seeds_splits(root: Path, date: str) -> dict[str, list[tuple[str, int]]]:
