@@ -633,6 +633,49 @@ def test_cli_int8_argument_errors(random_checkpoint, tmp_path, caplog, extra, me
     assert not (tmp_path / "m.onnx").exists()  # refused before anything was exported
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8", "--calibration", "DATA", "--int8-tolerance", "nan"], "tolerance must be a finite number"),
+        (
+            ["--int8", "--calibration", "DATA", "--calibration-frames", "0"],
+            "calibration_frames must be a whole",
+        ),
+        (
+            ["--int8", "--calibration", "DATA", "--validation-frames", "-1"],
+            "validation_frames must be a whole",
+        ),
+        (["--int8", "--calibration", "no_such_data"], "calibration data not found: no_such_data"),
+        pytest.param(["--tensorrt", "m.engine"], "TensorRT is not installed", marks=without_tensorrt),
+    ],
+)
+def test_cli_export_refuses_bad_options_before_writing_anything(
+    random_checkpoint, drives, tmp_path, caplog, monkeypatch, extra, message
+):
+    """A refusal the corrected command would otherwise meet as "already exists": nothing is written first."""
+    monkeypatch.chdir(tmp_path)
+    extra = [str(drives) if item == "DATA" else item for item in extra]
+    argv = ["export", "--checkpoint", str(random_checkpoint), "--onnx", "m.onnx", *extra]
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert message in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_never_writes_over_its_checkpoint(random_checkpoint, tmp_path, caplog):
+    checkpoint = tmp_path / "model.pt"
+    shutil.copyfile(random_checkpoint, checkpoint)
+    for target in (
+        ["--onnx", str(checkpoint)],
+        ["--onnx", str(tmp_path / "m.onnx"), "--tensorrt", str(checkpoint)],
+    ):
+        argv = ["export", "--checkpoint", str(checkpoint), *target, "--overwrite"]
+        with caplog.at_level(logging.ERROR):
+            assert main(argv) == 2
+        assert f"{checkpoint} is the checkpoint to export: write the models to other paths" in caplog.text
+    assert _sha256(checkpoint) == _sha256(random_checkpoint) and not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_int8_defaults_are_the_library_defaults():
     export = build_parser()._subparsers._group_actions[0].choices["export"]
     helps = {action.dest: action.help for action in export._actions}

@@ -92,9 +92,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from ssim_depth_core.accelerator import cuda_device, import_tensorrt
     from ssim_depth_core.artifact import engine_sidecar_path
     from ssim_depth_core.export.onnx import export_onnx
-    from ssim_depth_core.export.quantize import check_int8_output, quantize_onnx
+    from ssim_depth_core.export.quantize import check_int8_output, check_quantize_options, quantize_onnx
     from ssim_depth_core.outputs import refuse_earlier_files
 
     if args.int8 and args.calibration is None:
@@ -120,21 +121,28 @@ def _export(args: argparse.Namespace) -> None:
     outputs = [args.onnx, *([int8_path] if args.int8 else [])]
     if args.tensorrt:
         outputs += [args.tensorrt, engine_sidecar_path(args.tensorrt)]
+    if args.checkpoint.resolve() in {path.resolve() for path in outputs}:
+        raise ValueError(f"{args.checkpoint} is the checkpoint to export: write the models to other paths")
     refuse_earlier_files(outputs, args.overwrite, "export")
+    # everything that can be checked before the FP32 model is written, so a refusal leaves nothing behind
+    target = args.int8_target or ("tensorrt" if args.tensorrt else "cpu")
+    given = {  # unset options keep quantize_onnx's defaults
+        "calibration_frames": args.calibration_frames,
+        "validation_frames": args.validation_frames,
+        "tolerance": args.int8_tolerance,
+        "max_difference": args.int8_max_difference,
+    }
+    int8_options = {key: value for key, value in given.items() if value is not None}
     if args.int8:
+        check_quantize_options(args.calibration, target, **int8_options)
         check_int8_output(args.onnx, int8_path)
+    if args.tensorrt:
+        import_tensorrt()
+        cuda_device()
     onnx_path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width)
     print(f"ONNX model written to {onnx_path}")
     if args.int8:
-        target = args.int8_target or ("tensorrt" if args.tensorrt else "cpu")
-        given = {  # unset options keep quantize_onnx's defaults
-            "calibration_frames": args.calibration_frames,
-            "validation_frames": args.validation_frames,
-            "tolerance": args.int8_tolerance,
-            "max_difference": args.int8_max_difference,
-        }
-        options = {key: value for key, value in given.items() if value is not None}
-        report = quantize_onnx(onnx_path, int8_path, args.calibration, target=target, **options)
+        report = quantize_onnx(onnx_path, int8_path, args.calibration, target=target, **int8_options)
         print(report.summary())
         print(f"INT8 ONNX model ({target}) written to {int8_path}")
         onnx_path = int8_path

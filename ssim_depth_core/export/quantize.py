@@ -223,16 +223,9 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
-    if target not in TARGETS:
-        raise ValueError(f"INT8 target must be one of {sorted(TARGETS)}, got {target!r}")
-    if calibrate_method not in CALIBRATE_METHODS:
-        raise ValueError(f"calibrate_method must be one of {CALIBRATE_METHODS}, got {calibrate_method!r}")
-    for name, value in (("calibration_frames", calibration_frames), ("validation_frames", validation_frames)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    for name, value in (("tolerance", tolerance), ("max_difference", max_difference)):
-        if not isinstance(value, int | float) or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    check_quantize_options(
+        data, target, calibrate_method, calibration_frames, validation_frames, tolerance, max_difference
+    )
     check_int8_output(fp32_path, int8_path)
     if not fp32_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {fp32_path}")
@@ -313,6 +306,31 @@ def quantize_onnx(
     write_atomic(int8_path, data_bytes)
     logger.info("INT8 model written to %s (%.1f MB)", int8_path, len(data_bytes) / 2**20)
     return report
+
+
+def check_quantize_options(
+    data: str | Path,
+    target: str = "cpu",
+    calibrate_method: str = CALIBRATE_METHOD,
+    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
+    validation_frames: int = DEFAULT_VALIDATION_FRAMES,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_difference: float = DEFAULT_MAX_DIFFERENCE,
+) -> None:
+    """Refuse :func:`quantize_onnx` arguments out of range (callers that write the FP32 model first check
+    them before). ValueError names the argument; FileNotFoundError a missing ``data``."""
+    if target not in TARGETS:
+        raise ValueError(f"INT8 target must be one of {sorted(TARGETS)}, got {target!r}")
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise ValueError(f"calibrate_method must be one of {CALIBRATE_METHODS}, got {calibrate_method!r}")
+    for name, value in (("calibration_frames", calibration_frames), ("validation_frames", validation_frames)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    for name, value in (("tolerance", tolerance), ("max_difference", max_difference)):
+        if not isinstance(value, int | float) or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not Path(data).exists():
+        raise FileNotFoundError(f"calibration data not found: {data}")
 
 
 def check_int8_output(fp32_path: str | Path, int8_path: str | Path) -> None:
