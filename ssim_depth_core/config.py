@@ -316,7 +316,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ``key.sub=value`` overrides (values parsed as YAML), each replacing the value at its dotted key."""
     values = to_dict(TrainConfig())
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not a YAML config ({_first_line(error)})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         _refuse_renamed_keys(loaded, path)
@@ -331,9 +334,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override '{override}': '{part}' is not a mapping (got {node!r})")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override '{override}': its value is not YAML ({_first_line(error)})") from None
     _refuse_renamed_keys(values, None)
     return from_dict(TrainConfig, values)
+
+
+def _first_line(error: Exception) -> str:
+    """A YAML error in one line: its problem and where (PyYAML spreads it over several, with the text)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(error).strip().splitlines()[0]
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], cls: type | None = None) -> None:

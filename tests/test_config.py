@@ -86,3 +86,18 @@ def test_an_override_into_a_key_that_is_not_a_mapping_names_the_override(tmp_pat
         load_config(path, ["optim.max_steps=5"])
     with pytest.raises(ValueError, match=r"^override 'seed.value=1': 'seed' is not a mapping \(got 3\)$"):
         load_config(path, ["seed.value=1"])
+
+
+def test_a_config_or_override_that_is_not_yaml_is_one_error_naming_it(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  scales: [0, 1\n")
+    with pytest.raises(ValueError, match=r"^.*broken\.yaml: not a YAML config \(.* at line 3, column 1\)$"):
+        load_config(broken)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x82\xff\x00")
+    with pytest.raises(ValueError, match=r"binary\.yaml: not a YAML config \('utf-8' codec"):
+        load_config(binary)
+    with pytest.raises(
+        ValueError, match=r"^override 'data.frame_ids=\[0,': its value is not YAML \(.*line 1"
+    ):
+        load_config(None, ["data.frame_ids=[0,"])
