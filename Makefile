@@ -59,7 +59,7 @@ demo: $(STAMP) $(SPLITS)/train_files.txt $(HELDOUT)
 		--set optim.max_steps=$(DEMO_STEPS) \
 		--set data.train_split=$(SPLITS)/train_files.txt --set data.val_split=$(SPLITS)/val_files.txt
 	$(BIN)/python training/evaluate.py --checkpoint $(DEMO)/run/checkpoints/best.pt --data $(DEMO)/heldout \
-		--split test --json $(DEMO)/run/metrics.json
+		--split test --json $(DEMO)/run/metrics.json --overwrite
 	$(BIN)/python training/export.py --checkpoint $(DEMO)/run/checkpoints/best.pt --onnx $(DEMO)/run/depth.onnx \
 		--overwrite
 	PYTHONPATH=ros2_ws/src/ssim_depth $(BIN)/python -m ssim_depth.tools.pipeline --model $(DEMO)/run/depth.onnx \

@@ -443,6 +443,16 @@ def test_evaluate_skips_a_frame_without_valid_ground_truth_and_counts_it(
     argv = ["evaluate", "--checkpoint", str(velocity_checkpoint), "--data", str(data), "--json", str(out)]
     assert main(argv) == 0
     assert json.loads(out.read_text())["skipped_frames"] == 1
+    # an earlier report is kept unless --overwrite; a path that cannot take one fails before evaluating
+    out.write_text("the earlier report")
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert f"{out} already exists (an earlier evaluation?): pass --overwrite" in caplog.text
+    assert out.read_text() == "the earlier report"
+    assert main([*argv, "--overwrite"]) == 0 and json.loads(out.read_text())["skipped_frames"] == 1
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv[:-1], str(out / "under_a_file.json")]) == 2
+    assert f"{out} is not a folder: choose another --json path" in caplog.text
 
 
 def test_evaluate_fails_naming_the_split_when_no_frame_has_valid_ground_truth(

@@ -80,14 +80,20 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ssim_depth_core.apps.evaluate import evaluate_model, format_report
+    from ssim_depth_core.checkpoint import write_atomic
+    from ssim_depth_core.outputs import refuse_earlier_files
 
+    if args.json:  # before the evaluation: a path that cannot take the report fails at once
+        refuse_earlier_files([args.json], args.overwrite, "evaluation")
+        if args.json.parent.exists() and not args.json.parent.is_dir():
+            raise ValueError(f"{args.json.parent} is not a folder: choose another --json path")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(
         args.checkpoint, args.data, args.split, scaling=args.scaling, backend=args.backend
     )
     print(format_report(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_atomic(args.json, json.dumps(result, indent=2).encode("utf-8"))
         print(f"metrics written to {args.json}")
 
 
@@ -263,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", help="split file, or a name resolved under DATA/splits/*/"
     )
     evaluate.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier --json file")
     evaluate.add_argument(
         "--scaling",
         choices=["auto", "median", "metric"],
