@@ -23,7 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ssim_depth_core.artifact import metric_source
-from ssim_depth_core.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_atomic
+from ssim_depth_core.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    save_atomic,
+    write_atomic,
+)
 from ssim_depth_core.config import OptimConfig, TrainConfig, config_differences, to_dict
 from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import SkipTally, TripletDataset, build_samples, collate_skipping
@@ -316,7 +322,9 @@ class Trainer:
             if replace_earlier_run:
                 clear_run_dir(self.out_dir)
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            write_atomic(
+                self.out_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode()
+            )
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def _loader(self, dataset: TripletDataset, sampler=None) -> DataLoader:

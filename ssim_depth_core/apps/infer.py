@@ -44,6 +44,7 @@ import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.data.rosbag import NO_ODOMETRY, RosbagSequence, is_rosbag
 from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
 from ssim_depth_core.outputs import earlier_outputs, remove_outputs
@@ -344,7 +345,7 @@ def run_inference(
         "outputs": {key: str(folder) for key, folder in outputs.items()},
         "frame_sources": sources,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     if not latencies_ms:
         raise ValueError(f"{input_path}: none of its {len(skipped)} frames could be read (see the warnings)")
     return summary

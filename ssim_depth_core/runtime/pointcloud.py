@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ssim_depth_core.camera import Intrinsics
+from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.geometry import ray_grid
 
 FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
@@ -172,7 +173,8 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 def write_ply(path: str | Path, cloud: PointCloudData) -> int:
-    """Write the finite points of ``cloud`` as binary little-endian PLY (x y z float, red green blue uchar).
+    """Write the finite points of ``cloud`` as binary little-endian PLY (x y z float, red green blue uchar),
+    atomically (:func:`checkpoint.write_atomic`: a failed write leaves no partial file).
 
     Returns:
         Number of points written.
@@ -194,7 +196,5 @@ def write_ply(path: str | Path, cloud: PointCloudData) -> int:
     if cloud.has_rgb:
         header += [f"property uchar {channel}" for channel in ("red", "green", "blue")]
     header.append("end_header")
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(vertices.tobytes())
+    write_atomic(path, ("\n".join(header) + "\n").encode("ascii") + vertices.tobytes())
     return int(points.size)

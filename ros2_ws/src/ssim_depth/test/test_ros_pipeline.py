@@ -162,6 +162,9 @@ def test_frames_withheld_for_want_of_a_ground_plane_are_counted(tmp_path, random
 def test_bad_inputs_are_named(tmp_path, model, bag):
     with pytest.raises(ValueError, match="missing.onnx' is not a file"):
         run_pipeline(tmp_path / "missing.onnx", bag, tmp_path / "run")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"a_file/run: cannot create the output folder \(Not a directory\)"):
+        run_pipeline(model, bag, tmp_path / "a_file" / "run")
     with pytest.raises(ValueError, match="not a rosbag2"):
         run_pipeline(model, tmp_path, tmp_path / "run")
 

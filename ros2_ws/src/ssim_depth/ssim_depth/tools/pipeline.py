@@ -55,6 +55,7 @@ import ssim_depth_core
 from ssim_depth.node import SCALE_PARAMETERS
 from ssim_depth.tools.play import MESSAGE_CLASSES, play
 from ssim_depth.tools.record import RECORDING, DepthRecorder, claim_output
+from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.data.rosbag import (
     COMPRESSED_TYPE,
     open_reader,
@@ -293,7 +294,7 @@ def run_pipeline(
     summary.update(frames_in_bag=frames, node_exit_code=exit_code)
     summary["outputs"]["node_log"] = str(log_path)
     summary["outputs"]["summary"] = str(out / "summary.json")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     logger.info(
         "%d of %d frames served, latency p50 %s, p95 %s; outputs in %s",
         summary["frames_received"], frames, _format_ms(summary["p50_ms"]), _format_ms(summary["p95_ms"]), out,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import queue
 import sys
@@ -50,6 +51,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
 from ssim_depth.codecs import image_msg_to_depth, parse_model_info, pointcloud2_msg_to_cloud, stamp_ns
+from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.imaging import write_depth_pngs
 from ssim_depth_core.outputs import earlier_outputs, remove_outputs
 from ssim_depth_core.runtime.latency import latency_stats
@@ -71,7 +73,10 @@ def claim_output(out_dir: Path, overwrite: bool, names: tuple[str, ...] = RECORD
     earlier recording), those are removed with ``overwrite``, else ValueError names them (a new recording
     would mix with the old one's frames)."""
     remove_outputs(out_dir, earlier_outputs(out_dir, names, overwrite, "recording"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a path under a regular file
+        raise ValueError(f"{out_dir}: cannot create the output folder ({error.strerror})") from None
 
 
 class DepthRecorder(Node):
@@ -225,10 +230,11 @@ class DepthRecorder(Node):
         if self._last_cloud is not None:
             count = write_ply(paths["points"], pointcloud2_msg_to_cloud(self._last_cloud))
             points = {"count": count, "stamp_ns": stamp_ns(self._last_cloud)}
-        with open(paths["frames"], "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "stamp_ns", "latency_ms"])
-            writer.writerows((i, s, "" if lat is None else f"{lat:.3f}") for i, s, lat in self._frames)
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["index", "stamp_ns", "latency_ms"])
+        writer.writerows((i, s, "" if lat is None else f"{lat:.3f}") for i, s, lat in self._frames)
+        write_atomic(paths["frames"], table.getvalue().encode("utf-8"))
         latency = latency_stats([lat for _, _, lat in self._frames if lat is not None])
         processed = max(self.tagged, len(self._frames))
         stats = {
@@ -247,7 +253,7 @@ class DepthRecorder(Node):
             withheld=processed - len(self._frames),
             failed=self.failed,
         )
-        paths["latency"].write_text(json.dumps(stats, indent=2) + "\n")
+        write_atomic(paths["latency"], (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
         if points is None:
             paths.pop("points")
         self._summary = {**stats, "points": points, "outputs": {k: str(p) for k, p in paths.items()}}
