@@ -511,3 +511,13 @@ def test_stereo_errors_name_the_topics(tmp_path):
         RosbagSequence(mono, stereo=True)
     with pytest.raises(FrameError, match="no stereo partner camera"):
         RosbagSequence(mono).stereo_image(0)
+
+
+def test_an_mcap_cut_short_is_named_with_the_way_to_recover_it(tmp_path):
+    bag = camera_bag(tmp_path / "bag", "rgb8", "mcap", frames(len(STAMPS_NS)))
+    (storage,) = bag.glob("*.mcap")
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size * 2 // 3])  # no footer
+    with pytest.raises(
+        ValueError, match=r"cannot open rosbag2: .*end magic.*mcap recover FILE -o FIXED\.mcap"
+    ):
+        RosbagSequence(bag)

@@ -63,6 +63,13 @@ ODOMETRY_HINT = (
 )
 
 
+# a recorder killed mid-write leaves an MCAP file without its footer, whose complete chunks are still good
+TRUNCATED_MCAP_HINT = (
+    " (an MCAP file cut short, e.g. by a recorder that was killed: `mcap recover FILE -o FIXED.mcap` "
+    "rewrites its complete chunks into a readable file)"
+)
+
+
 def _storage_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES and p.is_file())
 
@@ -123,7 +130,10 @@ def open_reader(path: Path, damaged: Mapping[ChunkKey, DamagedChunk] | None = No
         reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
         reader.open()
     except Exception as err:  # a damaged file fails in whichever parser meets it first
-        raise ValueError(f"{path}: cannot open rosbag2: {_describe(err)}") from None
+        reason = _describe(err)
+        if "end magic" in reason.lower():
+            reason += TRUNCATED_MCAP_HINT
+        raise ValueError(f"{path}: cannot open rosbag2: {reason}") from None
     skip_chunks(reader, damaged or {})
     return reader
 
