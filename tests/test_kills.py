@@ -315,3 +315,30 @@ def test_a_checkpoint_write_past_a_file_size_limit_fails_with_one_line_and_keeps
     assert load_checkpoint(last)["step"] == 2
     assert _temporaries(last.parent) == []
     print(f"\nfull disk (RLIMIT_FSIZE {limit / 1e6:.0f} MB): exit {second.returncode}; {error}")
+
+
+def test_ctrl_c_ends_training_with_one_line_saying_how_to_resume(drive, tmp_path):
+    """SIGINT (Ctrl-C in a terminal) once the first checkpoint exists: exit 130, one error line, no
+    traceback, and --resume continues from that checkpoint."""
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "last.pt"
+    command = [sys.executable, str(ROOT / "training" / "train.py")]
+    arguments = _arguments(drive, out, "optim.max_steps=200", "checkpoint_every=1")[1:]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with subprocess.Popen(command + arguments, stderr=subprocess.PIPE, text=True, env=env) as process:
+        deadline = time.monotonic() + 300
+        while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "interrupted; the last checkpoint is kept: continue with --resume"
+    )
+    assert "Traceback" not in stderr
+    step = load_checkpoint(last)["step"]
+    again = _arguments(drive, out, f"optim.max_steps={step + 1}", "checkpoint_every=1", resume=True)[1:]
+    resumed = subprocess.run(command + again, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(last)["step"] == step + 1

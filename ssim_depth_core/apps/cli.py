@@ -425,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as error:  # OSError: a missing file, a full disk, ...
         log.error("%s", error)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        resume = "; the last checkpoint is kept: continue with --resume" if args.run is _train else ""
+        log.error("interrupted%s", resume)
+        return 130
     return 0
 
 
