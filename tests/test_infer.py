@@ -342,6 +342,34 @@ def _tree(folder) -> dict:
     }
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--depth-scale", "3"], "--depth-scale applies to --scale-source fixed, not model"),
+        (
+            ["--scale-source", "fixed", "--camera-height", "1.6"],
+            "--camera-height applies to --scale-source camera_height, not fixed",
+        ),
+    ],
+)
+def test_a_scale_flag_its_scale_source_ignores_is_refused(
+    metric_checkpoint, tmp_path, caplog, extra, message
+):
+    _write_images(tmp_path / "images", _frames(1))
+    argv = [
+        "infer",
+        "--model",
+        str(metric_checkpoint),
+        "--input",
+        str(tmp_path / "images"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, *extra]) == 2
+    assert message in caplog.text and not (tmp_path / "out").exists()
+
+
 def test_an_earlier_run_is_refused_unless_overwritten(
     metric_checkpoint, random_checkpoint, estimator, tmp_path, caplog
 ):

@@ -163,6 +163,12 @@ def _infer(args: argparse.Namespace) -> None:
     from ssim_depth_core.apps.infer import run_inference
     from ssim_depth_core.runtime.frames import ScaleSettings
 
+    for flag, given, source in (
+        ("--depth-scale", args.depth_scale != 1.0, "fixed"),
+        ("--camera-height", args.camera_height is not None, "camera_height"),
+    ):
+        if given and args.scale_source != source:
+            raise ValueError(f"{flag} applies to --scale-source {source}, not {args.scale_source}")
     scale = ScaleSettings.from_mounting(
         args.scale_source,
         args.depth_scale,
