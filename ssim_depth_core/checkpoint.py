@@ -40,9 +40,9 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     at ``path``, if any, is kept.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a path under a regular file fails here
         fd, tmp = _create_locked_temporary(path)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -132,6 +132,8 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
         raise ValueError(
             "--resume continues the run in the output folder and --overwrite replaces it: pass one"
         )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is not a folder: choose a folder for the run")
     if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
         return False
     if not overwrite:

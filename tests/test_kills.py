@@ -342,3 +342,9 @@ def test_ctrl_c_ends_training_with_one_line_saying_how_to_resume(drive, tmp_path
     resumed = subprocess.run(command + again, capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(last)["step"] == step + 1
+
+
+def test_a_path_under_a_regular_file_is_named_by_the_atomic_write(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=r"cannot write .*a_file/model\.onnx: .*; no model\.onnx was written"):
+        write_atomic(tmp_path / "a_file" / "model.onnx", b"data")

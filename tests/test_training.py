@@ -636,3 +636,11 @@ def test_stereo_training_runs_and_resumes(stereo_drive, tmp_path, caplog, mode, 
     assert resumed.step == 2
     resumed.fit()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_an_output_path_that_is_a_file_is_refused(tiny_drive, tmp_path):
+    out = tmp_path / "a_file"
+    out.write_text("the user's file")
+    with pytest.raises(ValueError, match=f"^{out} is not a folder: choose a folder for the run$"):
+        Trainer(load_config(CONFIG, TINY), tiny_drive, out, overwrite=True)
+    assert out.read_text() == "the user's file"
