@@ -438,7 +438,8 @@ def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypatch)
     assert (run / "checkpoints" / "best.pt").is_file() and not (run / "checkpoints" / "last.pt").exists()
     location = [f"data.train_split={record['train_config']['data']['train_split']}", "data.val_split=none"]
     other_net = load_config(ablation.DEFAULT_CONFIG, [*tiny, *location, "model.encoder=resnet34"])
-    with pytest.raises(ValueError, match="--init-from .*l1_s3/checkpoints/best.pt: its weights do not fit this network"):
+    refusal = "--init-from .*l1_s3/checkpoints/best.pt: its weights do not fit this network"
+    with pytest.raises(ValueError, match=refusal):
         ablation.train_pair(
             other_net, tmp_path / "out" / "data", tmp_path / "ft", run / "checkpoints" / "best.pt"
         )
