@@ -106,11 +106,11 @@ def _export(args: argparse.Namespace) -> None:
 
     if args.int8 and args.calibration is None:
         raise ValueError("--int8 needs --calibration DATA: the training data to calibrate and validate on")
-    int8_options = (
+    int8_flags = (
         "calibration", "int8_onnx", "int8_target", "calibration_frames", "validation_frames",
         "int8_tolerance", "int8_max_difference",
     )  # fmt: skip
-    if not args.int8 and any(getattr(args, name) is not None for name in int8_options):
+    if not args.int8 and any(getattr(args, name) is not None for name in int8_flags):
         raise ValueError(
             "--calibration, --int8-onnx, --int8-target, --calibration-frames, --validation-frames, "
             "--int8-tolerance and --int8-max-difference only apply with --int8"
