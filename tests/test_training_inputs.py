@@ -22,11 +22,12 @@ from test_kitti_raw import DATE, DRIVE, random_images, write_drive, write_oxts
 from test_rosbag_reader import camera_info_msg, image_msg, write_bag
 
 from ssim_depth_core.camera import Intrinsics
-from ssim_depth_core.config import load_config
+from ssim_depth_core.config import DataConfig, load_config
 from ssim_depth_core.data.bagio import CameraBagWriter
 from ssim_depth_core.data.kitti_raw import KittiRawSequence
 from ssim_depth_core.data.rosbag import CHUNK_CRC_OFFSET, RosbagSequence
-from ssim_depth_core.data.triplets import SkippedSample, SkipTally
+from ssim_depth_core.data.sources import open_sequences
+from ssim_depth_core.data.triplets import SkippedSample, SkipTally, build_samples
 from ssim_depth_core.imaging import FrameError
 from ssim_depth_core.trainer import Trainer
 
@@ -359,3 +360,21 @@ def test_frames_of_a_bad_size_or_encoding_are_counted_in_the_epoch_log(tmp_path,
     assert f"3 x {name}: frame size is not the calibrated one (first: {name} frame 3: image is 128x32" in line
     assert f"3 x {name}: unreadable frame (first: {bag} topic /cam/image message #6" in line
     assert "unsupported encoding 'yuv422'" in line
+
+
+def test_split_entries_beyond_a_drive_or_without_neighbours_are_dropped_each_with_its_reason(
+    tiny_drive, tmp_path, caplog
+):
+    """The 10-frame drive: frame 0 has no -1 neighbour, frame 50 does not exist; frames 1 and 8 are kept."""
+    (drive,) = [p for p in tiny_drive.glob("*/*_sync")]
+    split = tmp_path / "split.txt"
+    split.write_text("".join(f"{drive.parent.name}/{drive.name} {frame} l\n" for frame in (0, 1, 8, 50)))
+    sequences = open_sequences(tiny_drive, DataConfig())
+    with caplog.at_level(logging.WARNING):
+        samples = build_samples(sequences, [0, -1, 1], split)
+    assert [frame for _, frame in samples] == [1, 8]
+    assert f"{split}: dropped 1 entries without neighbours [0, -1, 1]" in caplog.text
+    beyond = (
+        f"{split}: dropped 1 entries beyond their drive's frames (first: {drive.parent.name}/{drive.name} 50"
+    )
+    assert f"{beyond} (10 frames))" in caplog.text

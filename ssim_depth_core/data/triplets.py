@@ -54,7 +54,7 @@ def build_samples(
         samples = [(s, f) for s, seq in enumerate(sequences) for f in range(-low, len(seq) - high)]
         return _drop_across_gaps(sequences, samples, frame_ids)
     by_name = {seq.name: s for s, seq in enumerate(sequences)}
-    samples, dropped = [], 0
+    samples, dropped, outside = [], 0, []
     for drive, frame, side in read_split(split):
         name = kitti_sequence_name(drive, SIDE_TO_CAMERA[side])
         if name not in by_name:
@@ -63,12 +63,18 @@ def build_samples(
                 f"{len(sequences)} loaded sequences"
             )
         s = by_name[name]
-        if frame + low < 0 or frame + high >= len(sequences[s]):
+        if not 0 <= frame < len(sequences[s]):
+            outside.append(f"{drive} {frame} ({len(sequences[s])} frames)")
+        elif frame + low < 0 or frame + high >= len(sequences[s]):
             dropped += 1
-            continue
-        samples.append((s, frame))
+        else:
+            samples.append((s, frame))
     if dropped:
         logger.warning("%s: dropped %d entries without neighbours %s", split, dropped, list(frame_ids))
+    if outside:
+        logger.warning(
+            "%s: dropped %d entries beyond their drive's frames (first: %s)", split, len(outside), outside[0]
+        )
     return _drop_across_gaps(sequences, samples, frame_ids)
 
 
