@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("rclpy", reason="the ROS 2 Python packages (extra 'ros') are not installed")
 
 from ssim_depth.tools.pipeline import PipelineError, run_pipeline
+from ssim_depth.tools.pipeline import main as pipeline_main
 from ssim_depth.tools.record import claim_output
 
 from ssim_depth_core.data.rosbag import RosbagSequence
@@ -165,6 +166,11 @@ def test_bad_inputs_are_named(tmp_path, model, bag):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match=r"a_file/run: cannot create the output folder \(Not a directory\)"):
         run_pipeline(model, bag, tmp_path / "a_file" / "run")
+    with pytest.raises(SystemExit) as exit_:  # bad input exits with 2, as ssim-depth and play do
+        pipeline_main(
+            ["--model", str(tmp_path / "missing.onnx"), "--bag", str(bag), "--out", str(tmp_path / "o")]
+        )
+    assert exit_.value.code == 2
     with pytest.raises(ValueError, match="not a rosbag2"):
         run_pipeline(model, tmp_path, tmp_path / "run")
 

@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             overwrite=args.overwrite,
         )
-    except (ValueError, PipelineError) as error:
+    except ValueError as error:  # bad input: exit 2, as ssim-depth and play
+        parser.exit(2, f"pipeline: {error}\n")
+    except PipelineError as error:  # the node failed
         parser.exit(1, f"pipeline: {error}\n")
     except KeyboardInterrupt:
         return 130

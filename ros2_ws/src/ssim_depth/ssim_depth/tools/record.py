@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         recorder = DepthRecorder(args.out_dir, compressed=args.compressed, overwrite=args.overwrite)
     except ValueError as error:  # an earlier recording there (claim_output), before any ROS entity exists
         rclpy.try_shutdown()
-        parser.exit(1, f"record: {error}\n")
+        parser.exit(2, f"record: {error}\n")
     try:
         rclpy.spin(recorder)
     except (KeyboardInterrupt, ExternalShutdownException):
