@@ -166,10 +166,10 @@ def load_checkpoint(
         raise ValueError(
             f"{path}: refused: this file needs arbitrary unpickling (objects beyond tensors, containers, "
             "numbers and strings), which could run code; ssim_depth checkpoints never do "
-            f"({_first_line(error)})"
+            f"({first_line(error)})"
         ) from error
     except Exception as error:  # torch raises several unrelated types for a corrupt or non-torch file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from error
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from error
     missing = {"config", "model", *required} - set(state if isinstance(state, dict) else ())
     if missing:
         raise ValueError(f"{path}: not an ssim_depth checkpoint (missing {', '.join(sorted(missing))})")
@@ -208,7 +208,8 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], sour
     module.load_state_dict(weights)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): one line for a log."""
     return next(iter(str(error).strip().splitlines()), type(error).__name__)
 
 

@@ -319,7 +319,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not a YAML config ({_first_line(error)})") from None
+            raise ValueError(f"{path}: not a YAML config ({_yaml_error_line(error)})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         _refuse_renamed_keys(loaded, path)
@@ -337,12 +337,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as error:
-            raise ValueError(f"override '{override}': its value is not YAML ({_first_line(error)})") from None
+            raise ValueError(
+                f"override '{override}': its value is not YAML ({_yaml_error_line(error)})"
+            ) from None
     _refuse_renamed_keys(values, None)
     return from_dict(TrainConfig, values)
 
 
-def _first_line(error: Exception) -> str:
+def _yaml_error_line(error: Exception) -> str:
     """A YAML error in one line: its problem and where (PyYAML spreads it over several, with the text)."""
     problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
     if problem and mark is not None:

@@ -277,11 +277,11 @@ def quantize_onnx(
             metadata,
             precision="int8",
             calibration_data=Path(data).name,  # the name only: model files carry no local paths
-            calibration_frames=reader.used,
+            calibration_frames=len(calibration),
         )
         _set_metadata(model, int8_metadata)
         onnx.save(model, quantized)
-        report = _validate(fp32_path, quantized, sequences, held_out, reader.used, progress)
+        report = _validate(fp32_path, quantized, sequences, held_out, len(calibration), progress)
         report = dataclasses.replace(report, tolerance=float(tolerance), max_difference=float(max_difference))
         if not report.accepted:
             raise Int8ValidationError(
@@ -471,7 +471,7 @@ class _CalibrationReader:
         progress: bool,
     ) -> None:
         self._sequences, self._samples, self._size = sequences, samples, size
-        self._next, self._end, self.used = 0, len(samples), 0
+        self._next, self._end = 0, len(samples)
         self.chunk = max(n for n in range(1, _CHUNK + 1) if len(samples) % n == 0)
         self._bar = progress_bar(total=len(samples), desc="INT8 calibration", disable=not progress)
 
@@ -488,7 +488,6 @@ class _CalibrationReader:
                     f"calibration: {sequence.name} frame {frame} was readable a moment ago and is not now "
                     f"(changed during the export?): {error}"
                 ) from error
-            self.used += 1
             return {INPUT_NAME: preprocess_image(image, self._size)[None]}
         if self._end == len(self._samples):
             self._bar.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ssim_depth_core.checkpoint import first_line
 from ssim_depth_core.geometry import disparity_to_depth
 from ssim_depth_core.imaging import resize_image
 from ssim_depth_core.runtime.backends import Backend, create_backend
@@ -90,9 +91,8 @@ class DepthEstimator:
         try:
             depth = self(np.zeros((*self.input_size, 3), np.uint8))
         except Exception as error:  # each runtime raises its own types
-            first_line = next(iter(str(error).strip().splitlines()), "")
             raise ValueError(
-                f"{source}: the model opened but cannot run ({type(error).__name__}: {first_line})"
+                f"{source}: the model opened but cannot run ({type(error).__name__}: {first_line(error)})"
             ) from error
         if not np.isfinite(depth).all():
             raise ValueError(f"{source}: the model gives non-finite depth (NaN weights or outputs?)")
