@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ssim_depth_core.config import TrainConfig, stored_config
+from ssim_depth_core.errors import first_line, not_found
 
 try:
     import fcntl
@@ -159,7 +160,7 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise not_found("checkpoint", path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -206,11 +207,6 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], sour
     if problems:
         raise ValueError(f"{source}: its weights do not fit this network: {'; '.join(problems)}")
     module.load_state_dict(weights)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message (its type's name when it has none): one line for a log."""
-    return next(iter(str(error).strip().splitlines()), type(error).__name__)
 
 
 def load_depth_net(path: str | Path, map_location: str | torch.device = "cpu"):

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ssim_depth_core.errors import yaml_error_line
+
 # torchvision backbones the depth and pose nets take (models/encoder.py builds them; ImageNet normalisation
 # inside). ResNets give the U-Net decoder their stem map at 1/2; ConvNeXts, whose stem is at 1/4, get a small
 # conv stem for it; the light trunks (MobileNetV3-Large, EfficientNet-B0, RegNetY-400MF: CPU inference) are
@@ -319,7 +321,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not a YAML config ({_yaml_error_line(error)})") from None
+            raise ValueError(f"{path}: not a YAML config ({yaml_error_line(error)})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         _refuse_renamed_keys(loaded, path)
@@ -338,18 +340,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as error:
             raise ValueError(
-                f"override '{override}': its value is not YAML ({_yaml_error_line(error)})"
+                f"override '{override}': its value is not YAML ({yaml_error_line(error)})"
             ) from None
     _refuse_renamed_keys(values, None)
     return from_dict(TrainConfig, values)
-
-
-def _yaml_error_line(error: Exception) -> str:
-    """A YAML error in one line: its problem and where (PyYAML spreads it over several, with the text)."""
-    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(error).strip().splitlines()[0]
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], cls: type | None = None) -> None:

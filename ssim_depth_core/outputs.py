@@ -14,6 +14,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+def occupied(path: str | Path) -> bool:
+    """Whether anything is at ``path``, a link whose target is missing included."""
+    path = Path(path)
+    return path.exists() or path.is_symlink()
+
+
+def require_folder(path: str | Path, advice: str) -> None:
+    """Refuse a ``path`` that exists and is not a folder (a missing one is fine: the caller creates it).
+
+    Raises:
+        ValueError: "``path`` is not a folder: ``advice``".
+    """
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{path} is not a folder: {advice}")
+
+
 def earlier_outputs(out_dir: str | Path, names: Iterable[str], overwrite: bool, run: str) -> list[str]:
     """The ``names`` present in ``out_dir`` (an earlier ``run``'s outputs, e.g. "recording").
 
@@ -22,9 +38,8 @@ def earlier_outputs(out_dir: str | Path, names: Iterable[str], overwrite: bool, 
             (the message names the folder, the outputs found and ``--overwrite``).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} is not a folder: choose a folder for the outputs")
-    found = [name for name in names if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    require_folder(out_dir, "choose a folder for the outputs")
+    found = [name for name in names if occupied(out_dir / name)]
     if found and not overwrite:
         raise ValueError(
             f"{out_dir} holds an earlier {run} ({', '.join(found)}): pass --overwrite to replace it, or "
@@ -40,7 +55,7 @@ def refuse_earlier_files(paths: Iterable[str | Path], overwrite: bool, run: str)
     Raises:
         ValueError: naming the files found and ``--overwrite``.
     """
-    found = [str(path) for path in map(Path, paths) if path.exists() or path.is_symlink()]
+    found = [str(path) for path in paths if occupied(path)]
     if found and not overwrite:
         raise ValueError(
             f"{', '.join(found)} already exist{'s' if len(found) == 1 else ''} (an earlier {run}?): pass "

@@ -41,7 +41,7 @@ from ssim_depth_core.losses.objective import (
     required_outputs,
 )
 from ssim_depth_core.models.monodepth import MonodepthModel
-from ssim_depth_core.outputs import remove_outputs
+from ssim_depth_core.outputs import remove_outputs, require_folder
 from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
         raise ValueError(
             "--resume continues the run in the output folder and --overwrite replaces it: pass one"
         )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} is not a folder: choose a folder for the run")
+    require_folder(out_dir, "choose a folder for the run")
     if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
         return False
     if not overwrite:

@@ -521,3 +521,14 @@ def test_an_mcap_cut_short_is_named_with_the_way_to_recover_it(tmp_path):
         ValueError, match=r"cannot open rosbag2: .*end magic.*mcap recover FILE -o FIXED\.mcap"
     ):
         RosbagSequence(bag)
+
+
+def test_a_metadata_yaml_that_is_not_yaml_is_named_in_one_line_with_where(tmp_path):
+    bag = camera_bag(tmp_path / "bag", "rgb8", "mcap", frames(len(STAMPS_NS)))
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: [version\n")
+    with pytest.raises(ValueError) as raised:
+        RosbagSequence(bag)
+    assert str(raised.value) == (
+        f"{bag}: cannot open rosbag2: metadata.yaml is not YAML (expected ',' or ']', but got "
+        "'<stream end>' at line 2, column 1)"
+    )

@@ -81,12 +81,11 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from ssim_depth_core.apps.evaluate import evaluate_model, format_report
     from ssim_depth_core.checkpoint import write_atomic
-    from ssim_depth_core.outputs import refuse_earlier_files
+    from ssim_depth_core.outputs import refuse_earlier_files, require_folder
 
     if args.json:  # before the evaluation: a path that cannot take the report fails at once
         refuse_earlier_files([args.json], args.overwrite, "evaluation")
-        if args.json.parent.exists() and not args.json.parent.is_dir():
-            raise ValueError(f"{args.json.parent} is not a folder: choose another --json path")
+        require_folder(args.json.parent, "choose another --json path")
         args.json.parent.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(
         args.checkpoint, args.data, args.split, scaling=args.scaling, backend=args.backend

@@ -46,6 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.data.rosbag import NO_ODOMETRY, RosbagSequence, is_rosbag
+from ssim_depth_core.errors import not_found
 from ssim_depth_core.imaging import FrameError, read_image, write_depth_pngs
 from ssim_depth_core.outputs import earlier_outputs, remove_outputs
 from ssim_depth_core.progress import progress_bar
@@ -140,7 +141,7 @@ def _bag_frames(sequence: RosbagSequence) -> Iterator[Frame]:
 def _open_input(path: Path, image_topic: str | None) -> _Input:
     """Classify ``path`` (rosbag2, image folder, video, single image) and start iterating its frames."""
     if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
+        raise not_found("input", path)
     if is_rosbag(path):
         # Inference reads no odometry: a bag with several odometry topics must not stop it.
         sequence = RosbagSequence(path, image_topic=image_topic, odometry_topic=NO_ODOMETRY)

@@ -41,6 +41,7 @@ from rosbags.typesys import Stores, get_typestore
 from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.data.odometry import odometer_at, odometer_from_positions, odometer_from_speeds
 from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.errors import first_line, yaml_error_in, yaml_error_line
 from ssim_depth_core.geometry import axis_angle_to_matrix
 from ssim_depth_core.imaging import FrameError, check_pixel_count, decode_image
 
@@ -130,7 +131,11 @@ def open_reader(path: Path, damaged: Mapping[ChunkKey, DamagedChunk] | None = No
         reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
         reader.open()
     except Exception as err:  # a damaged file fails in whichever parser meets it first
-        reason = _describe(err)
+        yaml_error = yaml_error_in(err)
+        if yaml_error is not None:
+            reason = f"metadata.yaml is not YAML ({yaml_error_line(yaml_error)})"
+        else:
+            reason = f"{type(err).__name__}: {first_line(err)}"
         if "end magic" in reason.lower():
             reason += TRUNCATED_MCAP_HINT
         raise ValueError(f"{path}: cannot open rosbag2: {reason}") from None

@@ -9,6 +9,7 @@ from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.kitti_raw import discover_kitti, is_kitti_root
 from ssim_depth_core.data.rosbag import STORAGE_SUFFIXES, RosbagSequence, is_rosbag
 from ssim_depth_core.data.sequence import FrameSequence
+from ssim_depth_core.errors import not_found
 
 
 def intrinsics_from_config(values: list[float]) -> Intrinsics | None:
@@ -47,7 +48,7 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such file or directory")
+        raise not_found("data", path)
     if is_kitti_root(path):
         return discover_kitti(path, depth_source=data_config.depth_source, stereo=data_config.stereo)
     bags = bag_paths(path)

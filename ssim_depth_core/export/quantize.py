@@ -51,9 +51,11 @@ from ssim_depth_core.config import stored_config
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import build_samples
+from ssim_depth_core.errors import not_found
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth_scalings
 from ssim_depth_core.export.onnx import check_tensorrt_ops
 from ssim_depth_core.imaging import FrameError
+from ssim_depth_core.outputs import occupied
 from ssim_depth_core.progress import progress_bar
 from ssim_depth_core.runtime.estimator import DepthEstimator, preprocess_image
 
@@ -228,7 +230,7 @@ def quantize_onnx(
     )
     check_int8_output(fp32_path, int8_path)
     if not fp32_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {fp32_path}")
+        raise not_found("ONNX model", fp32_path)
     fp32_model = onnx.load(fp32_path)
     metadata = read_metadata(fp32_model, fp32_path)
     if metadata.precision != "fp32":
@@ -330,7 +332,7 @@ def check_quantize_options(
         if not isinstance(value, int | float) or not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not Path(data).exists():
-        raise FileNotFoundError(f"calibration data not found: {data}")
+        raise not_found("calibration data", data)
 
 
 def check_int8_output(fp32_path: str | Path, int8_path: str | Path) -> None:
@@ -355,7 +357,7 @@ def check_int8_output(fp32_path: str | Path, int8_path: str | Path) -> None:
 def _not_an_int8_model(path: Path) -> str | None:
     """Why the file at ``path`` is not an INT8 model written by :func:`quantize_onnx`; None when it is one
     (its metadata says ``precision: int8``) or when nothing is there."""
-    if not path.exists() and not path.is_symlink():
+    if not occupied(path):
         return None
     try:
         precision = read_metadata(onnx.load(path, load_external_data=False), path).precision
@@ -367,7 +369,7 @@ def _not_an_int8_model(path: Path) -> str | None:
 def _remove_stale_int8(path: Path) -> str:
     """Remove an INT8 model of an earlier export from ``path`` (so it cannot pass for a refused one), and
     say what happened to ``path`` in the refusal's words."""
-    if not path.exists() and not path.is_symlink():
+    if not occupied(path):
         return ""
     foreign = _not_an_int8_model(path)
     if foreign:  # it appeared during the export: not ours to remove

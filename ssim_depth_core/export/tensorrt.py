@@ -28,6 +28,7 @@ import onnx
 from ssim_depth_core.accelerator import cuda_device, import_tensorrt
 from ssim_depth_core.artifact import engine_sidecar_path, read_metadata
 from ssim_depth_core.checkpoint import write_atomic
+from ssim_depth_core.errors import not_found
 from ssim_depth_core.export.onnx import check_tensorrt_ops, is_quantized
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def build_engine(
         raise ValueError(f"workspace_gb must be > 0, got {workspace_gb!r}")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+        raise not_found("ONNX model", onnx_path)
     onnx_bytes = onnx_path.read_bytes()
     model = onnx.load_model_from_string(onnx_bytes)
     quantized = is_quantized(model)

@@ -38,6 +38,7 @@ from ssim_depth_core.artifact import (
 )
 from ssim_depth_core.checkpoint import load_depth_net
 from ssim_depth_core.config import to_dict
+from ssim_depth_core.errors import not_found
 from ssim_depth_core.models.depth import SIZE_MULTIPLE
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class OnnxRuntimeBackend(Backend):
 
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+            raise not_found("ONNX model", onnx_path)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -237,7 +238,7 @@ class TensorRTBackend(Backend):
     ) -> None:
         engine_path = Path(engine_path)
         if not engine_path.is_file():
-            raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
+            raise not_found("TensorRT engine", engine_path)
         sidecar = engine_sidecar_path(engine_path)
         metadata = read_engine_sidecar(sidecar) if sidecar.is_file() else None
         trt = import_tensorrt()

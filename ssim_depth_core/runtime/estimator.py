@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ssim_depth_core.checkpoint import first_line
+from ssim_depth_core.errors import first_line
 from ssim_depth_core.geometry import disparity_to_depth
 from ssim_depth_core.imaging import resize_image
 from ssim_depth_core.runtime.backends import Backend, create_backend
