@@ -27,7 +27,7 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
@@ -284,17 +284,22 @@ def camera_info_from_intrinsics(intrinsics: Intrinsics, header: Header) -> Camer
     return info
 
 
-def model_info_msg(model: dict, settings: ModelSettings, options: FrameOptions, header: Header) -> String:
+def model_info_msg(
+    model: dict, settings: ModelSettings, options: FrameOptions, header: Header, outputs: Sequence[str]
+) -> String:
     """The depth/model tag of one frame: a one-line JSON object naming the frame (``stamp``: {sec, nanosec},
     ``frame_id``: the input header, as on every output of the frame), the estimator that made it (``model``:
     generation, model_path, model_sha256, backend, input_size, metric), its ``settings``
-    (:class:`ModelSettings`) and the frame's ``options`` (:class:`FrameOptions`)."""
+    (:class:`ModelSettings`), the frame's ``options`` (:class:`FrameOptions`) and the ``outputs`` the node
+    publishes for it after the tag (of "depth", "points", "preview": a subscriber knows what else to wait
+    for; no "depth" = withheld)."""
     text = {
         "stamp": {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec},
         "frame_id": header.frame_id,
         "model": model,
         "settings": dataclasses.asdict(settings),
         "options": dataclasses.asdict(options),
+        "outputs": list(outputs),
     }
     return String(data=json.dumps(text, separators=(",", ":")))
 
@@ -305,9 +310,11 @@ def parse_model_info(msg: String) -> dict:
         info = json.loads(msg.data)
     except json.JSONDecodeError as error:
         raise ValueError(f"depth/model: not JSON: {error}") from None
-    missing = {"stamp", "frame_id", "model", "settings", "options"} - set(
+    missing = {"stamp", "frame_id", "model", "settings", "options", "outputs"} - set(
         info if isinstance(info, dict) else ()
     )
     if missing:
         raise ValueError(f"depth/model: no {sorted(missing)} in {msg.data[:200]!r}")
+    if not isinstance(info["outputs"], list):
+        raise ValueError(f"depth/model: outputs must be a list of topic names, got {info['outputs']!r}")
     return info

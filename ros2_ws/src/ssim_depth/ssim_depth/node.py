@@ -26,9 +26,9 @@ Topics (all relative, remappable; outputs carry the input header):
     depth is withheld) out once per processed frame, just before that frame's depth: Float32 has no header,
     so a subscriber pairs it with the depth by arrival order, not by stamp; depth/model (std_msgs/String,
     JSON: the frame's stamp and frame_id, the model file, its sha256, the backend, the estimator's generation,
-    the settings and frame options that made it; transient local) out once per processed frame, before its
-    depth (docs/ros.md). Parameter changes reach the worker as one snapshot between frames: no frame mixes
-    values from before and after a change.
+    the settings and frame options that made it, the outputs published for it; transient local) out once
+    per processed frame, before its depth (docs/ros.md). Parameter changes reach the worker as one snapshot
+    between frames: no frame mixes values from before and after a change.
 """
 
 from __future__ import annotations
@@ -465,7 +465,10 @@ class DepthNode(Node):
         camera, info, problem = self._camera(rgb.shape[1], rgb.shape[0])
         frame = self._pipeline(rgb, camera, options)
         self._scale_line = _describe_scale(frame, self._pipeline.estimator.backend.metric)
-        self._model_pub.publish(model_info_msg(self._model, self._pipeline.settings, options, header))
+        made = {"depth": frame.depth, "points": frame.cloud, "preview": frame.preview}
+        outputs = [name for name, output in made.items() if output is not None]
+        tag = model_info_msg(self._model, self._pipeline.settings, options, header, outputs)
+        self._model_pub.publish(tag)
         self._scale_pub.publish(Float32(data=math.nan if frame.scale is None else frame.scale))
         if frame.depth is None:
             reasons = [r for r in (problem, frame.camera_problem, frame.ground.reason) if r]

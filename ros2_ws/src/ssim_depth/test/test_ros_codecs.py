@@ -338,9 +338,10 @@ def test_model_tag_round_trip():
         "/m/a.onnx", "onnxruntime", output_resolution="network", scale=ScaleSettings("fixed", 2.0)
     )
     options = FrameOptions(range_max=20.0, points=True, point_stride=3)
-    msg = model_info_msg(model, settings, options, header)
+    msg = model_info_msg(model, settings, options, header, ("depth", "points"))
     assert isinstance(msg, String) and "\n" not in msg.data
     info = parse_model_info(msg)
+    assert info["outputs"] == ["depth", "points"]
     assert info["stamp"] == {"sec": 17, "nanosec": 5} and info["frame_id"] == "camera"
     assert info["model"] == model
     assert info["settings"]["output_resolution"] == "network"
@@ -350,3 +351,7 @@ def test_model_tag_round_trip():
         parse_model_info(String(data="model a"))
     with pytest.raises(ValueError, match="no \\['model'"):
         parse_model_info(String(data='{"stamp": 1, "frame_id": "", "settings": 1, "options": 1}'))
+    with pytest.raises(ValueError, match="no \\[.outputs.\\]"):  # a tag from before outputs were listed
+        parse_model_info(String(data=msg.data.replace('"outputs"', '"other"')))
+    with pytest.raises(ValueError, match="outputs must be a list of topic names, got 'depth'"):
+        parse_model_info(String(data=msg.data.replace('["depth","points"]', '"depth"')))

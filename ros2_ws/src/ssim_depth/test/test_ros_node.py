@@ -670,6 +670,7 @@ def test_every_frame_is_tagged_with_the_model_and_options_that_made_it(graph, mo
     assert tag["model"]["generation"] == 1 and tag["model"]["model_path"] == str(model)
     assert tag["model"]["model_sha256"] == hashlib.sha256(Path(model).read_bytes()).hexdigest()
     assert tag["model"]["backend"] == "onnxruntime" and tag["options"]["range_max"] == 0.0
+    assert tag["outputs"] == ["depth"]  # no points, no preview: what the node publishes for the frame
 
     results = g.node.set_parameters_atomically(
         [Parameter("model_path", value=str(velocity_onnx)), Parameter("range_max", value=50.0)]
@@ -724,6 +725,50 @@ def test_player_publishes_the_recorded_messages(ros, tmp_path, photo):
         np.testing.assert_allclose(infos[stamp].k, intrinsics.matrix.ravel())
     with pytest.raises(ValueError, match="rate must be > 0"):
         play(tmp_path / "bag", rate=0.0, node=player)
+
+
+def test_recorder_counts_the_frames_it_heard_and_waits_for_what_each_tag_announces(ros, tmp_path, photo):
+    """A recorder started after the node (standalone ``record``) hears tags of frames whose images it never
+    heard: those are not counted as processed (dropped stays published - processed >= 0). A tag that
+    announces no depth makes its frame withheld, and once that tag arrives the frame counts as served."""
+    from rclpy.qos import QoSProfile
+    from ssim_depth.codecs import depth_to_image_msg, model_info_msg
+    from ssim_depth.tools.record import DepthRecorder
+    from std_msgs.msg import String
+
+    from ssim_depth_core.runtime.frames import FrameOptions, ModelSettings
+
+    context, executor = ros
+    recorder = DepthRecorder(tmp_path / "recording", context=context, node_name="recorder_under_test")
+    executor.add_node(recorder)
+    node = rclpy.create_node("depth_node_stand_in", context=context)
+    topics, reliable = {"image": Image, "depth": Image, "depth/model": String}, QoSProfile(depth=100)
+    publishers = {name: node.create_publisher(kind, name, reliable) for name, kind in topics.items()}
+    try:
+        wait_until(lambda: all(p.get_subscription_count() for p in publishers.values()), "the recorder")
+        depth = np.full((HEIGHT, WIDTH), 5.0, np.float32)
+        settings = ModelSettings("model.onnx", "onnxruntime")
+
+        def serve(frame: Image, outputs: tuple[str, ...], heard: bool) -> None:
+            if heard:
+                publishers["image"].publish(frame)
+            tag = model_info_msg({"generation": 1}, settings, FrameOptions(), frame.header, outputs)
+            publishers["depth/model"].publish(tag)
+            if "depth" in outputs:
+                publishers["depth"].publish(depth_to_image_msg(depth, frame.header))
+
+        serve(image_msg(photo), ("depth",), heard=False)  # published before the recorder listened
+        serve(image_msg(photo), ("depth",), heard=True)
+        assert recorder.wait_until_served(1, TIMEOUT)
+        serve(image_msg(photo), (), heard=True)  # withheld: no depth follows its tag
+        assert recorder.wait_until_served(2, TIMEOUT)
+        summary = recorder.finish()
+    finally:
+        executor.remove_node(recorder)
+        recorder.destroy_node()
+        node.destroy_node()
+    assert (summary["frames_published"], summary["frames_processed"], summary["dropped"]) == (2, 2, 0)
+    assert (summary["withheld"], summary["frames_received"]) == (1, 2)
 
 
 # ------------------------------------------------------------------------------------------ scale sources

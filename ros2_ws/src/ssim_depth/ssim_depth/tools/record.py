@@ -18,12 +18,12 @@ subscriber of ``depth`` sees. The two timestamps come from the publishing and th
 clocks: the numbers are meaningful when the camera publisher (e.g. ``play``) runs on the recorder's host.
 With a middleware that gives no such timestamps, the recorder's callback times stand in for both.
 
-Frames published = camera images heard on the input topic; processed = frames the node tagged on
-``depth/model`` (at least the depth frames received, for a node without tags); dropped = published -
-processed (the node serves the newest frame and skips any that arrived while it was busy); withheld =
-processed - depth frames received (no depth published: scale source ``camera_height`` before the ground
-plane fits). Messages whose header (for ``depth/model``, the tag's) ``frame_id`` is the
-``warmup_frame_id`` are not recorded, only counted in :attr:`DepthRecorder.warmup`.
+Frames published = camera images heard on the input topic; processed = those of them the node tagged on
+``depth/model`` (the depth frames received, for a node without tags); dropped = published - processed (the
+node serves the newest frame and skips any that arrived while it was busy); withheld = processed frames whose
+tag lists no depth among its outputs (scale source ``camera_height`` before the ground plane fits).
+Messages whose header (for ``depth/model``, the tag's) ``frame_id`` is the ``warmup_frame_id`` are not
+recorded, only counted in :attr:`DepthRecorder.warmup`.
 
 Topics (relative, remappable): image (or image/compressed with ``--compressed``) in, to time the inputs;
 depth (32FC1), points (PointCloud2) and depth/model (the per-frame tags) from the node.
@@ -118,7 +118,9 @@ class DepthRecorder(Node):
         self._newest_depth: int | None = None
         self._frames: list[tuple[int, int, float | None]] = []  # index, stamp, latency ms
         self._last_cloud: PointCloud2 | None = None
-        self.images = self.failed = self.tagged = 0
+        self._heard: set[int] = set()  # header stamps of the camera images heard
+        self._tags: dict[int, list[str]] = {}  # header stamp -> the outputs its depth/model tag announces
+        self.images = self.failed = 0
         self._warmup_frame_id = warmup_frame_id
         self.warmup = {"image": 0, "depth": 0, "points": 0, "model": 0}  # warm-up messages heard, by kind
         self._summary: dict | None = None
@@ -166,6 +168,7 @@ class DepthRecorder(Node):
         with self._cond:
             self._published_ns[stamp] = published_ns or received_ns
             self._newest_image = stamp
+            self._heard.add(stamp)
             self.images += 1
 
     def _write_depth(self, msg: Image, published_ns: int, received_ns: int) -> None:
@@ -186,21 +189,29 @@ class DepthRecorder(Node):
             self._last_cloud = msg  # decoded once, in finish()
 
     def _write_model(self, msg: String, published_ns: int, received_ns: int) -> None:
-        parse_model_info(msg)  # a malformed tag is counted as failed
+        tag = parse_model_info(msg)  # a malformed tag is counted as failed
+        stamp = tag["stamp"]["sec"] * 1_000_000_000 + tag["stamp"]["nanosec"]
         with self._cond:
-            self.tagged += 1
+            self._tags[stamp] = tag["outputs"]
 
     # ----------------------------------------------------------------------------------------------- API
     def wait_until_served(self, images: int, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until ``images`` camera images were heard and the newest of them has
-        its depth recorded (and its cloud, once any cloud arrived). True when that happened."""
+        its tag and the outputs the tag announces recorded (for a node without tags: its depth, and its cloud
+        once any cloud arrived). True when that happened."""
 
         def served() -> bool:
             newest, cloud = self._newest_image, self._last_cloud
+            if self.images < images:
+                return False
+            cloud_newest = cloud is not None and stamp_ns(cloud) == newest
+            if not self._tags:
+                return newest == self._newest_depth and (cloud is None or cloud_newest)
+            outputs = self._tags.get(newest)
             return (
-                self.images >= images
-                and newest == self._newest_depth
-                and (cloud is None or stamp_ns(cloud) == newest)
+                outputs is not None
+                and ("depth" not in outputs or newest == self._newest_depth)
+                and ("points" not in outputs or cloud_newest)
             )
 
         with self._cond:
@@ -236,7 +247,8 @@ class DepthRecorder(Node):
         writer.writerows((i, s, "" if lat is None else f"{lat:.3f}") for i, s, lat in self._frames)
         write_atomic(paths["frames"], table.getvalue().encode("utf-8"))
         latency = latency_stats([lat for _, _, lat in self._frames if lat is not None])
-        processed = max(self.tagged, len(self._frames))
+        tagged = [outputs for stamp, outputs in self._tags.items() if stamp in self._heard]
+        processed = len(tagged) if self._tags else len(self._frames)
         stats = {
             "count": latency.count,
             "mean_ms": latency.mean,
@@ -250,7 +262,7 @@ class DepthRecorder(Node):
             frames_received=len(self._frames),
             frames_processed=processed,
             dropped=self.images - processed,
-            withheld=processed - len(self._frames),
+            withheld=sum("depth" not in outputs for outputs in tagged),
             failed=self.failed,
         )
         write_atomic(paths["latency"], (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
