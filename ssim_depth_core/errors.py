@@ -31,10 +31,12 @@ def yaml_error_in(error: BaseException) -> BaseException | None:
 
 
 def not_found(what: str, path: str | Path) -> FileNotFoundError:
-    """The error for a missing ``what`` (e.g. "checkpoint") at ``path``; it says when ``path`` is a link that
-    loops or whose target is missing, which ``Path.exists`` reports as plainly missing."""
+    """The error for a missing ``what`` (e.g. "checkpoint") at ``path``; it says when ``path`` is a folder
+    (where a file was wanted), or a link that loops or whose target is missing (``Path.exists`` is False)."""
     message = f"{what} not found: {path}"
-    if Path(path).is_symlink():
+    if Path(path).is_dir():
+        message += " (a folder, not a file)"
+    elif Path(path).is_symlink():
         try:
             os.stat(path)
         except OSError as error:

@@ -9,11 +9,12 @@ from ruamel.yaml import YAML
 from ssim_depth_core.errors import first_line, not_found, yaml_error_in, yaml_error_line
 
 
-def test_a_missing_path_says_whether_it_is_a_looping_or_dangling_link(tmp_path):
+def test_a_missing_file_says_whether_it_is_a_folder_or_a_looping_or_dangling_link(tmp_path):
     loop, dangling = tmp_path / "loop", tmp_path / "dangling"
     loop.symlink_to(loop)
     dangling.symlink_to(tmp_path / "gone.pt")
     assert str(not_found("checkpoint", tmp_path / "x.pt")) == f"checkpoint not found: {tmp_path / 'x.pt'}"
+    assert str(not_found("model", tmp_path)) == f"model not found: {tmp_path} (a folder, not a file)"
     assert str(not_found("input", loop)) == f"input not found: {loop} (a symbolic link that loops)"
     assert str(not_found("checkpoint", dangling)) == (
         f"checkpoint not found: {dangling} (a symbolic link to {tmp_path / 'gone.pt'}, which does not exist)"
