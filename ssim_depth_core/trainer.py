@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ssim_depth_core.artifact import metric_source
 from ssim_depth_core.checkpoint import (
+    TEMP_PATTERN,
     load_checkpoint,
     load_weights,
     remove_stale_temporaries,
@@ -41,7 +42,7 @@ from ssim_depth_core.losses.objective import (
     required_outputs,
 )
 from ssim_depth_core.models.monodepth import MonodepthModel
-from ssim_depth_core.outputs import remove_outputs, require_folder
+from ssim_depth_core.outputs import occupied, remove_outputs, require_folder
 from ssim_depth_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
             "--resume continues the run in the output folder and --overwrite replaces it: pass one"
         )
     require_folder(out_dir, "choose a folder for the run")
+    if resume:
+        _check_resumable(out_dir / "checkpoints")
     if resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
         return False
     if not overwrite:
@@ -141,6 +144,21 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
             "to start a new one there (its checkpoints and TensorBoard events are removed)"
         )
     return True
+
+
+def _check_resumable(checkpoint_dir: Path) -> None:
+    """Refuse ``--resume`` of a run that has checkpoints but no ``last.pt`` file: starting from scratch would
+    replace them (a run without any checkpoint yet starts from scratch)."""
+    last = checkpoint_dir / "last.pt"
+    if last.is_file() or not checkpoint_dir.is_dir():
+        return
+    kept = sorted(p.name for p in checkpoint_dir.iterdir() if p != last and not TEMP_PATTERN.match(p.name))
+    if kept or occupied(last):
+        others = f" but the run has checkpoints ({', '.join(kept)})" if kept else ""
+        raise ValueError(
+            f"--resume: {last} is not a checkpoint file (missing, a folder or a broken link){others}: put "
+            "its last.pt back, or pass --overwrite instead of --resume to start a new run there"
+        )
 
 
 def clear_run_dir(out_dir: Path) -> None:

@@ -4,6 +4,7 @@ supervision, stereo)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -364,6 +365,37 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(tiny_drive, tmp_p
     resumed.fit()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
     assert _logged_steps(run) == list(range(1, 9))
+
+
+def test_resume_without_last_pt_beside_other_checkpoints_is_refused_and_keeps_them(tiny_drive, tmp_path):
+    run = tmp_path / "run"
+    settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
+    Trainer(load_config(CONFIG, settings), tiny_drive, run).fit()
+    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    kept = best.read_bytes()
+    last.unlink()
+    for stand_in in (None, "folder", "broken link"):  # what a resume cannot read
+        if stand_in == "folder":
+            last.mkdir()
+        elif stand_in == "broken link":
+            last.rmdir()
+            last.symlink_to(tmp_path / "gone.pt")
+        with pytest.raises(ValueError, match=r"not a checkpoint file .* has checkpoints \(best\.pt\): put"):
+            Trainer(load_config(CONFIG, settings), tiny_drive, run, resume=True)
+        assert best.read_bytes() == kept
+    last.unlink()
+    best.unlink()  # a run interrupted before its first checkpoint: --resume starts it from scratch
+    assert Trainer(load_config(CONFIG, settings), tiny_drive, run, resume=True).step == 0
+
+
+def test_an_interrupted_training_says_whether_it_can_be_resumed(tmp_path):
+    from ssim_depth_core.apps.cli import _train_interrupted
+
+    args = argparse.Namespace(out=tmp_path / "run")
+    assert _train_interrupted(args) == "; no checkpoint was written yet: start again with --overwrite"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert _train_interrupted(args) == "; the last checkpoint is kept: continue with --resume"
 
 
 def test_overwrite_removes_the_earlier_run_only_once_the_new_one_has_loaded(tiny_drive, tmp_path):

@@ -419,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted training run left: its last checkpoint to resume from, or none yet."""
+    if (Path(args.out) / "checkpoints" / "last.pt").is_file():
+        return "; the last checkpoint is kept: continue with --resume"
+    return "; no checkpoint was written yet: start again with --overwrite"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -431,8 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", error)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
-        resume = "; the last checkpoint is kept: continue with --resume" if args.run is _train else ""
-        log.error("interrupted%s", resume)
+        log.error("interrupted%s", _train_interrupted(args) if args.run is _train else "")
         return 130
     return 0
 
