@@ -10,7 +10,7 @@ once the new run has everything it needs), so that a run which cannot start lose
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -61,6 +61,31 @@ def refuse_earlier_files(paths: Iterable[str | Path], overwrite: bool, run: str)
             f"{', '.join(found)} already exist{'s' if len(found) == 1 else ''} (an earlier {run}?): pass "
             "--overwrite to replace, or choose other paths"
         )
+
+
+def check_output_files(
+    outputs: Sequence[str | Path], inputs: Mapping[str, str | Path], overwrite: bool, run: str
+) -> None:
+    """Refuse the files a ``run`` (e.g. "export") would write, before it does any work: one that is one of its
+    ``inputs`` (name -> path, e.g. {"checkpoint": ...}; even with ``overwrite``), two outputs at one path, a
+    folder, a path under something that is not a folder, or (unless ``overwrite``) an existing file.
+
+    Raises:
+        ValueError: naming the path and why.
+    """
+    resolved = [Path(path).resolve() for path in outputs]
+    for name, path in inputs.items():
+        if Path(path).resolve() in resolved:
+            raise ValueError(f"{path} is the {name} of the {run}: write its outputs to other paths")
+    for path, target in zip(outputs, resolved, strict=True):
+        if resolved.count(target) > 1:
+            raise ValueError(f"{path} is named for two outputs of the {run}: give each its own path")
+        if Path(path).is_dir():
+            raise ValueError(f"{path} is a folder: name a file")
+        blocking = next((parent for parent in Path(path).parents if occupied(parent)), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"{path}: {blocking} is not a folder")
+    refuse_earlier_files(outputs, overwrite, run)
 
 
 def remove_outputs(out_dir: str | Path, names: Iterable[str]) -> None:

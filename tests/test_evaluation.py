@@ -8,6 +8,7 @@ import pytest
 
 from ssim_depth_core.apps.cli import main
 from ssim_depth_core.apps.evaluate import evaluate_model, format_report, format_table
+from ssim_depth_core.checkpoint import load_checkpoint
 from ssim_depth_core.config import DataConfig
 from ssim_depth_core.data.sources import open_sequences, resolve_split
 from ssim_depth_core.data.synthetic import generate_dataset
@@ -452,7 +453,12 @@ def test_evaluate_skips_a_frame_without_valid_ground_truth_and_counts_it(
     assert main([*argv, "--overwrite"]) == 0 and json.loads(out.read_text())["skipped_frames"] == 1
     with caplog.at_level(logging.ERROR):
         assert main([*argv[:-1], str(out / "under_a_file.json")]) == 2
-    assert f"{out} is not a folder: choose another --json path" in caplog.text
+        assert main([*argv[:-1], str(tmp_path), "--overwrite"]) == 2
+        assert main([*argv[:-1], str(velocity_checkpoint), "--overwrite"]) == 2  # never over the model
+    assert f"{out / 'under_a_file.json'}: {out} is not a folder" in caplog.text
+    assert f"{tmp_path} is a folder: name a file" in caplog.text
+    assert f"{velocity_checkpoint} is the model of the evaluation: write its outputs" in caplog.text
+    assert load_checkpoint(velocity_checkpoint)["model"]
 
 
 def test_evaluate_fails_naming_the_split_when_no_frame_has_valid_ground_truth(

@@ -637,6 +637,8 @@ def test_cli_int8_argument_errors(random_checkpoint, tmp_path, caplog, extra, me
     ("extra", "message"),
     [
         (["--int8", "--calibration", "DATA", "--int8-tolerance", "nan"], "tolerance must be a finite number"),
+        (["--int8", "--calibration", "DATA", "--int8-max-difference", "-1"], "max_difference must be"),
+        (["--tensorrt", "m.onnx"], "m.onnx is named for two outputs of the export: give each its own path"),
         (
             ["--int8", "--calibration", "DATA", "--calibration-frames", "0"],
             "calibration_frames must be a whole",
@@ -672,8 +674,29 @@ def test_cli_export_never_writes_over_its_checkpoint(random_checkpoint, tmp_path
         argv = ["export", "--checkpoint", str(checkpoint), *target, "--overwrite"]
         with caplog.at_level(logging.ERROR):
             assert main(argv) == 2
-        assert f"{checkpoint} is the checkpoint to export: write the models to other paths" in caplog.text
+        assert f"{checkpoint} is the checkpoint of the export: write its outputs to other" in caplog.text
     assert _sha256(checkpoint) == _sha256(random_checkpoint) and not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_refuses_paths_it_cannot_write_before_exporting(random_checkpoint, tmp_path, caplog):
+    (tmp_path / "a_folder.onnx").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for path, message in (
+        ("a_folder.onnx", "a_folder.onnx is a folder: name a file"),
+        ("a_file/m.onnx", "a_file/m.onnx: " + str(tmp_path / "a_file") + " is not a folder"),
+    ):
+        argv = [
+            "export",
+            "--checkpoint",
+            str(random_checkpoint),
+            "--onnx",
+            str(tmp_path / path),
+            "--overwrite",
+        ]
+        with caplog.at_level(logging.ERROR):
+            assert main(argv) == 2
+        assert message in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder.onnx"]
 
 
 def test_cli_int8_defaults_are_the_library_defaults():

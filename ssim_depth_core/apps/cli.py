@@ -81,11 +81,10 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from ssim_depth_core.apps.evaluate import evaluate_model, format_report
     from ssim_depth_core.checkpoint import write_atomic
-    from ssim_depth_core.outputs import refuse_earlier_files, require_folder
+    from ssim_depth_core.outputs import check_output_files
 
     if args.json:  # before the evaluation: a path that cannot take the report fails at once
-        refuse_earlier_files([args.json], args.overwrite, "evaluation")
-        require_folder(args.json.parent, "choose another --json path")
+        check_output_files([args.json], {"model": args.checkpoint}, args.overwrite, "evaluation")
         args.json.parent.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(
         args.checkpoint, args.data, args.split, scaling=args.scaling, backend=args.backend
@@ -101,7 +100,7 @@ def _export(args: argparse.Namespace) -> None:
     from ssim_depth_core.artifact import engine_sidecar_path
     from ssim_depth_core.export.onnx import export_onnx
     from ssim_depth_core.export.quantize import check_int8_output, check_quantize_options, quantize_onnx
-    from ssim_depth_core.outputs import refuse_earlier_files
+    from ssim_depth_core.outputs import check_output_files
 
     if args.int8 and args.calibration is None:
         raise ValueError("--int8 needs --calibration DATA: the training data to calibrate and validate on")
@@ -126,9 +125,7 @@ def _export(args: argparse.Namespace) -> None:
     outputs = [args.onnx, *([int8_path] if args.int8 else [])]
     if args.tensorrt:
         outputs += [args.tensorrt, engine_sidecar_path(args.tensorrt)]
-    if args.checkpoint.resolve() in {path.resolve() for path in outputs}:
-        raise ValueError(f"{args.checkpoint} is the checkpoint to export: write the models to other paths")
-    refuse_earlier_files(outputs, args.overwrite, "export")
+    check_output_files(outputs, {"checkpoint": args.checkpoint}, args.overwrite, "export")
     # everything that can be checked before the FP32 model is written, so a refusal leaves nothing behind
     target = args.int8_target or ("tensorrt" if args.tensorrt else "cpu")
     given = {  # unset options keep quantize_onnx's defaults
