@@ -9,7 +9,9 @@ once the new run has everything it needs), so that a run which cannot start lose
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,12 +32,20 @@ def require_folder(path: str | Path, advice: str) -> None:
         raise ValueError(f"{path} is not a folder: {advice}")
 
 
-def earlier_outputs(out_dir: str | Path, names: Iterable[str], overwrite: bool, run: str) -> list[str]:
-    """The ``names`` present in ``out_dir`` (an earlier ``run``'s outputs, e.g. "recording").
+def earlier_outputs(
+    out_dir: str | Path,
+    names: Iterable[str],
+    overwrite: bool,
+    run: str,
+    inputs: Mapping[str, str | Path] | None = None,
+) -> list[str]:
+    """The ``names`` present in ``out_dir`` (an earlier ``run``'s outputs, e.g. "recording"), which the caller
+    removes with ``overwrite``: none of the run's ``inputs`` (option -> path, e.g. {"--input": ...}) may be
+    one of them or inside one.
 
     Raises:
         ValueError: ``out_dir`` exists and is not a folder; or it holds any of ``names`` and not ``overwrite``
-            (the message names the folder, the outputs found and ``--overwrite``).
+            (the message names the folder, the outputs found and ``--overwrite``); or an input is in them.
     """
     out_dir = Path(out_dir)
     require_folder(out_dir, "choose a folder for the outputs")
@@ -45,6 +55,14 @@ def earlier_outputs(out_dir: str | Path, names: Iterable[str], overwrite: bool, 
             f"{out_dir} holds an earlier {run} ({', '.join(found)}): pass --overwrite to replace it, or "
             "choose another folder"
         )
+    for option, path in (inputs or {}).items():
+        for name in found:
+            output = (out_dir / name).resolve()
+            if Path(path).resolve() == output or output in Path(path).resolve().parents:
+                raise ValueError(
+                    f"{option} {path} is in {out_dir / name}, an output of the earlier {run} that "
+                    "--overwrite removes: copy it elsewhere first, or choose another output folder"
+                )
     return found
 
 
@@ -97,3 +115,32 @@ def remove_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+class SetAside:
+    """An earlier run's outputs (``names`` in ``out_dir``), moved into a hidden folder of ``out_dir`` while a
+    new run starts, for a run whose start can only be proven by doing it (a node that must serve a frame):
+    :meth:`discard` removes them once it has started, :meth:`restore` puts them back when it could not."""
+
+    def __init__(self, out_dir: str | Path, names: Iterable[str]) -> None:
+        self.out_dir, self.names, self.folder = Path(out_dir), list(names), None
+        if self.names:
+            self.folder = Path(tempfile.mkdtemp(prefix=".earlier-run-", dir=self.out_dir))
+            for name in self.names:
+                os.replace(self.out_dir / name, self.folder / name)
+
+    def discard(self) -> None:
+        """Remove the earlier outputs for good (idempotent)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder)
+            self.folder = None
+
+    def restore(self) -> None:
+        """Put the earlier outputs back in place of the new run's of the same names (idempotent; after
+        :meth:`discard` nothing is left to restore)."""
+        if self.folder is not None:
+            remove_outputs(self.out_dir, self.names)
+            for name in self.names:
+                os.replace(self.folder / name, self.out_dir / name)
+            self.folder.rmdir()
+            self.folder = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -396,6 +397,14 @@ def test_an_earlier_run_is_refused_unless_overwritten(
     # --overwrite with a model that is then refused: the earlier run is removed only once the model has opened
     with pytest.raises(ValueError, match="scale_source 'model' needs a metric model"):
         run_inference(random_checkpoint, tmp_path / "images", out, overwrite=True, progress=False)
+    assert _tree(out) == before
+    # --overwrite never removes what the run reads: the earlier run's depth as input, a model kept in it
+    with pytest.raises(ValueError, match=f"^--input {out / 'depth'} is in {out / 'depth'}, an output of"):
+        run_inference(metric_checkpoint, out / "depth", out, overwrite=True, progress=False)
+    shutil.copyfile(metric_checkpoint, out / "clouds" / "model.pt")
+    with pytest.raises(ValueError, match=f"^--model {out / 'clouds' / 'model.pt'} is in {out / 'clouds'}"):
+        run_inference(out / "clouds" / "model.pt", tmp_path / "images", out, overwrite=True, progress=False)
+    (out / "clouds" / "model.pt").unlink()
     assert _tree(out) == before
 
     with caplog.at_level(logging.WARNING):

@@ -236,7 +236,8 @@ def run_inference(
             "CameraInfo topic"
         )
 
-    earlier = earlier_outputs(out_dir, OUTPUTS, overwrite, "run of ssim-depth infer")
+    inputs = {"--input": input_path, "--model": model}
+    earlier = earlier_outputs(out_dir, OUTPUTS, overwrite, "run of ssim-depth infer", inputs)
     source = _open_input(input_path, image_topic)
     try:
         pipeline = FramePipeline(ModelSettings(model, backend, scale=scale))  # before any file is touched

@@ -723,7 +723,7 @@ def test_player_publishes_the_recorded_messages(ros, tmp_path, photo):
         assert (msg.encoding, msg.header.frame_id) == ("rgb8", "camera_color_left")
         np.testing.assert_array_equal(np.frombuffer(msg.data, np.uint8).reshape(HEIGHT, WIDTH, 3), frame)
         np.testing.assert_allclose(infos[stamp].k, intrinsics.matrix.ravel())
-    with pytest.raises(ValueError, match="rate must be > 0"):
+    with pytest.raises(ValueError, match="rate must be a finite number > 0, got 0.0"):
         play(tmp_path / "bag", rate=0.0, node=player)
 
 

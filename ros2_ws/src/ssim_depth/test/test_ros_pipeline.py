@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -136,13 +139,31 @@ def test_latency_statistics(served, frames):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_a_node_that_cannot_start_is_reported_with_its_log(tmp_path, bag):
+def test_a_node_that_cannot_start_is_reported_with_its_log(tmp_path, bag, served):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
+    run = tmp_path / "run"
     for _ in range(2):  # the failed run leaves only its log, so the same command runs again (and fails alike)
         with pytest.raises(PipelineError, match=r"exited with code 1 before serving(.|\n)*broken\.onnx"):
-            run_pipeline(broken, bag, tmp_path / "run", backend="onnxruntime", startup_timeout=TIMEOUT)
-        assert [p.name for p in (tmp_path / "run").iterdir()] == ["node.log"]
+            run_pipeline(broken, bag, run, backend="onnxruntime", startup_timeout=TIMEOUT)
+        assert [p.name for p in run.iterdir()] == ["node.log"]
+    # --overwrite removes an earlier run only once the node has served: one that cannot start keeps it
+    shutil.copytree(served[0], run, dirs_exist_ok=True)
+    before = _recorded_files(run)
+    with pytest.raises(PipelineError, match="exited with code 1 before serving"):
+        run_pipeline(broken, bag, run, backend="onnxruntime", startup_timeout=TIMEOUT, overwrite=True)
+    assert _recorded_files(run) == before and sorted(run.glob(".*")) == []
+    for name, value in (("rate", 0.0), ("timeout", -5.0), ("startup_timeout", math.nan)):
+        with pytest.raises(ValueError, match=f"^{name} must be a finite number > 0, got {value}"):
+            run_pipeline(broken, bag, run, overwrite=True, **{name: value})
+    assert _recorded_files(run) == before
+
+
+def _recorded_files(out: Path) -> dict[Path, bytes]:
+    """Every file of a pipeline run in ``out`` but its node log, by relative path: its content."""
+    return {
+        p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "node.log"
+    }
 
 
 def test_frames_withheld_for_want_of_a_ground_plane_are_counted(tmp_path, random_onnx, bag, caplog):

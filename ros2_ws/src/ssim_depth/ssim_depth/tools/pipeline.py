@@ -53,7 +53,7 @@ from rclpy.serialization import deserialize_message
 import ssim_depth
 import ssim_depth_core
 from ssim_depth.node import SCALE_PARAMETERS
-from ssim_depth.tools.play import MESSAGE_CLASSES, play
+from ssim_depth.tools.play import MESSAGE_CLASSES, check_positive, play
 from ssim_depth.tools.record import RECORDING, DepthRecorder, claim_output
 from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.data.rosbag import (
@@ -63,7 +63,7 @@ from ssim_depth_core.data.rosbag import (
     select_camera_info_topic,
     select_image_topic,
 )
-from ssim_depth_core.outputs import remove_outputs
+from ssim_depth_core.outputs import SetAside, earlier_outputs, remove_outputs
 from ssim_depth_core.runtime.frames import SCALE_SOURCES
 from ssim_depth_core.runtime.scale import GROUND_NORMALS
 
@@ -174,6 +174,8 @@ def run_pipeline(
         PipelineError: the node exits early or does not come up in time (quotes its log).
     """
     model, bag, out = Path(model), Path(bag), Path(out_dir)
+    for name, value in (("rate", rate), ("startup_timeout", startup_timeout), ("timeout", timeout)):
+        check_positive(name, value)
     if not model.is_file():
         raise ValueError(f"model '{model}' is not a file")
     reader = open_reader(reader_path(bag))
@@ -198,7 +200,13 @@ def run_pipeline(
         msg = deserialize_message(bytes(first[name]), MESSAGE_CLASSES[topics[name].msgtype])
         msg.header.frame_id = WARMUP_FRAME_ID
         warmup.append((name, msg))
-    claim_output(out, overwrite, (*RECORDING, "summary.json"))
+    outputs = (*RECORDING, "summary.json")
+    # an earlier run's outputs go only once the node has served the warm-up frame: a run that cannot start
+    # (a model the node refuses) puts them back
+    earlier = SetAside(
+        out, earlier_outputs(out, outputs, overwrite, "recording", {"--model": model, "--bag": bag})
+    )
+    claim_output(out, False, outputs)
 
     input_name = "image/compressed" if compressed else "image"
     arguments = ["-p", f"model_path:={model.resolve()}", "-p", f"backend:={backend}"]
@@ -248,6 +256,7 @@ def run_pipeline(
             for topic, msg in warmup:
                 by_topic[topic].publish(msg)
         time.sleep(WARMUP_PERIOD)  # the node finishes the warm-up frame (preview, statistics) before frame 0
+        earlier.discard()
 
     try:
         with _environment(ros), open(log_path, "w") as log:
@@ -289,6 +298,7 @@ def run_pipeline(
     except BaseException:
         if not any((out / "depth").glob("*.png")):  # nothing recorded: only the node's log is worth keeping
             remove_outputs(out, RECORDING)
+            earlier.restore()
         raise
 
     summary.update(frames_in_bag=frames, node_exit_code=exit_code)

@@ -33,6 +33,12 @@ from ssim_depth_core.data.rosbag import (
 MESSAGE_CLASSES = {IMAGE_TYPE: Image, COMPRESSED_TYPE: CompressedImage, CAMERA_INFO_TYPE: CameraInfo}
 
 
+def check_positive(name: str, value: float) -> None:
+    """Refuse a ``value`` (a rate, a timeout) that is not a finite number > 0; ValueError names it."""
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+
+
 def play(
     bag: str | Path,
     rate: float = 1.0,
@@ -57,8 +63,7 @@ def play(
     Returns:
         Number of messages published.
     """
-    if not rate > 0:
-        raise ValueError(f"rate must be > 0, got {rate}")
+    check_positive("rate", rate)
     path = Path(bag)
     reader = open_reader(reader_path(path))
     own_node = node is None
