@@ -317,6 +317,29 @@ def test_held_out_frames_are_never_calibration_frames(drives):
     assert calibration == [(0, 1), (0, 3), (0, 4)] and held_out == [(1, 1), (1, 4)]
 
 
+def test_a_train_split_path_of_another_folder_gives_way_to_the_datas_own(drives, caplog):
+    """A model trained with ``data.train_split: demo/data/splits/.../train_files.txt`` (relative to where it
+    trained) calibrates elsewhere on DATA's own train split, with a warning naming the stored path."""
+    stored = "runs/elsewhere/splits/synthetic/train_files.txt"
+    with caplog.at_level(logging.WARNING):
+        _, calibration, held_out, _ = quantize.select_calibration_frames(
+            drives, DataConfig(train_split=stored), 3, 2
+        )
+    assert calibration == [(0, 1), (0, 3), (0, 4)] and held_out == [(1, 1), (1, 4)]
+    assert f"the model's train split {stored} is not here" in caplog.text
+
+
+def test_cli_refuses_unusable_calibration_data_before_writing_the_fp32_model(
+    random_checkpoint, tmp_path, caplog
+):
+    (tmp_path / "empty").mkdir()
+    argv = ["export", "--checkpoint", str(random_checkpoint), "--onnx", str(tmp_path / "m.onnx")]
+    with caplog.at_level(logging.ERROR):
+        assert main([*argv, "--int8", "--calibration", str(tmp_path / "empty")]) == 2
+    assert f"{tmp_path / 'empty'}: neither a KITTI raw root" in caplog.text
+    assert not (tmp_path / "m.onnx").exists()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -378,3 +378,13 @@ def test_split_entries_beyond_a_drive_or_without_neighbours_are_dropped_each_wit
         f"{split}: dropped 1 entries beyond their drive's frames (first: {drive.parent.name}/{drive.name} 50"
     )
     assert f"{beyond} (10 frames))" in caplog.text
+
+
+def test_a_split_file_path_that_is_not_there_is_named_as_such(tmp_path):
+    from ssim_depth_core.data.sources import resolve_split
+
+    missing = "runs/elsewhere/splits/synthetic/train_files.txt"
+    with pytest.raises(FileNotFoundError, match=f"^split file not found: {missing}$"):
+        resolve_split(tmp_path, missing)
+    with pytest.raises(ValueError, match="split 'train' is not a file, and .*/train_files.txt matched none"):
+        resolve_split(tmp_path, "train")  # a name: looked up in DATA/splits

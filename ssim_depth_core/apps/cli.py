@@ -98,8 +98,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from ssim_depth_core.accelerator import cuda_device, import_tensorrt
     from ssim_depth_core.artifact import engine_sidecar_path
+    from ssim_depth_core.checkpoint import load_checkpoint
+    from ssim_depth_core.config import stored_config
     from ssim_depth_core.export.onnx import export_onnx
-    from ssim_depth_core.export.quantize import check_int8_output, check_quantize_options, quantize_onnx
+    from ssim_depth_core.export.quantize import (
+        check_int8_output,
+        check_quantize_options,
+        quantize_onnx,
+        select_calibration_frames,
+    )
     from ssim_depth_core.outputs import check_output_files
 
     if args.int8 and args.calibration is None:
@@ -138,6 +145,12 @@ def _export(args: argparse.Namespace) -> None:
     if args.int8:
         check_quantize_options(args.calibration, target, **int8_options)
         check_int8_output(args.onnx, int8_path)
+        frame_counts = ("calibration_frames", "validation_frames")
+        select_calibration_frames(
+            args.calibration,
+            stored_config(load_checkpoint(args.checkpoint)["config"]).data,
+            **{key: value for key, value in int8_options.items() if key in frame_counts},
+        )
     if args.tensorrt:
         import_tensorrt()
         cuda_device()

@@ -85,6 +85,8 @@ def resolve_split(data_path: str | Path, split: str | Path) -> Path:
     """A split file path as given, or the name ``split`` resolved as ``DATA/splits/*/<split>_files.txt``."""
     if Path(split).is_file():
         return Path(split)
+    if Path(split).suffix == ".txt":  # a file path, not a name
+        raise not_found("split file", split)
     matches = _dataset_splits(data_path, str(split))
     if len(matches) != 1:
         found = ", ".join(str(m) for m in matches) or "none"

@@ -47,7 +47,7 @@ import yaml
 
 from ssim_depth_core.artifact import INPUT_NAME, read_metadata
 from ssim_depth_core.checkpoint import write_atomic
-from ssim_depth_core.config import stored_config
+from ssim_depth_core.config import DataConfig, stored_config
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.data.sources import open_sequences, select_split
 from ssim_depth_core.data.triplets import build_samples
@@ -236,9 +236,8 @@ def quantize_onnx(
     if metadata.precision != "fp32":
         raise ValueError(f"{fp32_path} is already {metadata.precision}: quantise the FP32 export")
     data_config = stored_config(yaml.safe_load(metadata.config_yaml)).data
-    sequences = open_sequences(data, data_config)
-    calibration, held_out, held_out_name = _select_frames(
-        data, sequences, data_config.train_split, calibration_frames, validation_frames
+    sequences, calibration, held_out, held_out_name = select_calibration_frames(
+        data, data_config, calibration_frames, validation_frames
     )
     calibration = _readable_frames(data, sequences, calibration, progress)
     logger.info(
@@ -376,6 +375,36 @@ def _remove_stale_int8(path: Path) -> str:
         return f" (the file there is kept: it is not an INT8 model, {foreign})"
     path.unlink()
     return " (the earlier INT8 model there was removed: it belongs to another export)"
+
+
+def select_calibration_frames(
+    data: str | Path,
+    data_config: DataConfig,
+    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
+    validation_frames: int = DEFAULT_VALIDATION_FRAMES,
+) -> tuple[list[FrameSequence], list[tuple[int, int]], list[tuple[int, int]], str]:
+    """Open DATA as the model's ``data_config`` reads it and choose its frames: (sequences, calibration
+    samples, held-out samples, the held-out set's name), samples as (sequence index, frame). Callers that
+    write the FP32 model first run it before, so that unusable data is refused while nothing is written.
+
+    The model's train split (``data_config.train_split``) selects the calibration frames; a split file path
+    of the training run that is not here (a relative path from another folder, another machine) gives way to
+    DATA's own train split, with a warning.
+
+    Raises:
+        ValueError: DATA cannot be opened, or has too few frames for both sets (see :func:`quantize_onnx`).
+    """
+    train_split = data_config.train_split
+    if Path(train_split).suffix == ".txt" and not Path(train_split).is_file():
+        logger.warning(
+            "INT8: the model's train split %s is not here (a path of its training run): calibrating on %s's "
+            "own train split",
+            train_split,
+            data,
+        )
+        train_split = ""
+    sequences = open_sequences(data, data_config)
+    return sequences, *_select_frames(data, sequences, train_split, calibration_frames, validation_frames)
 
 
 def _readable_frames(
