@@ -11,7 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -184,7 +189,7 @@ def test_frames_withheld_for_want_of_a_ground_plane_are_counted(tmp_path, random
 
 
 def test_bad_inputs_are_named(tmp_path, model, bag):
-    with pytest.raises(ValueError, match="missing.onnx' is not a file"):
+    with pytest.raises(FileNotFoundError, match="^model not found: .*missing.onnx$"):
         run_pipeline(tmp_path / "missing.onnx", bag, tmp_path / "run")
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match=r"a_file/run: cannot create the output folder \(Not a directory\)"):
@@ -212,3 +217,19 @@ def test_an_earlier_run_is_refused_unless_overwritten(tmp_path, model, bag, serv
     (earlier / "notes.txt").write_text("the user's own file")
     claim_output(earlier, overwrite=True)
     assert sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]
+
+
+def test_ctrl_c_ends_the_pipeline_with_one_line_and_stops_the_node(tmp_path, model, bag):
+    package = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "ssim_depth.tools.pipeline", "--model", str(model), "--bag", str(bag),
+               "--out", str(tmp_path / "run"), "--rate", "0.2", "--backend", "onnxruntime"]  # fmt: skip
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + TIMEOUT
+        while not any((tmp_path / "run" / "depth").glob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # playback has begun: the node serves
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "pipeline: interrupted" and "Traceback" not in stderr
+    assert "exited with code" not in stderr  # the node was stopped, not found dead

@@ -63,6 +63,7 @@ from ssim_depth_core.data.rosbag import (
     select_camera_info_topic,
     select_image_topic,
 )
+from ssim_depth_core.errors import not_found
 from ssim_depth_core.outputs import SetAside, earlier_outputs, remove_outputs
 from ssim_depth_core.runtime.frames import SCALE_SOURCES
 from ssim_depth_core.runtime.scale import GROUND_NORMALS
@@ -169,15 +170,16 @@ def run_pipeline(
         paths) plus ``frames_in_bag``, ``node_exit_code`` and the node log's path; also in summary.json.
 
     Raises:
-        ValueError: a missing model file, an unusable bag (names the file and what is wrong), or an earlier
-            run's outputs in ``out_dir`` without ``overwrite``.
+        FileNotFoundError: a missing model file.
+        ValueError: an unusable bag (names the file and what is wrong), a rate or timeout that is not > 0, or
+            an earlier run's outputs in ``out_dir`` without ``overwrite``.
         PipelineError: the node exits early or does not come up in time (quotes its log).
     """
     model, bag, out = Path(model), Path(bag), Path(out_dir)
     for name, value in (("rate", rate), ("startup_timeout", startup_timeout), ("timeout", timeout)):
         check_positive(name, value)
     if not model.is_file():
-        raise ValueError(f"model '{model}' is not a file")
+        raise not_found("model", model)
     reader = open_reader(reader_path(bag))
     try:
         topics = reader.topics
@@ -381,12 +383,12 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             overwrite=args.overwrite,
         )
-    except ValueError as error:  # bad input: exit 2, as ssim-depth and play
+    except (ValueError, FileNotFoundError) as error:  # bad input: exit 2, as ssim-depth and play
         parser.exit(2, f"pipeline: {error}\n")
     except PipelineError as error:  # the node failed
         parser.exit(1, f"pipeline: {error}\n")
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # one line, as ssim-depth
+        parser.exit(130, "pipeline: interrupted\n")
     outputs = summary["outputs"]
     print(
         f"frames: {summary['frames_received']} served of {summary['frames_published']} published "
