@@ -367,11 +367,18 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(tiny_drive, tmp_p
     assert _logged_steps(run) == list(range(1, 9))
 
 
+ONE_STEP = [*TINY, "optim.max_steps=1", "data.val_split=none"]
+
+
+def _one_step_run(data: Path, run: Path) -> tuple[Path, Path]:
+    """Train one step into ``run``; its (last.pt, best.pt)."""
+    Trainer(load_config(CONFIG, ONE_STEP), data, run).fit()
+    return run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+
+
 def test_resume_without_last_pt_beside_other_checkpoints_is_refused_and_keeps_them(tiny_drive, tmp_path):
-    run = tmp_path / "run"
-    settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
-    Trainer(load_config(CONFIG, settings), tiny_drive, run).fit()
-    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    run, settings = tmp_path / "run", ONE_STEP
+    last, best = _one_step_run(tiny_drive, run)
     kept = best.read_bytes()
     last.unlink()
     for stand_in in (None, "folder", "broken link"):  # what a resume cannot read
@@ -399,10 +406,8 @@ def test_an_interrupted_training_says_whether_it_can_be_resumed(tmp_path):
 
 
 def test_overwrite_removes_the_earlier_run_only_once_the_new_one_has_loaded(tiny_drive, tmp_path):
-    run = tmp_path / "run"
-    settings = [*TINY, "optim.max_steps=1", "data.val_split=none"]
-    Trainer(load_config(CONFIG, settings), tiny_drive, run).fit()
-    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    run, settings = tmp_path / "run", ONE_STEP
+    last, best = _one_step_run(tiny_drive, run)
     before = last.read_bytes()
     with pytest.raises((ValueError, OSError), match="missing"):  # a run that cannot start loses nothing
         Trainer(load_config(CONFIG, settings), tmp_path / "missing", run, overwrite=True)
