@@ -328,8 +328,8 @@ def check_quantize_options(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     for name, value in (("tolerance", tolerance), ("max_difference", max_difference)):
-        if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(value, int | float) or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not Path(data).exists():
         raise not_found("calibration data", data)
 
