@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ssim_depth_core.errors import yaml_error_line
+from ssim_depth_core.errors import not_found, yaml_error_line
 
 # torchvision backbones the depth and pose nets take (models/encoder.py builds them; ImageNet normalisation
 # inside). ResNets give the U-Net decoder their stem map at 1/2; ConvNeXts, whose stem is at 1/4, get a small
@@ -318,6 +318,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ``key.sub=value`` overrides (values parsed as YAML), each replacing the value at its dotted key."""
     values = to_dict(TrainConfig())
     if path is not None:
+        if not Path(path).is_file():
+            raise not_found("config", path)
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:

@@ -101,3 +101,5 @@ def test_a_config_or_override_that_is_not_yaml_is_one_error_naming_it(tmp_path):
         ValueError, match=r"^override 'data.frame_ids=\[0,': its value is not YAML \(.*line 1"
     ):
         load_config(None, ["data.frame_ids=[0,"])
+    with pytest.raises(FileNotFoundError, match=f"^config not found: {tmp_path} \\(a folder, not a file\\)$"):
+        load_config(tmp_path)
