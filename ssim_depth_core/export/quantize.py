@@ -49,7 +49,7 @@ from ssim_depth_core.artifact import INPUT_NAME, read_metadata
 from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.config import DataConfig, stored_config
 from ssim_depth_core.data.sequence import FrameSequence
-from ssim_depth_core.data.sources import open_sequences, select_split
+from ssim_depth_core.data.sources import names_a_split_file, open_sequences, select_split
 from ssim_depth_core.data.triplets import build_samples
 from ssim_depth_core.errors import not_found
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth_scalings
@@ -395,7 +395,7 @@ def select_calibration_frames(
         ValueError: DATA cannot be opened, or has too few frames for both sets (see :func:`quantize_onnx`).
     """
     train_split = data_config.train_split
-    if Path(train_split).suffix == ".txt" and not Path(train_split).is_file():
+    if names_a_split_file(train_split) and not Path(train_split).is_file():
         logger.warning(
             "INT8: the model's train split %s is not here (a path of its training run): calibrating on %s's "
             "own train split",
