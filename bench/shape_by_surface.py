@@ -199,7 +199,7 @@ def measure_run(checkpoint: Path, heldout: Path, drive: SyntheticDrive, split: s
     (sequence,) = open_sequences(heldout, DataConfig())
     samples = build_samples([sequence], [0], resolve_split(heldout, split))
     estimator = DepthEstimator(checkpoint, backend="torch")
-    objective = ObjectiveAtTruth(stored_config(load_checkpoint(checkpoint)["config"]), drive)
+    objective = ObjectiveAtTruth(stored_config(load_checkpoint(checkpoint)["config"], checkpoint), drive)
     metric = estimator.backend.metric != "none"
     frames = []
     for _, index in progress_bar(samples, desc=checkpoint.parent.parent.name):

@@ -78,6 +78,10 @@ class ExportMetadata:
     depth_difference: float | None = None
 
     def __post_init__(self) -> None:
+        if not 0 < self.min_depth < self.max_depth:  # also rejects NaN
+            raise ValueError(
+                f"metadata needs 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}"
+            )
         for name in ("train_height", "train_width", "height", "width"):
             value = getattr(self, name)
             if not 1 <= value <= MAX_INPUT_SIDE:

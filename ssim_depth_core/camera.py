@@ -62,6 +62,16 @@ class Intrinsics:
             )
 
     @classmethod
+    def from_list(cls, values: Sequence[float]) -> Intrinsics:
+        """Build from ``[fx, fy, cx, cy, width, height]`` (the config's and the command line's form)."""
+        if len(values) != 6:
+            raise ValueError(f"intrinsics must be [fx, fy, cx, cy, width, height], got {list(values)!r}")
+        fx, fy, cx, cy, width, height = values
+        if width != int(width) or height != int(height):
+            raise ValueError(f"intrinsics width/height must be whole pixels, got {width} x {height}")
+        return cls(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+
+    @classmethod
     def from_matrix(cls, matrix: Sequence[float] | np.ndarray, width: int, height: int) -> Intrinsics:
         """Build from a 3x3 K or a 3x4 projection matrix P (row-major, flat or 2-D)."""
         m = np.asarray(matrix, dtype=np.float64)

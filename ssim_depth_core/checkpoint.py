@@ -59,7 +59,9 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             hint = " (disk full or over quota)"
         elif error.errno == errno.EFBIG:
             hint = " (over the file-size limit: ulimit -f, or the largest file the file system holds)"
-        raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}{hint}; {kept}") from error
+        failure = OSError(f"cannot write {path}: {error.strerror or error}{hint}; {kept}")
+        failure.errno = error.errno  # set after: OSError(errno, text) would put "[Errno N]" before the text
+        raise failure from error
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -161,6 +163,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise not_found("checkpoint", path)
+    _check_torch_container(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -186,6 +189,30 @@ def load_checkpoint(
             f"{path}: not an ssim_depth checkpoint (its model is not a mapping of names to tensors)"
         )
     return state
+
+
+def _check_torch_container(path: Path) -> None:
+    """Refuse a file that is neither of torch.save's formats (a zip archive; before PyTorch 1.6 a protocol-2
+    pickle) before torch.load misreads it, saying when it is an ONNX model."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return
+    if _is_onnx_model(path):
+        raise ValueError(f"{path}: not a PyTorch checkpoint but an ONNX model: serve it under a .onnx name")
+    raise ValueError(
+        f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)"
+    )
+
+
+def _is_onnx_model(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # protobuf raises its own types for bytes that are not a ModelProto
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -214,7 +241,7 @@ def load_depth_net(path: str | Path, map_location: str | torch.device = "cpu"):
     from ssim_depth_core.models.depth import DepthNet
 
     state = load_checkpoint(path, map_location)
-    config: TrainConfig = stored_config(state["config"])  # a checkpoint of older keys too
+    config: TrainConfig = stored_config(state["config"], path)  # a checkpoint of older keys too
     net = DepthNet.from_config(config.model, pretrained=False)
     prefix = "depth_net."
     weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ssim_depth_core.camera import Intrinsics
 from ssim_depth_core.errors import not_found, yaml_error_line
 
 # torchvision backbones the depth and pose nets take (models/encoder.py builds them; ImageNet normalisation
@@ -187,8 +188,8 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    height: int = 192  # network input height (multiple of 32)
-    width: int = 640  # network input width (multiple of 32)
+    height: int = 192  # network input height (a multiple of SIZE_MULTIPLE, 32)
+    width: int = 640  # network input width (a multiple of 32)
     frame_ids: list[int] = field(default_factory=lambda: [0, -1, 1])  # target first, then source offsets
     # Stereo training (Monodepth2's S with frame_ids [0], MS with temporal sources too): the rectified partner
     # camera's frame is one more source, warped with the known baseline instead of a pose-net estimate.
@@ -243,6 +244,11 @@ class DataConfig:
         )
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"config 'data.hue' must be in [0, 0.5], got {self.hue!r}")
+        if self.intrinsics:
+            try:
+                Intrinsics.from_list(self.intrinsics)
+            except ValueError as error:
+                raise ValueError(f"config 'data.intrinsics': {error}") from error
 
 
 def check_frame_ids(frame_ids: Sequence[int], stereo: bool = False) -> list[int]:
@@ -294,6 +300,10 @@ class OptimConfig:
         )
 
 
+# The encoders downsample five times; the decoders' skip connections need every level to halve exactly.
+SIZE_MULTIPLE = 32
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -311,6 +321,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_range(self, "", at_least_one=("log_every", "preview_every", "checkpoint_every"))
+        if self.data.height % SIZE_MULTIPLE or self.data.width % SIZE_MULTIPLE:
+            raise ValueError(
+                f"config 'data.height' and 'data.width' must be multiples of {SIZE_MULTIPLE} (the networks' "
+                f"input), got {self.data.height}x{self.data.width}"
+            )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -434,10 +449,13 @@ def config_differences(old: dict, new: dict, ignore: frozenset[str] = frozenset(
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def stored_config(values: dict[str, Any]) -> TrainConfig:
-    """The :class:`TrainConfig` of a stored config dict, its older keys upgraded
-    (:func:`upgrade_stored_config`)."""
-    return from_dict(TrainConfig, upgrade_stored_config(values))
+def stored_config(values: dict[str, Any], source: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` of a config dict stored in ``source`` (a checkpoint or model file), its older
+    keys upgraded (:func:`upgrade_stored_config`); a ValueError naming ``source`` when it is invalid."""
+    try:
+        return from_dict(TrainConfig, upgrade_stored_config(values))
+    except ValueError as error:
+        raise ValueError(f"{source}: its stored training config is invalid ({error})") from error
 
 
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

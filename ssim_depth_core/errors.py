@@ -36,13 +36,20 @@ def not_found(what: str, path: str | Path) -> FileNotFoundError:
     message = f"{what} not found: {path}"
     if Path(path).is_dir():
         message += " (a folder, not a file)"
-    elif Path(path).is_symlink():
-        try:
-            os.stat(path)
-        except OSError as error:
-            message += (
-                " (a symbolic link that loops)"
-                if error.errno == errno.ELOOP
-                else f" (a symbolic link to {os.readlink(path)}, which does not exist)"
-            )
+    elif link := broken_link(path):
+        message += f" ({link})"
     return FileNotFoundError(message)
+
+
+def broken_link(path: str | Path) -> str | None:
+    """What is wrong with ``path`` when it is a symbolic link that leads nowhere ("a symbolic link that
+    loops", "a symbolic link to TARGET, which does not exist"); None for anything else."""
+    if not Path(path).is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link that loops"
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return None

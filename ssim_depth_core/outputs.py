@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ssim_depth_core.errors import broken_link
+
 
 def occupied(path: str | Path) -> bool:
     """Whether anything is at ``path``, a link whose target is missing included."""
@@ -23,11 +25,14 @@ def occupied(path: str | Path) -> bool:
 
 
 def require_folder(path: str | Path, advice: str) -> None:
-    """Refuse a ``path`` that exists and is not a folder (a missing one is fine: the caller creates it).
+    """Refuse a ``path`` that exists and is not a folder, or is a link that leads nowhere (a missing one is
+    fine: the caller creates it).
 
     Raises:
-        ValueError: "``path`` is not a folder: ``advice``".
+        ValueError: "``path`` is not a folder: ``advice``" (or "is a symbolic link that loops: ...").
     """
+    if link := broken_link(path):
+        raise ValueError(f"{path} is {link}: {advice}")
     if Path(path).exists() and not Path(path).is_dir():
         raise ValueError(f"{path} is not a folder: {advice}")
 
@@ -120,12 +125,15 @@ def remove_outputs(out_dir: str | Path, names: Iterable[str]) -> None:
 class SetAside:
     """An earlier run's outputs (``names`` in ``out_dir``), moved into a hidden folder of ``out_dir`` while a
     new run starts, for a run whose start can only be proven by doing it (a node that must serve a frame):
-    :meth:`discard` removes them once it has started, :meth:`restore` puts them back when it could not."""
+    :meth:`discard` removes them once it has started, :meth:`restore` puts them back when it could not.
+    A run killed outright (SIGKILL) does neither; :meth:`recover` puts its hidden folder back next time."""
+
+    PREFIX = ".earlier-run-"
 
     def __init__(self, out_dir: str | Path, names: Iterable[str]) -> None:
         self.out_dir, self.names, self.folder = Path(out_dir), list(names), None
         if self.names:
-            self.folder = Path(tempfile.mkdtemp(prefix=".earlier-run-", dir=self.out_dir))
+            self.folder = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=self.out_dir))
             for name in self.names:
                 os.replace(self.out_dir / name, self.folder / name)
 
@@ -144,3 +152,40 @@ class SetAside:
                 os.replace(self.folder / name, self.out_dir / name)
             self.folder.rmdir()
             self.folder = None
+
+    @classmethod
+    def recover(cls, out_dir: str | Path) -> list[str]:
+        """Put back what a killed run left set aside in ``out_dir``; returns the names restored.
+
+        A run killed before its start was proven has written at most empty folders of its own (a recorder's
+        image folders), which give way; any other output of the same name means the folder is no longer
+        as that run left it, and the choice is the user's.
+
+        Raises:
+            ValueError: naming the hidden folder, what it holds and what stands in its way.
+        """
+        out_dir = Path(out_dir)
+        restored = []
+        for folder in sorted(out_dir.glob(f"{cls.PREFIX}*")):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            names = sorted(entry.name for entry in folder.iterdir())
+            blocking = [
+                name for name in names if occupied(out_dir / name) and not _empty_folder(out_dir / name)
+            ]
+            if blocking:
+                raise ValueError(
+                    f"{folder} holds an earlier run's {', '.join(names)}, set aside by a run that was killed "
+                    f"while starting, but {out_dir} has {', '.join(blocking)} again: move the ones to keep "
+                    "into place and remove that folder"
+                )
+            remove_outputs(out_dir, names)
+            for name in names:
+                os.replace(folder / name, out_dir / name)
+            folder.rmdir()
+            restored += names
+        return restored
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())

@@ -512,7 +512,7 @@ def test_the_ssim_study_records_read_as_resnet18_configs():
     """The stored SSIM-study records (model.num_layers: 18) equal their config written with today's keys."""
     record = json.loads((ROOT / "docs" / "studies" / "ssim.jsonl").read_text().splitlines()[0])
     assert record["train_config"]["model"]["num_layers"] == 18
-    today = to_dict(stored_config(record["train_config"]))
+    today = to_dict(stored_config(record["train_config"], "ssim.jsonl"))
     assert today["model"]["encoder"] == today["model"]["pose_encoder"] == "resnet18"
     assert config_differences(record["train_config"], today) == []
     today["model"]["encoder"] = "convnext_tiny"

@@ -102,11 +102,14 @@ def test_metadata_round_trip_and_files_without_metric():
     assert ExportMetadata.from_props(old, "old.onnx").output == "disparity"
 
 
-def test_metadata_rejects_an_unknown_metric_source():
+def test_metadata_rejects_unknown_choices_and_a_bad_depth_range():
     with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'metric'.*got 'lidar'"):
         ExportMetadata.from_props({**PROPS, "metric": "lidar"}, "bad.onnx")
     with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'output'.*got 'depth'"):
         ExportMetadata.from_props({**PROPS, "output": "depth"}, "bad.onnx")
+    for min_depth, max_depth in (("50", "10"), ("0", "10"), ("nan", "10")):
+        with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*0 < min_depth < max_depth"):
+            ExportMetadata.from_props({**PROPS, "min_depth": min_depth, "max_depth": max_depth}, "bad.onnx")
 
 
 def test_onnxruntime_matches_torch(exported, checkpoint):

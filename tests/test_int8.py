@@ -329,6 +329,27 @@ def test_a_train_split_path_of_another_folder_gives_way_to_the_datas_own(drives,
     assert f"the model's train split {stored} is not here" in caplog.text
 
 
+def test_a_train_split_of_other_drives_gives_way_to_the_datas_own(drives, tmp_path, caplog):
+    """A stored split file that is here but lists drives DATA does not have (the model trained on other
+    data) does the same; one that lists DATA's own drives is used."""
+    (drive,) = {line.split()[0] for line in (drives / "splits" / "synthetic" / "train_files.txt").open()}
+    foreign = tmp_path / "foreign_files.txt"
+    foreign.write_text(f"{drive} 2 l\n1999_01_01/1999_01_01_drive_0001_sync 3 l\n")
+    with caplog.at_level(logging.WARNING):
+        _, calibration, _, _ = quantize.select_calibration_frames(
+            drives, DataConfig(train_split=str(foreign)), 3, 2
+        )
+    assert calibration == [(0, 1), (0, 3), (0, 4)]
+    assert f"the model's train split {foreign} names 1 sequence(s) {drives} does not have (first: drive " in (
+        caplog.text
+    )
+    own = tmp_path / "own_files.txt"
+    own.write_text(f"{drive} 2 l\n")
+    caplog.clear()
+    _, calibration, _, _ = quantize.select_calibration_frames(drives, DataConfig(train_split=str(own)), 3, 2)
+    assert calibration == [(0, 2)] and "train split" not in caplog.text
+
+
 def test_cli_refuses_unusable_calibration_data_before_writing_the_fp32_model(
     random_checkpoint, tmp_path, caplog
 ):
@@ -560,8 +581,12 @@ def test_int8_build_without_tensorrt_raises_a_clear_error(int8_models, tmp_path)
 
 
 # ---------------------------------------------------------------- CLI
-def test_cli_exports_fp32_and_int8(random_checkpoint, drives, tmp_path, capsys):
+def test_cli_exports_fp32_and_int8(random_checkpoint, drives, tmp_path, capsys, monkeypatch):
     out = tmp_path / "depth.onnx"
+    opened = []  # the calibration data is opened once: checked before the FP32 export, then used
+    monkeypatch.setattr(
+        quantize, "open_sequences", lambda *args: opened.append(args[0]) or open_sequences(*args)
+    )
     argv = [
         "export",
         "--checkpoint",
@@ -579,6 +604,7 @@ def test_cli_exports_fp32_and_int8(random_checkpoint, drives, tmp_path, capsys):
     assert read_metadata(onnx.load(out), out).precision == "fp32"
     metadata = read_metadata(onnx.load(tmp_path / "depth.int8.onnx"), "int8")
     assert (metadata.precision, metadata.calibration_frames, metadata.validation_frames) == ("int8", 3, 2)
+    assert opened == [drives]
 
     refused = tmp_path / "refused.int8.onnx"
     again = [*argv, "--int8-onnx", str(refused), "--int8-tolerance", "-1", "--calibration-frames", "2"]

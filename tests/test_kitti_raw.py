@@ -201,7 +201,7 @@ def test_read_split(tmp_path):
             read_split(split)
 
 
-def test_discover_and_open_sequences(tmp_path):
+def test_discover_and_open_sequences(tmp_path, caplog):
     write_drive(tmp_path, random_images(2), drive="2011_09_26_drive_0002_sync")
     write_drive(tmp_path, random_images(2), drive="2011_09_26_drive_0001_sync", camera="03")
     write_drive(tmp_path, random_images(2), drive="2011_09_26_drive_0001_sync", camera="02", stamps=[])
@@ -213,6 +213,12 @@ def test_discover_and_open_sequences(tmp_path):
         f"{DATE}/2011_09_26_drive_0002_sync/image_02",
     ]
     assert [s.name for s in open_sequences(tmp_path, DataConfig())] == names
+    assert "data.intrinsics" not in caplog.text
+    given = DataConfig(intrinsics=[10.0, 10.0, 4.0, 3.0, 9, 7])
+    with caplog.at_level(logging.WARNING):
+        sequences = open_sequences(tmp_path, given)
+    assert "data.intrinsics is not used" in caplog.text and str(tmp_path) in caplog.text
+    assert sequences[0].intrinsics != Intrinsics.from_list(given.intrinsics)  # the calibration's, as said
     with pytest.raises(ValueError, match="neither a KITTI raw root"):
         open_sequences(tmp_path / DATE / "2011_09_26_drive_0002_sync", DataConfig())
 

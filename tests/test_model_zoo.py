@@ -99,7 +99,7 @@ def test_stored_configs_with_old_keys_upgrade_in_one_place():
         "model": {"min_depth": 0.5, "encoder": "resnet50", "pose_encoder": "resnet18"},
     }
     assert old == snapshot  # not modified
-    config = stored_config(old)
+    config = stored_config(old, "old.pt")
     assert (config.model.encoder, config.model.pose_encoder, config.model.decoder) == (
         "resnet50",
         "resnet18",
@@ -305,7 +305,7 @@ def test_new_depth_nets_run_through_the_depth_estimator(served):
 def test_record_format_is_json_serialisable_for_new_configs():
     """Study records store train_config as JSON: the nested model.sql block must round-trip."""
     config = to_dict(TrainConfig(model=_model_config("convnext_tiny", "sql")))
-    assert stored_config(json.loads(json.dumps(config))) == stored_config(config)
+    assert stored_config(json.loads(json.dumps(config)), "record") == stored_config(config, "record")
 
 
 def test_model_sizes_script_lists_every_configuration(capsys, monkeypatch):

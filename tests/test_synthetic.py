@@ -524,7 +524,8 @@ def test_rendering_a_seed_again_into_its_folder_needs_overwrite_and_replaces_all
     syn.generate_dataset(tmp_path, drives=2, **options)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(
-        ValueError, match=r"already holds seed 9's drives or bags \(4, e\.g\. .*: pass --overwrite"
+        ValueError,
+        match=r"already holds seed 9's dataset \(2 drive\(s\) and 2 bag\(s\), e\.g\. .*: pass --overwrite",
     ):
         syn.generate_dataset(tmp_path, drives=1, **options)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -608,6 +608,41 @@ def test_a_malformed_checkpoint_is_one_clear_error_in_every_verb(
         assert "\n" not in record.getMessage()
 
 
+def test_an_invalid_stored_config_is_named_with_its_checkpoint(
+    random_checkpoint, tiny_drive, tmp_path, caplog
+):
+    state = load_checkpoint(random_checkpoint)
+    bad = tmp_path / "bad.pt"
+    torch.save(
+        {**state, "config": {**state["config"], "data": {**state["config"]["data"], "height": -5}}}, bad
+    )
+    image = next(tiny_drive.glob("*/*_sync/image_02/data/*.png"))
+    for argv in (
+        ["evaluate", "--checkpoint", str(bad), "--data", str(tiny_drive)],
+        ["infer", "--model", str(bad), "--input", str(image), "--out", str(tmp_path / "infer")],
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert cli_main(argv) == 2, argv[0]
+        (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert f"{bad}: its stored training config is invalid" in record.getMessage(), argv[0]
+        assert "'data.height' must be >= 1, got -5" in record.getMessage(), argv[0]
+
+
+def test_a_file_that_is_not_a_torch_save_is_named_for_what_it_is(random_checkpoint, random_onnx, tmp_path):
+    onnx_as_pt = tmp_path / "model.pt"
+    onnx_as_pt.write_bytes(random_onnx.read_bytes())
+    with pytest.raises(ValueError, match=r"model\.pt: not a PyTorch checkpoint but an ONNX model"):
+        load_checkpoint(onnx_as_pt)
+    text = tmp_path / "notes.pt"
+    text.write_text("epoch 3: loss 0.12\n")
+    with pytest.raises(ValueError, match=r"notes\.pt: not a PyTorch checkpoint \(torch\.save writes a zip"):
+        load_checkpoint(text)
+    legacy = tmp_path / "legacy.pt"  # torch.save's format before PyTorch 1.6 still loads
+    torch.save(load_checkpoint(random_checkpoint), legacy, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(legacy)["config"] == load_checkpoint(random_checkpoint)["config"]
+
+
 def test_resume_from_a_weights_only_checkpoint_names_what_is_missing(random_checkpoint, tiny_drive, tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -673,6 +708,31 @@ def test_stereo_training_runs_and_resumes(stereo_drive, tmp_path, caplog, mode, 
     assert resumed.step == 2
     resumed.fit()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_an_output_folder_that_is_a_broken_link_is_named_in_every_verb(
+    random_checkpoint, tiny_drive, tmp_path, caplog
+):
+    loop, dangling = tmp_path / "loop", tmp_path / "dangling"
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "gone")
+    image = next(tiny_drive.glob("*/*_sync/image_02/data/*.png"))
+    for out, link in (
+        (loop, "a symbolic link that loops"),
+        (dangling, f"a symbolic link to {tmp_path / 'gone'}"),
+    ):
+        for argv in (
+            ["synth", "--out", str(out), "--drives", "1", "--frames", "3"],
+            ["infer", "--model", str(random_checkpoint), "--input", str(image), "--out", str(out)],
+            ["train", "--config", str(CONFIG), "--data", str(tiny_drive), "--out", str(out),
+             *[f"--set={item}" for item in TINY]],
+        ):  # fmt: skip
+            caplog.clear()
+            with caplog.at_level(logging.ERROR):
+                assert cli_main(argv) == 2, argv[0]
+            (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert record.getMessage().startswith(f"{out} is {link}"), (argv[0], record.getMessage())
+    assert not (tmp_path / "gone").exists()
 
 
 def test_an_output_path_that_is_a_file_is_refused(tiny_drive, tmp_path):

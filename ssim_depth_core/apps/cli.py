@@ -146,9 +146,9 @@ def _export(args: argparse.Namespace) -> None:
         check_quantize_options(args.calibration, target, **int8_options)
         check_int8_output(args.onnx, int8_path)
         frame_counts = ("calibration_frames", "validation_frames")
-        select_calibration_frames(
+        calibration = select_calibration_frames(
             args.calibration,
-            stored_config(load_checkpoint(args.checkpoint)["config"]).data,
+            stored_config(load_checkpoint(args.checkpoint)["config"], args.checkpoint).data,
             **{key: value for key, value in int8_options.items() if key in frame_counts},
         )
     if args.tensorrt:
@@ -157,7 +157,9 @@ def _export(args: argparse.Namespace) -> None:
     onnx_path = export_onnx(args.checkpoint, args.onnx, height=args.height, width=args.width)
     print(f"ONNX model written to {onnx_path}")
     if args.int8:
-        report = quantize_onnx(onnx_path, int8_path, args.calibration, target=target, **int8_options)
+        report = quantize_onnx(
+            onnx_path, int8_path, args.calibration, target=target, frames=calibration, **int8_options
+        )
         print(report.summary())
         print(f"INT8 ONNX model ({target}) written to {int8_path}")
         onnx_path = int8_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ssim_depth_core.camera import Intrinsics
@@ -11,17 +12,7 @@ from ssim_depth_core.data.rosbag import STORAGE_SUFFIXES, RosbagSequence, is_ros
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.errors import not_found
 
-
-def intrinsics_from_config(values: list[float]) -> Intrinsics | None:
-    """``data.intrinsics`` ([fx, fy, cx, cy, width, height], or empty) -> Intrinsics | None."""
-    if not values:
-        return None
-    if len(values) != 6:
-        raise ValueError(f"data.intrinsics must be [fx, fy, cx, cy, width, height], got {values!r}")
-    fx, fy, cx, cy, width, height = values
-    if width != int(width) or height != int(height):
-        raise ValueError(f"data.intrinsics width/height must be whole pixels, got {width} x {height}")
-    return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+log = logging.getLogger(__name__)
 
 
 def bag_paths(path: Path) -> list[Path]:
@@ -50,6 +41,12 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
     if not path.exists():
         raise not_found("data", path)
     if is_kitti_root(path):
+        if data_config.intrinsics:
+            log.warning(
+                "data.intrinsics is not used: %s is a KITTI raw root, whose calib_cam_to_cam.txt gives the "
+                "cameras (data.intrinsics stands in for a bag's missing CameraInfo)",
+                path,
+            )
         return discover_kitti(path, depth_source=data_config.depth_source, stereo=data_config.stereo)
     bags = bag_paths(path)
     if not bags:
@@ -57,7 +54,7 @@ def open_sequences(path: str | Path, data_config: DataConfig) -> list[FrameSeque
             f"{path}: neither a KITTI raw root (<date>/calib_cam_to_cam.txt, <date>/<drive>/image_02/data) "
             "nor a rosbag2 (a .mcap/.db3 file, a bag directory with metadata.yaml, or a directory of bags)"
         )
-    intrinsics = intrinsics_from_config(data_config.intrinsics)
+    intrinsics = Intrinsics.from_list(data_config.intrinsics) if data_config.intrinsics else None
     return [
         RosbagSequence(
             bag,

@@ -54,14 +54,12 @@ def build_samples(
         samples = [(s, f) for s, seq in enumerate(sequences) for f in range(-low, len(seq) - high)]
         return _drop_across_gaps(sequences, samples, frame_ids)
     by_name = {seq.name: s for s, seq in enumerate(sequences)}
+    entries = _split_entries(split)
+    missing = missing_split_sequences(sequences, entries)
+    if missing:
+        raise ValueError(f"{split}: {missing[0]} is not among the {len(sequences)} loaded sequences")
     samples, dropped, outside = [], 0, []
-    for drive, frame, side in read_split(split):
-        name = kitti_sequence_name(drive, SIDE_TO_CAMERA[side])
-        if name not in by_name:
-            raise ValueError(
-                f"{split}: drive {drive} camera {SIDE_TO_CAMERA[side]} ({name}) is not among the "
-                f"{len(sequences)} loaded sequences"
-            )
+    for drive, frame, _, name in entries:
         s = by_name[name]
         if not 0 <= frame < len(sequences[s]):
             outside.append(f"{drive} {frame} ({len(sequences[s])} frames)")
@@ -76,6 +74,26 @@ def build_samples(
             "%s: dropped %d entries beyond their drive's frames (first: %s)", split, len(outside), outside[0]
         )
     return _drop_across_gaps(sequences, samples, frame_ids)
+
+
+def missing_split_sequences(
+    sequences: Sequence[FrameSequence], split: str | Path | list[tuple[str, int, str, str]]
+) -> list[str]:
+    """The sequences that the entries of split file ``split`` (or its :func:`_split_entries`) name and
+    ``sequences`` lacks, as "drive D camera C (sequence name)", in order of first mention."""
+    entries = _split_entries(split) if isinstance(split, str | Path) else split
+    present = {seq.name for seq in sequences}
+    missing = {name: f"drive {drive} camera {camera} ({name})" for drive, _, camera, name in entries}
+    return [described for name, described in missing.items() if name not in present]
+
+
+def _split_entries(split: str | Path) -> list[tuple[str, int, str, str]]:
+    """(drive, frame, camera, sequence name) of each entry of split file ``split``."""
+    entries = []
+    for drive, frame, side in read_split(split):
+        camera = SIDE_TO_CAMERA[side]
+        entries.append((drive, frame, camera, kitti_sequence_name(drive, camera)))
+    return entries
 
 
 def _drop_across_gaps(

@@ -40,6 +40,7 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -50,7 +51,7 @@ from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.config import DataConfig, stored_config
 from ssim_depth_core.data.sequence import FrameSequence
 from ssim_depth_core.data.sources import names_a_split_file, open_sequences, select_split
-from ssim_depth_core.data.triplets import build_samples
+from ssim_depth_core.data.triplets import build_samples, missing_split_sequences
 from ssim_depth_core.errors import not_found
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth_scalings
 from ssim_depth_core.export.onnx import check_tensorrt_ops
@@ -194,6 +195,7 @@ def quantize_onnx(
     calibrate_method: str = CALIBRATE_METHOD,
     keep_head_float: bool = True,
     progress: bool = True,
+    frames: CalibrationFrames | None = None,
 ) -> Int8Report:
     """Quantise an exported FP32 model to INT8, validate it against the FP32 one, and write it if it passes.
 
@@ -212,6 +214,8 @@ def quantize_onnx(
         calibrate_method: one of :data:`CALIBRATE_METHODS`.
         keep_head_float: leave :func:`output_head_nodes` unquantised (False: for comparisons only).
         progress: progress bars on stderr.
+        frames: the frames :func:`select_calibration_frames` chose from ``data`` with these frame counts
+            (for a caller that checks the data before it writes the FP32 model); None: chosen here.
 
     Returns:
         The :class:`Int8Report` of the written model.
@@ -235,10 +239,10 @@ def quantize_onnx(
     metadata = read_metadata(fp32_model, fp32_path)
     if metadata.precision != "fp32":
         raise ValueError(f"{fp32_path} is already {metadata.precision}: quantise the FP32 export")
-    data_config = stored_config(yaml.safe_load(metadata.config_yaml)).data
-    sequences, calibration, held_out, held_out_name = select_calibration_frames(
-        data, data_config, calibration_frames, validation_frames
-    )
+    data_config = stored_config(yaml.safe_load(metadata.config_yaml), fp32_path).data
+    if frames is None:
+        frames = select_calibration_frames(data, data_config, calibration_frames, validation_frames)
+    sequences, calibration, held_out, held_out_name = frames
     calibration = _readable_frames(data, sequences, calibration, progress)
     logger.info(
         "INT8 (%s): calibrating (%s) on %d frames of %s, validating on %d %s frames",
@@ -377,34 +381,53 @@ def _remove_stale_int8(path: Path) -> str:
     return " (the earlier INT8 model there was removed: it belongs to another export)"
 
 
+class CalibrationFrames(NamedTuple):
+    """The frames of a data root that INT8 calibration and validation use, samples as (sequence index,
+    frame) of ``sequences``."""
+
+    sequences: list[FrameSequence]
+    calibration: list[tuple[int, int]]
+    held_out: list[tuple[int, int]]
+    held_out_name: str  # "test split", "val split" or "kept-back"
+
+
 def select_calibration_frames(
     data: str | Path,
     data_config: DataConfig,
     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
     validation_frames: int = DEFAULT_VALIDATION_FRAMES,
-) -> tuple[list[FrameSequence], list[tuple[int, int]], list[tuple[int, int]], str]:
-    """Open DATA as the model's ``data_config`` reads it and choose its frames: (sequences, calibration
-    samples, held-out samples, the held-out set's name), samples as (sequence index, frame). Callers that
-    write the FP32 model first run it before, so that unusable data is refused while nothing is written.
+) -> CalibrationFrames:
+    """Open DATA as the model's ``data_config`` reads it and choose its frames. Callers that write the FP32
+    model first run it before (and pass the result to :func:`quantize_onnx`), so that unusable data is
+    refused while nothing is written.
 
-    The model's train split (``data_config.train_split``) selects the calibration frames; a split file path
-    of the training run that is not here (a relative path from another folder, another machine) gives way to
-    DATA's own train split, with a warning.
+    The model's train split (``data_config.train_split``) selects the calibration frames; a split file of
+    the training run that is not here (a relative path from another folder, another machine) or names drives
+    DATA does not have (the model trained on other data) gives way to DATA's own train split, with a warning.
 
     Raises:
         ValueError: DATA cannot be opened, or has too few frames for both sets (see :func:`quantize_onnx`).
     """
-    train_split = data_config.train_split
-    if names_a_split_file(train_split) and not Path(train_split).is_file():
-        logger.warning(
-            "INT8: the model's train split %s is not here (a path of its training run): calibrating on %s's "
-            "own train split",
-            train_split,
-            data,
-        )
-        train_split = ""
     sequences = open_sequences(data, data_config)
-    return sequences, *_select_frames(data, sequences, train_split, calibration_frames, validation_frames)
+    train_split = data_config.train_split
+    if names_a_split_file(train_split):
+        if not Path(train_split).is_file():
+            foreign = "is not here (a path of its training run)"
+        elif missing := missing_split_sequences(sequences, train_split):
+            foreign = f"names {len(missing)} sequence(s) {data} does not have (first: {missing[0]})"
+        else:
+            foreign = ""
+        if foreign:
+            logger.warning(
+                "INT8: the model's train split %s %s: calibrating on %s's own train split",
+                train_split,
+                foreign,
+                data,
+            )
+            train_split = ""
+    return CalibrationFrames(
+        sequences, *_select_frames(data, sequences, train_split, calibration_frames, validation_frames)
+    )
 
 
 def _readable_frames(

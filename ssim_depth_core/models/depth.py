@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..config import SIZE_MULTIPLE
 from ..geometry import depth_to_disparity
 from .decoder import OUTPUT_SCALES, DepthDecoder
 from .encoder import build_encoder
@@ -18,8 +19,6 @@ from .sql import SQLDecoder
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
-# The encoder downsamples five times; the decoder's skip connections need every level to halve exactly.
-SIZE_MULTIPLE = 32
 DECODERS = ("unet", "sql", "light")  # the values of config.ModelConfig.decoder
 
 

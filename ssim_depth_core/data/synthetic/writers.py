@@ -26,6 +26,7 @@ from ssim_depth_core.data.kitti_raw import read_split
 from ssim_depth_core.data.synthetic.drive import FRAME_RATE, STEREO_CAMERA, SyntheticDrive
 from ssim_depth_core.data.synthetic.scene import CAMERA, DriveSpec
 from ssim_depth_core.imaging import encode_depth_png, write_png
+from ssim_depth_core.outputs import require_folder
 from ssim_depth_core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -177,14 +178,17 @@ def generate_dataset(
     if bag not in BAG_STORAGES:
         raise ValueError(f"bag must be one of {BAG_STORAGES}, got '{bag}'")
     root = Path(out_dir)
+    require_folder(root, "choose a folder for the synthetic drives")
     specs = [DriveSpec.for_dataset(seed, index, drives, frames) for index in range(drives)]
     made = [SyntheticDrive(spec, width, height, stereo=stereo) for spec in specs]
     other_seeds = _other_seeds_splits(root, made[0].date)  # read (and checked) before any rendering
     earlier = _seed_outputs(root, made[0].date)
     if earlier and not overwrite:
+        drive_count = sum(path.parent == root / made[0].date for path in earlier)
         raise ValueError(
-            f"{root} already holds seed {seed}'s drives or bags ({len(earlier)}, e.g. {earlier[0]}): pass "
-            "--overwrite to render them again, or choose another folder"
+            f"{root} already holds seed {seed}'s dataset ({drive_count} drive(s) and "
+            f"{len(earlier) - drive_count} bag(s), e.g. {earlier[0]}): pass --overwrite to render them "
+            "again, or choose another folder"
         )
     for path in earlier:
         shutil.rmtree(path)

@@ -8,6 +8,7 @@ numpy over the per-frame file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -162,6 +163,48 @@ def test_a_node_that_cannot_start_is_reported_with_its_log(tmp_path, bag, served
         with pytest.raises(ValueError, match=f"^{name} must be a finite number > 0, got {value}"):
             run_pipeline(broken, bag, run, overwrite=True, **{name: value})
     assert _recorded_files(run) == before
+
+
+def test_a_pipeline_killed_while_its_node_starts_loses_nothing(tmp_path, model, bag, served, caplog):
+    """SIGKILL after --overwrite set the earlier run aside, before the node served: the node follows the
+    pipeline (parent-death signal) and the next run on the folder puts the earlier run back."""
+    run = tmp_path / "run"
+    shutil.copytree(served[0], run)
+    before = _recorded_files(run)
+    unique_model = tmp_path / "killed_pipeline_model.onnx"
+    shutil.copyfile(model, unique_model)
+    node_argument = f"model_path:={unique_model.resolve()}"  # finds the node among the processes
+    package = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "ssim_depth.tools.pipeline", "--model", str(unique_model), "--bag",
+               str(bag), "--out", str(run), "--overwrite", "--backend", "onnxruntime"]  # fmt: skip
+    with subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + TIMEOUT
+        while not (_processes_with(node_argument) and list(run.glob(".earlier-run-*"))):
+            assert time.monotonic() < deadline and process.poll() is None, "the node did not start"
+            time.sleep(0.01)
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + TIMEOUT
+    while _processes_with(node_argument) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_with(node_argument), "the node outlived the pipeline"
+    assert list(run.glob(".earlier-run-*")) and _recorded_files(run) != before  # what the kill left
+
+    with pytest.raises(ValueError, match="holds an earlier recording"):
+        run_pipeline(model, bag, run, backend="onnxruntime")
+    assert "put back an earlier recording's depth, depth_raw, frames.csv" in caplog.text
+    assert _recorded_files(run) == before and list(run.glob(".earlier-run-*")) == []
+
+
+def _processes_with(argument: str) -> list[int]:
+    """The pids of the processes with ``argument`` on their command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
 
 
 def _recorded_files(out: Path) -> dict[Path, bytes]:

@@ -70,7 +70,19 @@ from ssim_depth_core.runtime.scale import GROUND_NORMALS
 
 logger = logging.getLogger(__name__)
 
-NODE_COMMAND = "import sys; from ssim_depth.node import main; sys.exit(main())"
+# The node gets SIGINT (a clean rclpy shutdown) when the pipeline dies, even by SIGKILL (Linux's parent-death
+# signal; the pipeline's pid in PIPELINE_PID_VARIABLE closes the race of a parent that died before the call).
+PIPELINE_PID_VARIABLE = "SSIM_DEPTH_PIPELINE_PID"
+NODE_COMMAND = f"""
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(os.environ["{PIPELINE_PID_VARIABLE}"]):
+        sys.exit("pipeline: the pipeline that started this node is gone")
+from ssim_depth.node import main
+sys.exit(main())
+"""
 WARMUP_FRAME_ID = "ssim_depth_pipeline_warmup"
 WARMUP_PERIOD = 0.5  # seconds between warm-up frames
 WARMUP_POINTS_WAIT = 2.0  # seconds a warm-up cloud is awaited after its tag (the node may publish none)
@@ -203,6 +215,14 @@ def run_pipeline(
         msg.header.frame_id = WARMUP_FRAME_ID
         warmup.append((name, msg))
     outputs = (*RECORDING, "summary.json")
+    restored = SetAside.recover(out)
+    if restored:
+        logger.warning(
+            "%s: put back an earlier recording's %s, set aside by a pipeline that was killed "
+            "while its node started",
+            out,
+            ", ".join(restored),
+        )
     # an earlier run's outputs go only once the node has served the warm-up frame: a run that cannot start
     # (a model the node refuses) puts them back
     earlier = SetAside(
@@ -225,7 +245,7 @@ def run_pipeline(
     roots = [str(Path(package.__file__).resolve().parents[1]) for package in (ssim_depth, ssim_depth_core)]
     ros = {"ROS_DOMAIN_ID": str(random.randint(1, 100)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     python_path = os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    node_env = {**os.environ, **ros, "PYTHONPATH": python_path}
+    node_env = {**os.environ, **ros, "PYTHONPATH": python_path, PIPELINE_PID_VARIABLE: str(os.getpid())}
 
     log_path = out / "node.log"
     command = [sys.executable, "-c", NODE_COMMAND, "--ros-args", *arguments]
