@@ -13,10 +13,13 @@ which cannot carry them, in a JSON sidecar beside the engine.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+
+from ssim_depth_core.config import MAX_INPUT_SIDE
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "disparity"
@@ -47,10 +50,6 @@ def metric_source(config: dict) -> str:
     return "+".join(name for name, on in zip(_SCALE_SOURCES, used, strict=True) if on) or "none"
 
 
-# the largest network input side a model file may declare (KITTI's full width is 1242)
-MAX_INPUT_SIDE = 8192
-
-
 @dataclass(frozen=True)
 class ExportMetadata:
     """What a runtime needs to know about an exported depth network (stored as ONNX metadata props)."""
@@ -78,9 +77,9 @@ class ExportMetadata:
     depth_difference: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_depth < self.max_depth:  # also rejects NaN
+        if not 0 < self.min_depth < self.max_depth < math.inf:  # also rejects NaN
             raise ValueError(
-                f"metadata needs 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}"
+                f"metadata needs 0 < min_depth < max_depth < inf, got {self.min_depth} and {self.max_depth}"
             )
         for name in ("train_height", "train_width", "height", "width"):
             value = getattr(self, name)

@@ -65,10 +65,12 @@ class Intrinsics:
     def from_list(cls, values: Sequence[float]) -> Intrinsics:
         """Build from ``[fx, fy, cx, cy, width, height]`` (the config's and the command line's form)."""
         if len(values) != 6:
-            raise ValueError(f"intrinsics must be [fx, fy, cx, cy, width, height], got {list(values)!r}")
+            raise ValueError(f"expected [fx, fy, cx, cy, width, height], got {list(values)!r}")
         fx, fy, cx, cy, width, height = values
+        if not all(math.isfinite(value) for value in values):
+            raise ValueError(f"expected finite numbers, got {list(values)!r}")
         if width != int(width) or height != int(height):
-            raise ValueError(f"intrinsics width/height must be whole pixels, got {width} x {height}")
+            raise ValueError(f"width and height must be whole pixels, got {width} x {height}")
         return cls(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
 
     @classmethod

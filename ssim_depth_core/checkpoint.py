@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import secrets
+import zipfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -191,18 +192,44 @@ def load_checkpoint(
     return state
 
 
+# torch.save's format before PyTorch 1.6: a protocol-2 pickle opening with a 10-byte long, its magic number
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a"
+
+
 def _check_torch_container(path: Path) -> None:
-    """Refuse a file that is neither of torch.save's formats (a zip archive; before PyTorch 1.6 a protocol-2
-    pickle) before torch.load misreads it, saying when it is an ONNX model."""
+    """Refuse a file that torch.save did not write (a zip archive with a ``data.pkl``; before PyTorch 1.6 a
+    pickle with its magic number) before torch.load misreads it, saying what it is."""
     with path.open("rb") as handle:
-        head = handle.read(4)
-    if head.startswith((b"PK\x03\x04", b"\x80")):
-        return
-    if _is_onnx_model(path):
-        raise ValueError(f"{path}: not a PyTorch checkpoint but an ONNX model: serve it under a .onnx name")
-    raise ValueError(
-        f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)"
-    )
+        head = handle.read(len(_LEGACY_TORCH_HEAD))
+    kind = _foreign_kind(path, head)
+    if kind:
+        raise ValueError(f"{path}: not a PyTorch checkpoint but {kind}")
+
+
+def _foreign_kind(path: Path, head: bytes) -> str:
+    """What the file at ``path``, starting with ``head``, is when torch.save did not write it; "" when it
+    did."""
+    if head == _LEGACY_TORCH_HEAD:
+        return ""
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "a damaged zip archive (a truncated or corrupt download?)"
+        if any(name.endswith("/constants.pkl") for name in names):
+            return "a TorchScript model (torch.jit.save), not a training checkpoint"
+        if any(name.endswith("/data.pkl") for name in names):
+            return ""
+        return "a zip archive that torch.save did not write"
+    if head.startswith(b"\x80"):
+        return "a pickle that torch.save did not write"
+    # an ONNX ModelProto opens with field 1 (ir_version, a varint): tag byte 0x08
+    if head.startswith(b"\x08") and _is_onnx_model(path):
+        return "an ONNX model (an exported network, not a training checkpoint)"
+    return "a file of another kind (torch.save writes a zip archive)"
 
 
 def _is_onnx_model(path: Path) -> bool:

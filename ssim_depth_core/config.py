@@ -302,6 +302,8 @@ class OptimConfig:
 
 # The encoders downsample five times; the decoders' skip connections need every level to halve exactly.
 SIZE_MULTIPLE = 32
+# The largest network input side a config or a model file may declare (KITTI's full width is 1242).
+MAX_INPUT_SIDE = 8192
 
 
 @dataclass
@@ -321,10 +323,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_range(self, "", at_least_one=("log_every", "preview_every", "checkpoint_every"))
-        if self.data.height % SIZE_MULTIPLE or self.data.width % SIZE_MULTIPLE:
+        sides = (self.data.height, self.data.width)
+        if any(side % SIZE_MULTIPLE or side > MAX_INPUT_SIDE for side in sides):
             raise ValueError(
-                f"config 'data.height' and 'data.width' must be multiples of {SIZE_MULTIPLE} (the networks' "
-                f"input), got {self.data.height}x{self.data.width}"
+                f"config 'data.height' and 'data.width' must be multiples of {SIZE_MULTIPLE} up to "
+                f"{MAX_INPUT_SIDE} (the networks' input), got {self.data.height}x{self.data.width}"
             )
 
 

@@ -51,5 +51,5 @@ def broken_link(path: str | Path) -> str | None:
     except OSError as error:
         if error.errno == errno.ELOOP:
             return "a symbolic link that loops"
-        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"a symbolic link to {os.path.realpath(path)}, which does not exist"  # a chain's last target
     return None

@@ -17,6 +17,11 @@ from pathlib import Path
 
 from ssim_depth_core.errors import broken_link
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks (see SetAside)
+    fcntl = None
+
 
 def occupied(path: str | Path) -> bool:
     """Whether anything is at ``path``, a link whose target is missing included."""
@@ -25,16 +30,22 @@ def occupied(path: str | Path) -> bool:
 
 
 def require_folder(path: str | Path, advice: str) -> None:
-    """Refuse a ``path`` that exists and is not a folder, or is a link that leads nowhere (a missing one is
-    fine: the caller creates it).
+    """Refuse a ``path`` whose nearest existing part (itself, else its parent, ...) is not a folder or is a
+    link that leads nowhere: a missing folder is fine where the caller can create it.
 
     Raises:
-        ValueError: "``path`` is not a folder: ``advice``" (or "is a symbolic link that loops: ...").
+        ValueError: "``path`` is not a folder: ``advice``", "``path``: PARENT is a symbolic link that loops:
+            ``advice``", ...
     """
-    if link := broken_link(path):
-        raise ValueError(f"{path} is {link}: {advice}")
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ValueError(f"{path} is not a folder: {advice}")
+    path = Path(path)
+    nearest = next((part for part in (path, *path.parents) if occupied(part)), None)
+    if nearest is None:
+        return
+    where = "" if nearest == path else f"{path}: "
+    if link := broken_link(nearest):
+        raise ValueError(f"{where}{nearest} is {link}: {advice}")
+    if not nearest.is_dir():
+        raise ValueError(f"{where}{nearest} is not a folder: {advice}")
 
 
 def earlier_outputs(
@@ -45,8 +56,8 @@ def earlier_outputs(
     inputs: Mapping[str, str | Path] | None = None,
 ) -> list[str]:
     """The ``names`` present in ``out_dir`` (an earlier ``run``'s outputs, e.g. "recording"), which the caller
-    removes with ``overwrite``: none of the run's ``inputs`` (option -> path, e.g. {"--input": ...}) may be
-    one of them or inside one.
+    removes: with ``overwrite``, or when all are empty folders (which lose nothing). None of the run's
+    ``inputs`` (option -> path, e.g. {"--input": ...}) may be one of them or inside one.
 
     Raises:
         ValueError: ``out_dir`` exists and is not a folder; or it holds any of ``names`` and not ``overwrite``
@@ -55,9 +66,10 @@ def earlier_outputs(
     out_dir = Path(out_dir)
     require_folder(out_dir, "choose a folder for the outputs")
     found = [name for name in names if occupied(out_dir / name)]
-    if found and not overwrite:
+    earlier = [name for name in found if not _empty_folder(out_dir / name)]  # an empty folder loses nothing
+    if earlier and not overwrite:
         raise ValueError(
-            f"{out_dir} holds an earlier {run} ({', '.join(found)}): pass --overwrite to replace it, or "
+            f"{out_dir} holds an earlier {run} ({', '.join(earlier)}): pass --overwrite to replace it, or "
             "choose another folder"
         )
     for option, path in (inputs or {}).items():
@@ -126,14 +138,19 @@ class SetAside:
     """An earlier run's outputs (``names`` in ``out_dir``), moved into a hidden folder of ``out_dir`` while a
     new run starts, for a run whose start can only be proven by doing it (a node that must serve a frame):
     :meth:`discard` removes them once it has started, :meth:`restore` puts them back when it could not.
-    A run killed outright (SIGKILL) does neither; :meth:`recover` puts its hidden folder back next time."""
+
+    A run killed outright (SIGKILL) does neither; :meth:`recover` puts its hidden folder back next time. The
+    run holds an exclusive advisory lock (``flock``) on the folder while it lives; the kernel drops it when
+    the process dies, which is how :meth:`recover` tells a killed run's folder from a running one's.
+    """
 
     PREFIX = ".earlier-run-"
 
     def __init__(self, out_dir: str | Path, names: Iterable[str]) -> None:
-        self.out_dir, self.names, self.folder = Path(out_dir), list(names), None
+        self.out_dir, self.names, self.folder, self._lock = Path(out_dir), list(names), None, None
         if self.names:
             self.folder = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=self.out_dir))
+            self._lock = _try_lock(self.folder)
             for name in self.names:
                 os.replace(self.out_dir / name, self.folder / name)
 
@@ -141,7 +158,7 @@ class SetAside:
         """Remove the earlier outputs for good (idempotent)."""
         if self.folder is not None:
             shutil.rmtree(self.folder)
-            self.folder = None
+            self._release()
 
     def restore(self) -> None:
         """Put the earlier outputs back in place of the new run's of the same names (idempotent; after
@@ -151,40 +168,85 @@ class SetAside:
             for name in self.names:
                 os.replace(self.folder / name, self.out_dir / name)
             self.folder.rmdir()
-            self.folder = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+        self.folder, self._lock = None, None
 
     @classmethod
-    def recover(cls, out_dir: str | Path) -> list[str]:
-        """Put back what a killed run left set aside in ``out_dir``; returns the names restored.
+    def recover(cls, out_dir: str | Path, names: Iterable[str]) -> list[str]:
+        """Put back what killed runs left set aside in ``out_dir``; returns the names restored.
 
-        A run killed before its start was proven has written at most empty folders of its own (a recorder's
-        image folders), which give way; any other output of the same name means the folder is no longer
-        as that run left it, and the choice is the user's.
+        Only hidden folders that no living run holds and that hold nothing but ``names`` (the run's outputs)
+        are taken. A run killed before its start was proven has written at most empty folders of its own (a
+        recorder's image folders), which give way; any other output of the same name, or two such folders
+        holding the same name, leave the choice to the user, and nothing is moved.
 
         Raises:
-            ValueError: naming the hidden folder, what it holds and what stands in its way.
+            ValueError: naming the hidden folder(s), what they hold and what stands in the way.
         """
-        out_dir = Path(out_dir)
-        restored = []
-        for folder in sorted(out_dir.glob(f"{cls.PREFIX}*")):
-            if not folder.is_dir() or folder.is_symlink():
-                continue
-            names = sorted(entry.name for entry in folder.iterdir())
-            blocking = [
-                name for name in names if occupied(out_dir / name) and not _empty_folder(out_dir / name)
-            ]
-            if blocking:
+        out_dir, names = Path(out_dir), set(names)
+        found: dict[Path, list[str]] = {}
+        locks = []
+        try:
+            for folder in sorted(out_dir.glob(f"{cls.PREFIX}*")):
+                if not folder.is_dir() or folder.is_symlink():
+                    continue
+                held = sorted(entry.name for entry in folder.iterdir())
+                if not held or not set(held) <= names:
+                    continue  # not a set-aside run of these outputs
+                lock = _try_lock(folder)
+                if lock is None and fcntl is not None:
+                    continue  # a running run's
+                locks.append(lock)
+                found[folder] = held
+            _check_recoverable(out_dir, found)
+            for folder, held in found.items():
+                remove_outputs(out_dir, held)  # empty folders, by _check_recoverable
+                for name in held:
+                    os.replace(folder / name, out_dir / name)
+                folder.rmdir()
+        finally:
+            for lock in locks:
+                if lock is not None:
+                    os.close(lock)
+        return sorted(name for held in found.values() for name in held)
+
+
+def _check_recoverable(out_dir: Path, found: dict[Path, list[str]]) -> None:
+    """Refuse to put back ``found`` (hidden folder -> names) over outputs with content or one name twice."""
+    seen: dict[str, Path] = {}
+    for folder, held in found.items():
+        for name in held:
+            if name in seen:
                 raise ValueError(
-                    f"{folder} holds an earlier run's {', '.join(names)}, set aside by a run that was killed "
-                    f"while starting, but {out_dir} has {', '.join(blocking)} again: move the ones to keep "
-                    "into place and remove that folder"
+                    f"{seen[name]} and {folder} both hold an earlier run's {name}, set aside by runs that "
+                    f"were killed while starting: move the one to keep into {out_dir} and remove both folders"
                 )
-            remove_outputs(out_dir, names)
-            for name in names:
-                os.replace(folder / name, out_dir / name)
-            folder.rmdir()
-            restored += names
-        return restored
+            seen[name] = folder
+        blocking = [name for name in held if occupied(out_dir / name) and not _empty_folder(out_dir / name)]
+        if blocking:
+            raise ValueError(
+                f"{folder} holds an earlier run's {', '.join(held)}, set aside by a run that was killed "
+                f"while starting, but {out_dir} has {', '.join(blocking)} again: move the ones to keep into "
+                "place and remove that folder"
+            )
+
+
+def _try_lock(folder: Path) -> int | None:
+    """An exclusive, non-blocking ``flock`` on ``folder``: its descriptor, or None when another process
+    holds it (or the platform has no ``flock``)."""
+    if fcntl is None:
+        return None
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def _empty_folder(path: Path) -> bool:

@@ -72,14 +72,18 @@ def test_weight_zero_removes_a_term_and_a_mapping_value_replaces_the_whole_mappi
         ("data.hue=0.9", r"config 'data.hue' must be in \[0, 0.5\], got 0.9"),
         (
             "data.height=72",
-            r"config 'data.height' and 'data.width' must be multiples of 32 \(.*\), got 72x640",
+            r"config 'data.height' and 'data.width' must be multiples of 32 up to 8192 \(.*\), got 72x640",
         ),
+        ("data.height=320000", r"config 'data.height' and 'data.width' must be .* got 320000x640"),
         (
             "data.intrinsics=[1,2,3]",
-            r"config 'data.intrinsics': intrinsics must be \[fx, fy, cx, cy, width, height\], "
-            r"got \[1.0, 2.0, 3.0\]",
+            r"config 'data.intrinsics': expected \[fx, fy, cx, cy, width, height\], got \[1.0, 2.0, 3.0\]",
         ),
         ("data.intrinsics=[500,500,320,96,640.5,192]", "config 'data.intrinsics': .* whole pixels, .*"),
+        (
+            "data.intrinsics=[500,500,320,96,.inf,192]",
+            "config 'data.intrinsics': expected finite numbers, .*",
+        ),
         ("data.intrinsics=[500,500,900,96,640,192]", "config 'data.intrinsics': principal point .* image"),
     ],
 )

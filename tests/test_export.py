@@ -107,8 +107,10 @@ def test_metadata_rejects_unknown_choices_and_a_bad_depth_range():
         ExportMetadata.from_props({**PROPS, "metric": "lidar"}, "bad.onnx")
     with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*'output'.*got 'depth'"):
         ExportMetadata.from_props({**PROPS, "output": "depth"}, "bad.onnx")
-    for min_depth, max_depth in (("50", "10"), ("0", "10"), ("nan", "10")):
-        with pytest.raises(ValueError, match=r"bad\.onnx: malformed metadata.*0 < min_depth < max_depth"):
+    for min_depth, max_depth in (("50", "10"), ("0", "10"), ("nan", "10"), ("0.5", "inf")):
+        with pytest.raises(
+            ValueError, match=r"bad\.onnx: malformed metadata.*0 < min_depth < max_depth < inf"
+        ):
             ExportMetadata.from_props({**PROPS, "min_depth": min_depth, "max_depth": max_depth}, "bad.onnx")
 
 

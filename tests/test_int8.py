@@ -317,36 +317,41 @@ def test_held_out_frames_are_never_calibration_frames(drives):
     assert calibration == [(0, 1), (0, 3), (0, 4)] and held_out == [(1, 1), (1, 4)]
 
 
-def test_a_train_split_path_of_another_folder_gives_way_to_the_datas_own(drives, caplog):
-    """A model trained with ``data.train_split: demo/data/splits/.../train_files.txt`` (relative to where it
-    trained) calibrates elsewhere on DATA's own train split, with a warning naming the stored path."""
-    stored = "runs/elsewhere/splits/synthetic/train_files.txt"
-    with caplog.at_level(logging.WARNING):
-        _, calibration, held_out, _ = quantize.select_calibration_frames(
-            drives, DataConfig(train_split=stored), 3, 2
-        )
-    assert calibration == [(0, 1), (0, 3), (0, 4)] and held_out == [(1, 1), (1, 4)]
-    assert f"the model's train split {stored} is not here" in caplog.text
-
-
-def test_a_train_split_of_other_drives_gives_way_to_the_datas_own(drives, tmp_path, caplog):
-    """A stored split file that is here but lists drives DATA does not have (the model trained on other
-    data) does the same; one that lists DATA's own drives is used."""
+def test_a_train_split_data_cannot_supply_gives_way_to_the_datas_own(drives, tmp_path, caplog):
+    """The model's stored ``data.train_split``, which ``export`` cannot change, gives way to DATA's own train
+    split (drive 1, frames 1-4) with a warning saying why, whenever it selects nothing of DATA: a path of its
+    training run that is not here (``make demo``'s is relative), a name DATA has no file for, a malformed
+    file, one of other drives, one beyond DATA's frames, an empty one. One that fits DATA is used."""
     (drive,) = {line.split()[0] for line in (drives / "splits" / "synthetic" / "train_files.txt").open()}
-    foreign = tmp_path / "foreign_files.txt"
-    foreign.write_text(f"{drive} 2 l\n1999_01_01/1999_01_01_drive_0001_sync 3 l\n")
-    with caplog.at_level(logging.WARNING):
-        _, calibration, _, _ = quantize.select_calibration_frames(
-            drives, DataConfig(train_split=str(foreign)), 3, 2
-        )
-    assert calibration == [(0, 1), (0, 3), (0, 4)]
-    assert f"the model's train split {foreign} names 1 sequence(s) {drives} does not have (first: drive " in (
-        caplog.text
-    )
-    own = tmp_path / "own_files.txt"
-    own.write_text(f"{drive} 2 l\n")
+    files = {
+        "foreign": f"{drive} 2 l\n1999_01_01/1999_01_01_drive_0001_sync 3 l\n",
+        "malformed": f"{drive} two l\n",
+        "beyond": f"{drive} 100 l\n",
+        "empty": "",
+        "own": f"{drive} 2 l\n",
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.list").write_text(text)  # any file name: training takes any existing file
+    cases = [
+        ("runs/elsewhere/splits/synthetic/train_files.txt", "cannot be used (split file not found: runs/"),
+        ("eigen_zhou", "cannot be used (split 'eigen_zhou' is not a file, and"),
+        (tmp_path / "malformed.list", "cannot be used (" + str(tmp_path / "malformed.list") + ":1"),
+        (tmp_path / "foreign.list", f"names 1 sequence(s) {drives} does not have (first: drive 1999_01_01/"),
+        (tmp_path / "beyond.list", f"selects none of the frames of {drives}"),
+        (tmp_path / "empty.list", f"selects none of the frames of {drives}"),
+    ]
+    for stored, why in cases:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _, calibration, held_out, _ = quantize.select_calibration_frames(
+                drives, DataConfig(train_split=str(stored)), 3, 2
+            )
+        assert calibration == [(0, 1), (0, 3), (0, 4)] and held_out == [(1, 1), (1, 4)], stored
+        assert f"the model's train split {stored} {why}" in caplog.text, caplog.text
+        assert f"calibrating on {drives}'s own train split" in caplog.text
     caplog.clear()
-    _, calibration, _, _ = quantize.select_calibration_frames(drives, DataConfig(train_split=str(own)), 3, 2)
+    own = DataConfig(train_split=str(tmp_path / "own.list"))
+    _, calibration, _, _ = quantize.select_calibration_frames(drives, own, 3, 2)
     assert calibration == [(0, 2)] and "train split" not in caplog.text
 
 

@@ -208,7 +208,7 @@ def test_intrinsics_without_camera_info(tmp_path):
         RosbagSequence(bag, intrinsics=Intrinsics(10.0, 11.0, 4.0, 3.0, WIDTH, WIDTH))
     config = DataConfig(intrinsics=[10.0, 11.0, 4.0, 3.0, WIDTH, HEIGHT])
     assert open_sequences(bag, config)[0].intrinsics == given
-    with pytest.raises(ValueError, match=r"config 'data\.intrinsics': intrinsics must be \[fx, fy, cx, cy"):
+    with pytest.raises(ValueError, match=r"config 'data\.intrinsics': expected \[fx, fy, cx, cy"):
         DataConfig(intrinsics=[10.0, 11.0, 4.0])
 
 

@@ -518,6 +518,13 @@ def test_datasets_of_two_seeds_in_one_folder_share_the_split_files(tmp_path: Pat
     assert read_split(tmp_path / "splits" / "synthetic" / "test_files.txt") == expected[1:]
 
 
+def test_a_broken_link_where_synth_writes_is_refused_before_rendering(tmp_path: Path):
+    (tmp_path / "bags").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"bags is a symbolic link to .*elsewhere, which does not exist"):
+        syn.generate_dataset(tmp_path, seed=3, drives=1, frames=3, width=64, height=32, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["bags"]  # no half-made drive folder
+
+
 def test_rendering_a_seed_again_into_its_folder_needs_overwrite_and_replaces_all_its_drives(tmp_path: Path):
     """Refused before anything changes; with --overwrite, one drive in place of two leaves no second one."""
     options = {"seed": 9, "frames": 3, "width": 64, "height": 32, "progress": False}

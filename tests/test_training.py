@@ -8,6 +8,7 @@ import argparse
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -15,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -630,17 +632,32 @@ def test_an_invalid_stored_config_is_named_with_its_checkpoint(
 
 
 def test_a_file_that_is_not_a_torch_save_is_named_for_what_it_is(random_checkpoint, random_onnx, tmp_path):
-    onnx_as_pt = tmp_path / "model.pt"
-    onnx_as_pt.write_bytes(random_onnx.read_bytes())
-    with pytest.raises(ValueError, match=r"model\.pt: not a PyTorch checkpoint but an ONNX model"):
-        load_checkpoint(onnx_as_pt)
-    text = tmp_path / "notes.pt"
-    text.write_text("epoch 3: loss 0.12\n")
-    with pytest.raises(ValueError, match=r"notes\.pt: not a PyTorch checkpoint \(torch\.save writes a zip"):
-        load_checkpoint(text)
+    state = load_checkpoint(random_checkpoint)
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
+        archive.writestr("weights/a.npy", b"not torch")
+    (tmp_path / "damaged.pt").write_bytes(random_checkpoint.read_bytes()[:1000])
+    (tmp_path / "model.pt").write_bytes(random_onnx.read_bytes())
+    (tmp_path / "notes.pt").write_text("epoch 3: loss 0.12\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"config": {}, "model": {}}, protocol=4))
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    kinds = {
+        "model.pt": "an ONNX model",
+        "notes.pt": "a file of another kind",
+        "empty.pt": "an empty file",
+        "archive.pt": "a zip archive that torch.save did not write",
+        "damaged.pt": "a damaged zip archive",
+        "plain.pt": "a pickle that torch.save did not write",
+        "scripted.pt": "a TorchScript model",
+    }
+    for name, kind in kinds.items():
+        with pytest.raises(
+            ValueError, match=f"^{re.escape(str(tmp_path / name))}: not a PyTorch checkpoint but {kind}"
+        ):
+            load_checkpoint(tmp_path / name)
     legacy = tmp_path / "legacy.pt"  # torch.save's format before PyTorch 1.6 still loads
-    torch.save(load_checkpoint(random_checkpoint), legacy, _use_new_zipfile_serialization=False)
-    assert load_checkpoint(legacy)["config"] == load_checkpoint(random_checkpoint)["config"]
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(legacy)["config"] == state["config"]
 
 
 def test_resume_from_a_weights_only_checkpoint_names_what_is_missing(random_checkpoint, tiny_drive, tmp_path):

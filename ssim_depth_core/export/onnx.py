@@ -19,10 +19,9 @@ import onnx
 import torch
 import yaml
 
-from ssim_depth_core.artifact import INPUT_NAME, MAX_INPUT_SIDE, OUTPUT_NAME, ExportMetadata, metric_source
+from ssim_depth_core.artifact import INPUT_NAME, OUTPUT_NAME, ExportMetadata, metric_source
 from ssim_depth_core.checkpoint import load_depth_net, write_atomic
-from ssim_depth_core.config import to_dict
-from ssim_depth_core.models.depth import SIZE_MULTIPLE
+from ssim_depth_core.config import MAX_INPUT_SIDE, SIZE_MULTIPLE, to_dict
 
 logger = logging.getLogger(__name__)
 

@@ -50,9 +50,9 @@ from ssim_depth_core.artifact import INPUT_NAME, read_metadata
 from ssim_depth_core.checkpoint import write_atomic
 from ssim_depth_core.config import DataConfig, stored_config
 from ssim_depth_core.data.sequence import FrameSequence
-from ssim_depth_core.data.sources import names_a_split_file, open_sequences, select_split
+from ssim_depth_core.data.sources import NO_SPLIT, open_sequences, resolve_split, select_split
 from ssim_depth_core.data.triplets import build_samples, missing_split_sequences
-from ssim_depth_core.errors import not_found
+from ssim_depth_core.errors import first_line, not_found
 from ssim_depth_core.evaluation import MetricsAccumulator, evaluate_depth_scalings
 from ssim_depth_core.export.onnx import check_tensorrt_ops
 from ssim_depth_core.imaging import FrameError
@@ -401,33 +401,46 @@ def select_calibration_frames(
     model first run it before (and pass the result to :func:`quantize_onnx`), so that unusable data is
     refused while nothing is written.
 
-    The model's train split (``data_config.train_split``) selects the calibration frames; a split file of
-    the training run that is not here (a relative path from another folder, another machine) or names drives
-    DATA does not have (the model trained on other data) gives way to DATA's own train split, with a warning.
+    The model's train split (``data_config.train_split``) selects the calibration frames. One that DATA
+    cannot supply gives way to DATA's own train split, with a warning: a split file of the training run that
+    is not here (a relative path from another folder, another machine), a split name DATA has no file for, a
+    malformed split file, or one that names sequences DATA does not have or selects none of its frames (the
+    model trained on other data).
 
     Raises:
         ValueError: DATA cannot be opened, or has too few frames for both sets (see :func:`quantize_onnx`).
     """
     sequences = open_sequences(data, data_config)
     train_split = data_config.train_split
-    if names_a_split_file(train_split):
-        if not Path(train_split).is_file():
-            foreign = "is not here (a path of its training run)"
-        elif missing := missing_split_sequences(sequences, train_split):
-            foreign = f"names {len(missing)} sequence(s) {data} does not have (first: {missing[0]})"
-        else:
-            foreign = ""
-        if foreign:
-            logger.warning(
-                "INT8: the model's train split %s %s: calibrating on %s's own train split",
-                train_split,
-                foreign,
-                data,
-            )
-            train_split = ""
+    problem = _split_problem(data, sequences, train_split)
+    if problem:
+        logger.warning(
+            "INT8: the model's train split %s %s: calibrating on %s's own train split",
+            train_split,
+            problem,
+            data,
+        )
+        train_split = ""
     return CalibrationFrames(
         sequences, *_select_frames(data, sequences, train_split, calibration_frames, validation_frames)
     )
+
+
+def _split_problem(data: str | Path, sequences: list[FrameSequence], split: str) -> str:
+    """Why split value ``split`` (a file or a name; empty and "none" need nothing) cannot select frames of
+    ``sequences`` of ``data``, or "" when it can."""
+    if split in ("", NO_SPLIT):
+        return ""
+    try:
+        split_file = resolve_split(data, split)
+        missing = missing_split_sequences(sequences, split_file)
+        if missing:
+            return f"names {len(missing)} sequence(s) {data} does not have (first: {missing[0]})"
+        if not build_samples(sequences, [0], split_file):
+            return f"selects none of the frames of {data}"
+    except (FileNotFoundError, ValueError) as error:  # not here, no such name, a malformed line
+        return f"cannot be used ({first_line(error)})"
+    return ""
 
 
 def _readable_frames(

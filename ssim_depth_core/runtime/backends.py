@@ -37,9 +37,8 @@ from ssim_depth_core.artifact import (
     metric_source,
 )
 from ssim_depth_core.checkpoint import load_depth_net
-from ssim_depth_core.config import to_dict
+from ssim_depth_core.config import SIZE_MULTIPLE, to_dict
 from ssim_depth_core.errors import not_found
-from ssim_depth_core.models.depth import SIZE_MULTIPLE
 
 logger = logging.getLogger(__name__)
 

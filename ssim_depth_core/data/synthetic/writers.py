@@ -178,9 +178,10 @@ def generate_dataset(
     if bag not in BAG_STORAGES:
         raise ValueError(f"bag must be one of {BAG_STORAGES}, got '{bag}'")
     root = Path(out_dir)
-    require_folder(root, "choose a folder for the synthetic drives")
     specs = [DriveSpec.for_dataset(seed, index, drives, frames) for index in range(drives)]
     made = [SyntheticDrive(spec, width, height, stereo=stereo) for spec in specs]
+    for folder in (root, root / made[0].date, root / "bags", root / SPLIT_FOLDER):  # where it writes
+        require_folder(folder, "choose a folder for the synthetic drives")
     other_seeds = _other_seeds_splits(root, made[0].date)  # read (and checked) before any rendering
     earlier = _seed_outputs(root, made[0].date)
     if earlier and not overwrite:

@@ -70,14 +70,18 @@ from ssim_depth_core.runtime.scale import GROUND_NORMALS
 
 logger = logging.getLogger(__name__)
 
-# The node gets SIGINT (a clean rclpy shutdown) when the pipeline dies, even by SIGKILL (Linux's parent-death
-# signal; the pipeline's pid in PIPELINE_PID_VARIABLE closes the race of a parent that died before the call).
+# The node gets SIGTERM when the pipeline dies, even by SIGKILL (Linux's parent-death signal; rclpy shuts
+# down cleanly on it once running). The pipeline's pid in PIPELINE_PID_VARIABLE closes the race of a parent
+# that died before the call. A pipeline started in the background (`cmd &` in a script) passes SIGINT ignored
+# to its children: the node takes Python's usual handlers back, so that no signal is lost while it imports.
 PIPELINE_PID_VARIABLE = "SSIM_DEPTH_PIPELINE_PID"
 NODE_COMMAND = f"""
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 if sys.platform == "linux":
     import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != int(os.environ["{PIPELINE_PID_VARIABLE}"]):
         sys.exit("pipeline: the pipeline that started this node is gone")
 from ssim_depth.node import main
@@ -215,7 +219,7 @@ def run_pipeline(
         msg.header.frame_id = WARMUP_FRAME_ID
         warmup.append((name, msg))
     outputs = (*RECORDING, "summary.json")
-    restored = SetAside.recover(out)
+    restored = SetAside.recover(out, outputs)
     if restored:
         logger.warning(
             "%s: put back an earlier recording's %s, set aside by a pipeline that was killed "
@@ -405,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, FileNotFoundError) as error:  # bad input: exit 2, as ssim-depth and play
         parser.exit(2, f"pipeline: {error}\n")
+    except OSError as error:  # an output folder it may not write (read-only, full)
+        parser.exit(2, f"pipeline: {error.filename or args.out}: {error.strerror or error}\n")
     except PipelineError as error:  # the node failed
         parser.exit(1, f"pipeline: {error}\n")
     except KeyboardInterrupt:  # one line, as ssim-depth
