@@ -38,7 +38,7 @@ def require_folder(path: str | Path, advice: str) -> None:
             ``advice``", ...
     """
     path = Path(path)
-    nearest = next((part for part in (path, *path.parents) if occupied(part)), None)
+    nearest = _nearest_existing(path)
     if nearest is None:
         return
     where = "" if nearest == path else f"{path}: "
@@ -117,7 +117,7 @@ def check_output_files(
             raise ValueError(f"{path} is named for two outputs of the {run}: give each its own path")
         if Path(path).is_dir():
             raise ValueError(f"{path} is a folder: name a file")
-        blocking = next((parent for parent in Path(path).parents if occupied(parent)), None)
+        blocking = _nearest_existing(Path(path).parent)
         if blocking is not None and not blocking.is_dir():
             raise ValueError(f"{path}: {blocking} is not a folder")
     refuse_earlier_files(outputs, overwrite, run)
@@ -247,6 +247,11 @@ def _try_lock(folder: Path) -> int | None:
         os.close(descriptor)
         return None
     return descriptor
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    """``path`` or the closest of its parents that is occupied (a broken link counts); None for none."""
+    return next((part for part in (path, *path.parents) if occupied(part)), None)
 
 
 def _empty_folder(path: Path) -> bool:

@@ -78,16 +78,11 @@ def _dataset_splits(data_path: str | Path, name: str) -> list[Path]:
     return sorted(Path(data_path).glob(f"splits/*/{name}_files.txt"))
 
 
-def names_a_split_file(split: str | Path) -> bool:
-    """Whether a split value is a file path (``.../train_files.txt``) rather than a name looked up in DATA."""
-    return Path(split).suffix == ".txt"
-
-
 def resolve_split(data_path: str | Path, split: str | Path) -> Path:
     """A split file path as given, or the name ``split`` resolved as ``DATA/splits/*/<split>_files.txt``."""
     if Path(split).is_file():
         return Path(split)
-    if names_a_split_file(split):
+    if Path(split).suffix == ".txt":  # a file path (``.../train_files.txt``), not a name looked up in DATA
         raise not_found("split file", split)
     matches = _dataset_splits(data_path, str(split))
     if len(matches) != 1:
